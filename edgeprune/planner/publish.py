@@ -1,0 +1,60 @@
+"""Write a run's outputs into --out: GGUF (only when the budget is met), manifest, bench, report."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgeprune.errors import ConfigError
+from edgeprune.report.manifest import atomic_copy, atomic_write_text, build_manifest, write_json
+from edgeprune.report.markdown import llama_bench_records, render_report
+
+
+def prepare_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output dir is not writable ({exc.strerror})", where=str(out),
+                          fix="choose another --out or fix its permissions") from None
+
+
+@contextmanager
+def out_lock(out: Path):
+    """One plan per output dir: a second run fails at once instead of interleaving files."""
+    fh = open(out / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ConfigError("another edgeprune run holds this output dir", where=str(out),
+                          fix="wait for it to finish or choose another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def artifact_name(state) -> str:
+    final = state.outcome["final"]
+    stem = Path(str(state.plan.model)).stem.split(".")[0] or "model"
+    return f"{stem}-L{final['layers']}.{state.plan.recipe.export.quant}.gguf"
+
+
+def publish(state, started: float) -> dict:
+    out = state.plan.out
+    artifact = None
+    if state.outcome["met"]:
+        artifact = out / artifact_name(state)
+        atomic_copy(Path(state.outcome["final"]["gguf"]), artifact)
+    manifest = build_manifest(state, state.model_hash, time.time() - started, artifact)
+    write_json(out / "bench.json", {"records": llama_bench_records(manifest)})
+    atomic_write_text(out / "report.md", render_report(manifest))
+    write_json(out / "manifest.json", manifest)  # last: its presence marks a complete run
+    return manifest

@@ -1,0 +1,1 @@
+"""Manifest and human-readable reports of a run."""

@@ -1,0 +1,66 @@
+"""manifest.json: everything that made the artifact, and whether the budget was met."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from edgeprune import __version__
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "llama-cpp-python", "gguf", "lm-eval", "numpy", "pydantic")
+
+
+def versions() -> dict:
+    out = {"edgeprune": __version__, "python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def build_manifest(state, model_hash: str, wall_s: float, artifact: Path | None) -> dict:
+    from edgeprune.devices.runners import host_info
+    from edgeprune.toolchain.llamacpp import build_info
+
+    plan = state.plan
+    return {
+        "schema": "edgeprune.manifest/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "plan": plan.to_dict(),
+        "inputs": {"model": str(plan.model), "model_sha256": model_hash, "model_config": plan.model_config},
+        "versions": versions(),
+        "llama_cpp": build_info(),
+        "host": host_info() | {"platform": platform.platform()},
+        "depth_scores": {"method": plan.recipe.depth.method, "per_layer": state.scores},
+        "iterations": state.iterations,
+        "budget": plan.target.budget.model_dump(),
+        "result": {k: v for k, v in state.outcome.items() if k != "final"} | {
+            "artifact": artifact.name if artifact else None,
+            "measured_vs_required": state.outcome["final"]["checks"] if state.outcome.get("final") else None},
+        "steps": state.store.log,
+        "wall_time_s": round(wall_s, 1),
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))

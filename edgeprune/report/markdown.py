@@ -1,0 +1,55 @@
+"""report.md: one table of every measured iteration, and the verdict."""
+
+from __future__ import annotations
+
+
+def iteration_table(iterations: list[dict], budget: dict) -> str:
+    rows = ["| layers removed | layers | GGUF MB | pp tok/s | tg tok/s (± sd) | latency s | peak RSS MB | "
+            "ppl | ppl ratio | budget |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for it in iterations:
+        b = it["bench"]
+        ok = all(c["met"] for c in it["checks"].values()) and it.get("ppl_ratio", 1) <= budget["max_ppl_ratio"]
+        rows.append(
+            f"| {it['k']} | {it['layers']} | {it['gguf_bytes'] / 1e6:.1f} | {b['pp_tps']['median']:.1f} | "
+            f"{b['tg_tps']['median']:.1f} ± {b['tg_tps']['stdev']:.1f} | {it['latency_s']:.3f} | "
+            f"{b['peak_rss_bytes'] / 1e6:.0f} | {it['ppl']['ppl']:.2f} | {it.get('ppl_ratio', 1):.3f} | "
+            f"{'met' if ok else 'missed'} |")
+    return "\n".join(rows)
+
+
+def render_report(manifest: dict) -> str:
+    res = manifest["result"]
+    budget = manifest["budget"]
+    its = manifest["iterations"]
+    first = its[0]
+    need = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None)
+    lines = [f"# edgeprune run — target `{manifest['plan']['target']['name']}`", "",
+             f"**Verdict:** {'budget met' if res['met'] else 'budget NOT met'} — {res['reason']}.", "",
+             f"Budget: {need}.", "",
+             f"Model: `{manifest['inputs']['model']}` (sha256 {manifest['inputs']['model_sha256'][:12]}…), "
+             f"depth method `{manifest['depth_scores']['method']}`, quant `{manifest['plan']['recipe']['export']['quant']}`.",
+             "", iteration_table(its, budget), "",
+             f"Perplexity: WikiText-2 test, {first['ppl']['windows']} non-overlapping windows of "
+             f"{first['ppl']['ctx']} tokens ({first['ppl']['tokens_scored']} tokens scored), llama.cpp logits.",
+             f"Benchmark: {first['bench']['n_prompt']}-token prompt, {first['bench']['n_gen']} generated tokens, "
+             f"{first['bench']['repetitions']} repetitions after {first['bench']['warmup']} warm-up, "
+             f"{first['bench']['n_threads']} threads on {first['bench']['host'].get('cpu_model')} "
+             f"({'measured' if first['bench']['measured'] else 'NOT measured: fake runner'}).",
+             f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).", "",
+             f"Artifact: `{res['artifact']}`. Wall time {manifest['wall_time_s']} s. "
+             f"Cache hits: {sum(s['cache_hit'] for s in manifest['steps'])}/{len(manifest['steps'])} steps."]
+    return "\n".join(lines) + "\n"
+
+
+def llama_bench_records(manifest: dict) -> list[dict]:
+    """bench.json in llama-bench's JSON shape (one record per test), one pair per iteration."""
+    out = []
+    for it in manifest["iterations"]:
+        b = it["bench"]
+        for test, key, n_p, n_g in (("pp", "pp_tps", b["n_prompt"], 0), ("tg", "tg_tps", 0, b["n_gen"])):
+            out.append({"model_filename": it["gguf"].rsplit("/", 1)[-1], "model_size": it["gguf_bytes"],
+                        "n_layer": it["layers"], "n_threads": b["n_threads"], "n_prompt": n_p, "n_gen": n_g,
+                        "avg_ts": b[key]["mean"], "stddev_ts": b[key]["stdev"], "median_ts": b[key]["median"],
+                        "samples_ts": b[key]["samples"], "cpu_info": b["host"].get("cpu_model"),
+                        "peak_rss_bytes": b["peak_rss_bytes"], "measured": b["measured"], "k_removed": it["k"]})
+    return out

@@ -1,0 +1,1 @@
+"""Pipeline stages: small callables that take and return artifacts (paths + metadata)."""

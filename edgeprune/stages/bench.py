@@ -1,0 +1,43 @@
+"""Benchmark stage: measure a GGUF on the target's runner; derive the budget's quantities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.config.target import Budget, Target
+from edgeprune.devices import BenchSpec, get_runner
+from edgeprune.runner import StepStore
+
+
+def latency_s(bench: dict, budget: Budget) -> float:
+    """Time to answer: prefill the prompt, then decode the answer (median speeds)."""
+    return budget.prompt_tokens / bench["pp_tps"]["median"] + budget.answer_tokens / bench["tg_tps"]["median"]
+
+
+def check_budget(bench: dict, budget: Budget) -> dict:
+    """Every constraint of the budget: required, measured, met."""
+    checks = {}
+    if budget.latency_s is not None:
+        checks["latency_s"] = (budget.latency_s, latency_s(bench, budget), "max")
+    if budget.decode_tps is not None:
+        checks["decode_tps"] = (budget.decode_tps, bench["tg_tps"]["median"], "min")
+    if budget.max_ram_gb is not None:
+        checks["peak_ram_gb"] = (budget.max_ram_gb, bench["peak_rss_bytes"] / 1e9, "max")
+    if budget.max_file_gb is not None:
+        checks["file_gb"] = (budget.max_file_gb, bench["model_bytes"] / 1e9, "max")
+    out = {}
+    for name, (req, got, kind) in checks.items():
+        met = got <= req if kind == "max" else got >= req
+        out[name] = {"required": req, "measured": round(got, 4), "kind": kind, "met": met}
+    return out
+
+
+def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int) -> dict:
+    spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads)
+    runner = get_runner(target.device.runner)
+
+    def build(out: Path) -> dict:
+        return runner(gguf, spec)
+
+    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner}
+    return store.run("bench", key, build).meta

@@ -1,0 +1,80 @@
+"""Single-stage commands (prune, export, bench, eval) outside a plan."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgeprune import registry
+from edgeprune.config.recipe import Calibration, Export
+from edgeprune.data import eval_text
+from edgeprune.devices import BenchSpec, get_runner
+from edgeprune.errors import ConfigError
+from edgeprune.report.manifest import atomic_copy
+from edgeprune.runner import StepStore
+from edgeprune.stages.evaluate import gguf_perplexity
+from edgeprune.stages.export import export_gguf
+from edgeprune.stages.load import import_model
+from edgeprune.stages.score import score_depth
+from edgeprune.surgery.layers import check_removal, remove_layers
+from edgeprune.toolchain.hf import load_model, resolve_model, save_model
+
+
+def _scratch_store() -> StepStore:
+    from edgeprune.planner.run import store_root
+
+    return StepStore(store_root(None))
+
+
+def prune_command(model: str | None, method: str, n_remove: int, calib: str | None, out: Path) -> dict:
+    registry.get("depth", method)
+    if n_remove < 1:
+        raise ConfigError(f"--remove must be >= 1, got {n_remove}", where="--remove", fix="give a positive count")
+    store = _scratch_store()
+    hf_dir, digest = import_model(store, resolve_model(model))
+    model_obj, tok = load_model(hf_dir)
+    check_removal(model_obj.config.num_hidden_layers, list(range(n_remove)))
+    stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib))
+    remove = registry.get("depth", method).select(stats, n_remove)
+    remove_layers(model_obj, remove)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".prune-"))
+    try:
+        save_model(model_obj, tok, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"removed": remove, "layers": model_obj.config.num_hidden_layers, "scores": res.meta["layer_scores"],
+            "out": str(out)}
+
+
+def export_command(model: Path, quant: str, out: Path) -> dict:
+    from edgeprune.toolchain.hf import check_hf_folder
+
+    if not model.is_dir():
+        raise ConfigError(f"export takes a HF folder, got {model}", where="--model", fix="give a folder with config.json")
+    check_hf_folder(model)
+    try:
+        cfg = Export(quant=quant)
+    except ValueError:
+        raise ConfigError(f"unknown quant type '{quant}'", where="--quant",
+                          fix="choose one of Q4_K_M, Q5_K_M, Q4_0, Q3_K_M, Q8_0") from None
+    store = _scratch_store()
+    from edgeprune.runner import tree_hash
+
+    gguf, meta = export_gguf(store, model, tree_hash(model), cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_copy(gguf, out)
+    return {"out": str(out), **meta}
+
+
+def bench_command(model: Path, prompt_tokens: int, tokens: int, reps: int, warmup: int, threads: int | None) -> dict:
+    gguf = resolve_model(str(model))
+    return get_runner("local")(gguf, BenchSpec(prompt_tokens, tokens, reps, warmup, threads))
+
+
+def eval_command(model: Path, text: str | None, ctx: int, windows: int | None) -> dict:
+    gguf = resolve_model(str(model))
+    return gguf_perplexity(gguf, eval_text(Path(text) if text else None), ctx, windows)

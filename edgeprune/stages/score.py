@@ -1,0 +1,71 @@
+"""Depth scoring plumbing: hooks collect each layer's input, the method does the maths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgeprune import registry
+from edgeprune.config.recipe import Calibration
+from edgeprune.runner import StepStore
+from edgeprune.stages.calib import calibration_windows
+from edgeprune.toolchain.hf import load_model
+
+
+def collect_hiddens(model, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """[h_0..h_L] for one batch, each (tokens, hidden): inputs of every layer + last output."""
+    layers = model.model.layers
+    captured: list[torch.Tensor] = [None] * (len(layers) + 1)  # type: ignore[list-item]
+
+    def pre_hook(idx):
+        def fn(_mod, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            captured[idx] = h.detach().reshape(-1, h.shape[-1])
+        return fn
+
+    def last_hook(_mod, _args, _kwargs, output):
+        h = output[0] if isinstance(output, tuple) else output
+        captured[-1] = h.detach().reshape(-1, h.shape[-1])
+
+    handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    handles.append(layers[-1].register_forward_hook(last_hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def depth_stats(model, windows: torch.Tensor, method_name: str, batch_size: int = 4) -> torch.Tensor:
+    method = registry.get("depth", method_name)
+    total, weight = None, 0
+    for start in tqdm(range(0, len(windows), batch_size), desc=f"scoring {method_name}", unit="batch"):
+        batch = windows[start : start + batch_size]
+        stats = method.stats(collect_hiddens(model, batch)) * batch.numel()
+        total = stats if total is None else total + stats
+        weight += batch.numel()
+    return total / weight
+
+
+def score_depth(store: StepStore, hf_dir: Path, hf_hash: str, method_name: str, calib: Calibration):
+    """Step: per-layer scores on calibration data, cached by (model, method, calibration)."""
+    registry.get("depth", method_name)  # fail on a typo before loading anything
+
+    def build(out: Path) -> dict:
+        model, tok = load_model(hf_dir)
+        windows = calibration_windows(tok, calib)
+        stats = depth_stats(model, windows, method_name)
+        torch.save(stats, out / "stats.pt")
+        scores = registry.get("depth", method_name).layer_scores(stats)
+        (out / "scores.json").write_text(json.dumps(scores))
+        return {"method": method_name, "windows": list(windows.shape), "layer_scores": scores}
+
+    key = {"model": hf_hash, "method": method_name, "calibration": calib.model_dump(mode="json")}
+    res = store.run("score", key, build)
+    stats = torch.load(res.path / "stats.pt", weights_only=True)
+    return stats, res

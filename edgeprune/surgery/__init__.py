@@ -1,0 +1,1 @@
+"""Applying a pruning decision to a model."""

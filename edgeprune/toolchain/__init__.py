@@ -1,0 +1,1 @@
+"""Adapters for third-party tools; the only modules that import them."""

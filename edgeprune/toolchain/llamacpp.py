@@ -1,0 +1,127 @@
+"""llama.cpp via its converter, its quantizer and llama-cpp-python."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.errors import ExportError, ToolchainError
+from edgeprune.toolchain.converter import converter_dir
+
+QUANT_TYPES = {
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+}
+
+
+def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(out), "--outtype", outtype]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 or not out.is_file():
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise ExportError(f"convert_hf_to_gguf failed: {last}", where=str(hf_dir),
+                          fix="check the checkpoint loads with from_pretrained")
+
+
+def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> None:
+    import llama_cpp
+
+    if qtype not in QUANT_TYPES:
+        raise ExportError(f"unknown quant type '{qtype}'", where="--quant", fix=f"choose one of {', '.join(QUANT_TYPES)}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANT_TYPES[qtype])
+    params.nthread = threads or os.cpu_count() or 1
+    with quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0 or not dst.is_file():
+        raise ExportError(f"llama_model_quantize returned {rc}", where=str(src), fix="check the F16 GGUF is valid")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp logs to fd 2 from C; silence it unless EDGEPRUNE_VERBOSE is set."""
+    if os.environ.get("EDGEPRUNE_VERBOSE"):
+        yield
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def open_gguf(path: Path, n_ctx: int = 512, threads: int | None = None, logits_all: bool = False):
+    from llama_cpp import Llama
+
+    try:
+        with quiet_stderr():
+            return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                         n_batch=min(n_ctx, 512), logits_all=logits_all, verbose=False, seed=0)
+    except (ValueError, RuntimeError) as exc:
+        raise ToolchainError(f"llama.cpp could not load the GGUF ({exc})", where=str(path),
+                             fix="the file is corrupt or truncated; re-export it") from None
+
+
+def gguf_logits(path: Path, tokens: list[int], threads: int | None = None) -> np.ndarray:
+    """Logits (tokens x vocab) for every position of `tokens`."""
+    llm = open_gguf(path, n_ctx=max(64, len(tokens) + 8), threads=threads, logits_all=True)
+    llm.eval(tokens)
+    out = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Header facts without loading weights (gguf-py reader)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # gguf raises bare ValueError/IndexError on corrupt files
+        raise ToolchainError(f"unreadable GGUF header ({type(exc).__name__})", where=str(path),
+                             fix="the file is corrupt or truncated; re-export it") from None
+    fields = {}
+    for key in ("general.architecture", "general.name", "general.file_type", "llama.block_count",
+                "llama.attention.head_count", "llama.attention.head_count_kv", "llama.embedding_length",
+                "llama.feed_forward_length"):
+        field = reader.fields.get(key)
+        if field is not None:
+            fields[key] = field.contents()
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        fields["vocab_size"] = len(tokens.data)
+    fields["tensor_count"] = len(reader.tensors)
+    return fields
+
+
+def build_info() -> dict:
+    import llama_cpp
+
+    info = {"llama_cpp_python": llama_cpp.__version__}
+    try:
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+    except Exception:  # older bindings: not fatal, just less provenance
+        pass
+    return info
+
+
+def require_llama_cpp() -> None:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise ToolchainError("llama-cpp-python is not installed", where="export",
+                             fix='CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python') from None

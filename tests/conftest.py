@@ -1,0 +1,74 @@
+"""Fixtures: a tiny random Llama with GQA, built in code (no download), with SmolLM2's tokenizer
+so llama.cpp's converter recognises it. The tokenizer is extracted once and cached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-5,
+            tie_word_embeddings=False, initializer_range=0.1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    from edgeprune.paths import cache_dir
+    from edgeprune.toolchain.hf import default_model_path
+
+    target = cache_dir() / "test-tokenizer-smollm2"
+    if not (target / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        gguf = default_model_path()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        tok.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def build_tiny(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from edgeprune.toolchain.hf import save_model
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      **{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    save_model(model, tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_dir)
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_STORE", str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def small_calib(tmp_path) -> Path:
+    """Short calibration file so scoring the tiny model takes well under a second."""
+    from edgeprune.paths import data_dir
+
+    src = data_dir() / "c4_en_2k.part1of2.jsonl"
+    lines = src.read_text(encoding="utf-8").splitlines()[:40]
+    path = tmp_path / "calib.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
