@@ -22,6 +22,18 @@ def _stats(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "samples": values}
 
 
+def _peak_rss_kb() -> int:
+    """VmHWM of this process. ru_maxrss is no good here: Linux keeps it across exec, so a worker
+    forked from a planner holding a torch model would report the planner's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: int) -> dict:
     from llama_cpp import Llama
 
@@ -45,7 +57,7 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
         if rep >= warmup:
             pp.append(n_prompt / t_pp)
             tg.append(n_gen / t_tg)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_rss_kb()
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
             "load_s": load_s, "pp_tps": _stats(pp), "tg_tps": _stats(tg), "peak_rss_bytes": peak_kb * 1024,
             "model_bytes": os.path.getsize(model)}

@@ -10,7 +10,7 @@ from pathlib import Path
 from edgeprune import registry
 from edgeprune.data import eval_text
 from edgeprune.planner.plan import Plan
-from edgeprune.planner.search import layer_cost_share, next_k
+from edgeprune.planner.search import Point, layer_cost_share, next_k
 from edgeprune.runner import StepStore
 from edgeprune.stages.bench import benchmark, check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_ppl
@@ -67,18 +67,15 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     log(_line(base))
     share = layer_cost_share(plan.model_config)
     max_k = plan.max_removed if plan.max_removed is not None else base["layers"] - 1
-    history = [(0, base["checks"])]
+    history = [Point(0, base["checks"])]
     for _ in range(r.max_iterations):
         verdict, k = next_k(history, share, max_k)
         if verdict != "try":
             break
         it = measure(state, k, hf_dir, state.model_hash, stats, text, text_hash)
-        ok, ratio = quality_ok(state, it)
+        ok, _ = quality_ok(state, it)
         log(_line(it))
-        history.append((k, it["checks"]))
-        if not ok:
-            verdict = "quality_floor"
-            break
+        history.append(Point(k, it["checks"], ok))
     else:
         verdict, k = next_k(history, share, max_k)
     state.outcome = _outcome(state, verdict, k)
@@ -95,8 +92,10 @@ def _outcome(state: RunState, verdict: str, k: int) -> dict:
     last = state.iterations[-1]
     misses = {n: c for n, c in last["checks"].items() if not c["met"]}
     if verdict == "quality_floor":
-        reason = (f"removing {last['k']} layers breaks the quality floor: ppl ratio {last['ppl_ratio']:.3f} > "
-                  f"{budget.max_ppl_ratio}")
+        broken = min((it for it in state.iterations if it.get("ppl_ratio", 1) > budget.max_ppl_ratio),
+                     key=lambda it: it["k"])
+        reason = (f"the budget needs ~{k} layers removed, but removing {broken['k']} already breaks the quality "
+                  f"floor (ppl ratio {broken['ppl_ratio']:.3f} > {budget.max_ppl_ratio})")
     elif verdict == "infeasible":
         reason = f"the budget needs ~{k} layers removed, more than the allowed {state.plan.max_removed}"
     else:

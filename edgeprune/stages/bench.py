@@ -39,5 +39,6 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
     def build(out: Path) -> dict:
         return runner(gguf, spec)
 
-    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner}
+    # protocol: bump when the worker's measurement changes, so stale numbers are not reused
+    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 2}
     return store.run("bench", key, build).meta

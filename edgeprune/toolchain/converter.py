@@ -63,3 +63,7 @@ def _extract(sdist: Path, dest: Path) -> None:
                 m.name = parts[1]
                 tar.extract(m, staging, filter="data")
     staging.rename(dest)  # atomic: a half-unpacked converter is never visible
+
+
+if __name__ == "__main__":  # `make install` runs this so the first export needs no network
+    print(converter_dir())
