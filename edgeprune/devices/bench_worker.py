@@ -45,7 +45,9 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
     vocab = llm.n_vocab()
     prompt = [rng.randrange(3, vocab) for _ in range(n_prompt)]
     pp, tg = [], []
-    for rep in range(warmup + reps):
+    from tqdm import tqdm  # on stderr, which the parent passes through
+
+    for rep in tqdm(range(warmup + reps), desc="benchmark", unit="rep", leave=False):
         llm.reset()
         t = time.perf_counter()
         llm.eval(prompt)

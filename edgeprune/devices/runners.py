@@ -43,10 +43,11 @@ def run_local(gguf: Path, spec: BenchSpec) -> dict:
     threads = spec.threads or os.cpu_count() or 1
     cmd = [sys.executable, "-m", "edgeprune.devices.bench_worker", str(gguf), str(spec.prompt_tokens),
            str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-        raise ToolchainError(f"benchmark worker failed: {last}", where=str(gguf), fix="check the GGUF loads")
+    # stderr passes through so the worker's progress bar shows; stdout carries the JSON
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise ToolchainError(f"benchmark worker exited with {res.returncode} (its error is printed above)",
+                             where=str(gguf), fix="check the GGUF loads with `edgeprune eval --model FILE`")
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out.update({"runner": "local", "measured": True, "host": host_info()})
     return out

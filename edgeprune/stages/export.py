@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ExportError
@@ -50,25 +51,35 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     llamacpp.require_llama_cpp()
 
     def build(out: Path) -> dict:
+        bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
         model, tok = load_model(hf_dir)
         tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
         ref = hf_logits(model, tokens)
         n_layers = model.config.num_hidden_layers
         del model
         f16 = out / "model.F16.gguf"
+        bar.set_postfix_str("convert F16")
         llamacpp.convert_hf_to_gguf(hf_dir, f16, "f16")
+        bar.update()
+        bar.set_postfix_str("verify F16")
         f16_vs_hf = compare_logits(ref, llamacpp.gguf_logits(f16, tokens))
         if f16_vs_hf["cos_min"] < cfg.logits_cos_min:
             raise ExportError(f"F16 GGUF logits disagree with the HF model (cos {f16_vs_hf['cos_min']:.4f} "
                               f"< {cfg.logits_cos_min})", where=str(hf_dir), fix="report a converter bug")
+        bar.update()
+        bar.set_postfix_str(f"quantize {cfg.quant}")
         quant = out / f"model.{cfg.quant}.gguf"
         llamacpp.quantize(f16, quant, cfg.quant)
+        bar.update()
+        bar.set_postfix_str("verify quantized")
         meta = llamacpp.gguf_metadata(quant)
         if meta.get("llama.block_count") != n_layers:
             raise ExportError(f"GGUF has {meta.get('llama.block_count')} blocks, expected {n_layers}",
                               where=str(quant), fix="re-export")
         q_vs_f16 = compare_logits(llamacpp.gguf_logits(f16, tokens), llamacpp.gguf_logits(quant, tokens))
         f16.unlink()  # 2-4x the quantized size; reproducible from the step key
+        bar.update()
+        bar.close()
         verify = {"prompt_tokens": len(tokens), "hf_vs_f16": f16_vs_hf, "quant_vs_f16": q_vs_f16,
                   "tolerance": {"hf_vs_f16_cos_min": cfg.logits_cos_min}, "gguf": meta}
         (out / "verify.json").write_text(json.dumps(verify, indent=2, default=str))
