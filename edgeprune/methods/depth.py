@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal
 
 import torch
 
@@ -31,18 +31,28 @@ def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.arccos(cosine(a, b).clamp(-1.0, 1.0)) / math.pi).mean()
 
 
+# What the scoring stage feeds to `stats`:
+#   "hiddens":    [h_0..h_L] of one batch, every token, each (tokens, hidden);
+#   "last-token": the same list restricted to the last token of every window (Gromov et al.);
+#   "attention":  [(h_l, attn_l)] per layer: the layer input and its attention sublayer's output;
+#   "model":      stats(loss_without, n_layers, max_remove): the method drives a loss oracle
+#                 (ppl-greedy), run once on the whole calibration set instead of per batch.
+DepthInputs = Literal["hiddens", "last-token", "attention", "model"]
+
+
 @dataclass(frozen=True)
 class DepthMethod:
-    """`stats` maps one batch's hiddens to a tensor averaged over batches; `select` picks layers."""
+    """`stats` maps one batch's inputs to a tensor averaged over batches; `select` picks layers."""
 
     name: str
     summary: str
-    stats: Callable[[Sequence[torch.Tensor]], torch.Tensor]
+    stats: Callable[..., torch.Tensor]
     select: Callable[[torch.Tensor, int], list[int]]
     layer_scores: Callable[[torch.Tensor], list[float]]
+    inputs: DepthInputs = "hiddens"
 
 
-def _bi_stats(hiddens: Sequence[torch.Tensor]) -> torch.Tensor:
+def _bi_stats(hiddens: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([block_influence(hiddens[i], hiddens[i + 1]) for i in range(len(hiddens) - 1)])
 
 
