@@ -172,3 +172,23 @@ def methods(as_json):
     for kind, entries in rows.items():
         for name, summary in entries.items():
             click.echo(f"{kind:8} {name:18} {summary}")
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(), help="Pruned HF folder (the student).")
+@click.option("--teacher", type=click.Path(), default=None, help="Unpruned model (HF folder or .gguf) for kd modes.")
+@click.option("--data", default=None, help="dolly | dolly-hh | c4 | wikitext-val | PATH.jsonl (default: the recipe's).")
+@click.option("--mode", type=click.Choice(["sft", "kd", "kd+sft"]), default=None, help="Default: the recipe's (sft).")
+@click.option("--minutes", type=float, default=None, help="Wall-clock budget of the training loop.")
+@click.option("--steps", type=int, default=None, help="Step budget (global batches).")
+@click.option("--trainer", type=click.Choice(["lean", "trl"]), default=None, help="Lean loop or TRL SFTTrainer.")
+@click.option("--recipe", default=None, help="Recipe name or YAML with a `recovery:` section (e.g. sft-reference).")
+@click.option("--fresh", is_flag=True, help="Discard a checkpoint in --out instead of resuming from it.")
+@click.option("--out", required=True, type=click.Path(), help="Output: merged HF folder (+ adapter/, recovery.json).")
+@friendly
+def recover(model, teacher, data, mode, minutes, steps, trainer, recipe, fresh, out):
+    """LoRA SFT / distillation after pruning; writes a merged HF checkpoint. Resumes a killed run."""
+    from edgeprune.stages.recover import recover_command
+
+    info = recover_command(Path(model), teacher, data, mode, minutes, steps, trainer, recipe, fresh, Path(out))
+    click.echo(json.dumps(info, indent=2, default=str))

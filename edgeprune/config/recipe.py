@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from edgeprune.config.recovery import Recovery
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,3 +52,4 @@ class Recipe(Strict):
     bench: Bench = Bench()
     quality: Quality = Quality()
     max_iterations: PositiveInt = 4
+    recovery: Recovery | None = None  # None: no recovery stage between prune and export

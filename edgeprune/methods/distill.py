@@ -1,0 +1,79 @@
+"""Loss maths for recovery training: next-token CE, KD (full or top-k teacher), their mix.
+
+Pure functions on tensors; models, data and devices live in edgeprune/recovery.
+Shapes: logits (B, T, V) predict token t+1 from position t; labels (B, T) use -100 for
+"no loss here". Every loss returns the mean over the positions that count, so a batch split
+across processes averages back to the same number when every position counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align position t's logits with token t+1."""
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over positions whose next label is not IGNORE."""
+    lg, lb = shift(logits, labels)
+    return F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), lb.reshape(-1), ignore_index=IGNORE)
+
+
+def _masked_mean(per_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(per_pos.dtype)
+    return (per_pos * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(p_teacher^T || p_student^T) per position, averaged over `mask` (B, T) positions.
+
+    The T^2 factor (Hinton et al., 2015) keeps gradient size comparable across temperatures.
+    """
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    per_pos = (t.exp() * (t - s)).sum(-1)
+    if mask is None:
+        mask = torch.ones(per_pos.shape, dtype=torch.bool, device=per_pos.device)
+    return temperature ** 2 * _masked_mean(per_pos, mask)
+
+
+def kd_loss_topk(student: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
+                 temperature: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KD against a cached top-K teacher: the teacher distribution is renormalised over its K
+    best tokens (the tail is dropped), the student keeps its full-vocabulary normaliser.
+
+    With K = V this equals `kd_loss` exactly.
+    """
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    s_k = s.gather(-1, top_indices.long())
+    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
+    per_pos = (t_k.exp() * (t_k - s_k)).sum(-1)
+    if mask is None:
+        mask = torch.ones(per_pos.shape, dtype=torch.bool, device=per_pos.device)
+    return temperature ** 2 * _masked_mean(per_pos, mask)
+
+
+def mixed_loss(ce: torch.Tensor | None, kd: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """alpha * KD + (1 - alpha) * CE; either term may be absent (pure SFT or pure KD)."""
+    if kd is None:
+        return ce
+    if ce is None:
+        return kd
+    return alpha * kd + (1.0 - alpha) * ce
+
+
+def share_regained(ppl_base: float, ppl_pruned: float, ppl_recovered: float) -> float:
+    """Fraction of the log-perplexity lost to pruning that recovery won back (1.0 = all of it)."""
+    lost = math.log(ppl_pruned) - math.log(ppl_base)
+    if lost <= 0:
+        raise ValueError(f"pruning did not raise perplexity ({ppl_base} -> {ppl_pruned}); nothing to regain")
+    return (math.log(ppl_pruned) - math.log(ppl_recovered)) / lost

@@ -1,0 +1,65 @@
+"""Teacher signal for distillation: the unpruned model run on the fly, or its top-K logits
+computed once, cached to disk, and the teacher dropped from memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edgeprune.errors import ModelError
+from edgeprune.methods.distill import kd_loss, kd_loss_topk
+
+
+def check_vocab(student, teacher, where: str) -> None:
+    s, t = student.config.vocab_size, teacher.config.vocab_size
+    if s != t:
+        raise ModelError(f"teacher vocabulary ({t}) differs from the student's ({s})", where=where,
+                         fix="distil from the model the student was pruned from")
+
+
+class LiveTeacher:
+    """Runs the teacher forward for each batch (both models in memory)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def loss(self, student_logits, ids, mask, index, temperature: float) -> torch.Tensor:
+        with torch.no_grad():
+            t = self.model(input_ids=ids, attention_mask=mask).logits
+        return kd_loss(student_logits, t, temperature, mask.bool())
+
+
+class CachedTeacher:
+    """Top-K teacher logits per training block, read from a tensor file."""
+
+    def __init__(self, values: torch.Tensor, indices: torch.Tensor):
+        self.values, self.indices = values, indices
+
+    def loss(self, student_logits, ids, mask, index, temperature: float) -> torch.Tensor:
+        v = self.values[index].to(student_logits.device)
+        i = self.indices[index].to(student_logits.device)
+        return kd_loss_topk(student_logits, v, i, temperature, mask.bool())
+
+
+def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> CachedTeacher:
+    """Compute (or reuse) the top-K cache for every block in `blocks`; fp16 values, int32 ids."""
+    if path.is_file():
+        data = torch.load(path)
+        if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
+            return CachedTeacher(data["values"], data["indices"])
+    vals, idxs = [], []
+    with torch.no_grad():
+        for s in tqdm(range(0, len(blocks), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
+            logits = teacher(input_ids=blocks.ids[s:s + batch], attention_mask=blocks.mask[s:s + batch]).logits
+            top = logits.float().topk(k, dim=-1)
+            vals.append(top.values.half())
+            idxs.append(top.indices.int())
+    values, indices = torch.cat(vals), torch.cat(idxs)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"values": values, "indices": indices}, tmp)
+    tmp.replace(path)
+    return CachedTeacher(values, indices)

@@ -1,0 +1,169 @@
+"""Recover stage: LoRA SFT and/or distillation on a pruned HF checkpoint, merged back into a
+plain HF checkpoint that the export stage turns into a GGUF.
+
+Output folder: the merged checkpoint at the top (config.json + safetensors), `adapter/`
+(PEFT format, loadable with PeftModel.from_pretrained on the pruned input), `recovery.json`
+(budget, throughput, validation history). While training, `checkpoint/` holds resumable
+state; it is removed once the merged model is written.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from edgeprune.config.loader import validate_dict
+from edgeprune.config.recovery import Recovery
+from edgeprune.errors import ConfigError
+from edgeprune.runner import StepStore, tree_hash
+from edgeprune.runner.store import key_hash
+from edgeprune.toolchain.hf import load_model, resolve_model
+
+BUDGET_KEYS = ("steps", "minutes", "epochs", "eval_every", "checkpoint_every", "patience", "threads")
+
+
+def load_recovery(recipe: str | None, overrides: dict) -> Recovery:
+    """The `recovery:` section of a recipe (name or path), with CLI overrides on top."""
+    from edgeprune.config.loader import load_yaml_model
+    from edgeprune.config.recipe import Recipe
+
+    base: dict = {}
+    source = "command line"
+    if recipe:
+        path = _recipe_path(recipe)
+        r = load_yaml_model(path, Recipe)
+        base, source = (r.recovery.model_dump(mode="json", exclude_unset=True) if r.recovery else {}), str(path)
+    return validate_dict(base, Recovery, source, {k: v for k, v in overrides.items() if v is not None})
+
+
+def _recipe_path(name_or_path: str) -> Path:
+    from edgeprune.paths import repo_dir
+
+    path = Path(name_or_path)
+    if path.suffix:
+        return path
+    path = repo_dir("recipes") / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in repo_dir("recipes").glob("*.yaml"))
+        raise ConfigError(f"unknown recipe '{name_or_path}'", where="--recipe", fix=f"choose one of {', '.join(known)}")
+    return path
+
+
+def fingerprint(student_hash: str, cfg: Recovery, teacher: str | None) -> str:
+    """What a checkpoint must match to be resumed; the budget may change between runs."""
+    dump = cfg.model_dump(mode="json")
+    dump["train"] = {k: v for k, v in dump["train"].items() if k not in BUDGET_KEYS}
+    return key_hash({"student": student_hash, "teacher": teacher, "recovery": dump})
+
+
+def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path):
+    from edgeprune.recovery.teacher import CachedTeacher, LiveTeacher, build_topk_cache, check_vocab
+
+    if cfg.mode == "sft":
+        return None, train
+    if teacher_path is None:
+        raise ConfigError(f"mode '{cfg.mode}' needs a teacher", where="--teacher",
+                          fix="give the unpruned model (HF folder or .gguf)")
+    model, _ = load_model(resolve_model(str(teacher_path)))
+    check_vocab(student, model, str(teacher_path))
+    k = cfg.distill.topk_cache
+    if k is None:
+        return LiveTeacher(model), train
+    n = min(len(train), (cfg.train.steps or 10**9) * cfg.train.batch_size, cfg.distill.cache_blocks)
+    train = train.take(slice(0, n))  # a cached run trains on the cached blocks only
+    cached: CachedTeacher = build_topk_cache(model, train, k, out / f"teacher-top{k}.pt")
+    del model  # the point of the cache: the teacher leaves memory before training starts
+    return cached, train
+
+
+def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path | None = None,
+                 fresh: bool = False, on_step=None) -> dict:
+    from accelerate import Accelerator
+
+    from edgeprune.data.sft import build_blocks
+    from edgeprune.recovery import checkpoint
+    from edgeprune.recovery.lora import merge_and_save, wrap_lora
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model, tok = load_model(student_dir)
+    train, val = build_blocks(cfg.data, tok, cfg.seed)
+    teacher, train = _teacher(cfg, teacher_path, model, train, out)
+    fp = fingerprint(tree_hash(student_dir), cfg, str(teacher_path) if teacher_path else None)
+    if fresh and acc.is_main_process:
+        checkpoint.discard(out)
+    if cfg.train.trainer == "trl":
+        from edgeprune.recovery.trl_path import train_trl
+
+        peft_model, summary = train_trl(model, tok, train, val, cfg, out)
+    else:
+        from edgeprune.recovery.loop import Loop
+
+        loop = Loop(wrap_lora(model, cfg.lora), train, val, cfg, out, teacher, acc, fp, on_step)
+        loop.resume()
+        summary = loop.run()
+        peft_model = loop.inner
+    summary.update({"mode": cfg.mode, "trainer": cfg.train.trainer, "train_blocks": len(train),
+                    "val_blocks": len(val), "block_tokens": cfg.data.max_length, "data": cfg.data.source,
+                    "student": str(student_dir), "teacher": str(teacher_path) if teacher_path else None,
+                    "recipe": cfg.model_dump(mode="json")})
+    if acc.is_main_process:
+        merge_and_save(peft_model, tok, out, out / "adapter")
+        (out / "recovery.json").write_text(json.dumps(summary, indent=2, default=str))
+        checkpoint.discard(out)
+        shutil.rmtree(out / "trl", ignore_errors=True)
+    acc.wait_for_everyone()
+    return summary
+
+
+def recover_stage(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Recovery,
+                  teacher_dir: Path | None = None) -> tuple[Path, str]:
+    """Planner hook between prune and export: (pruned hf_dir, hash) -> (recovered hf_dir, hash).
+
+    `teacher_dir` is the unpruned checkpoint for KD modes (cfg.teacher wins when set). Training
+    checkpoints live in a work dir named by the step key, so a killed plan resumes training.
+    """
+    teacher = Path(cfg.teacher) if cfg.teacher else teacher_dir
+    key = {"model": hf_hash, "teacher": tree_hash(teacher) if teacher and cfg.mode != "sft" else None,
+           "recovery": cfg.model_dump(mode="json")}
+    work = store.root / f".work-recover-{key_hash({'step': 'recover', **key})[:16]}"
+
+    def build(tmp: Path) -> dict:
+        summary = run_recovery(hf_dir, cfg, work, teacher)
+        for item in work.iterdir():
+            shutil.move(str(item), tmp / item.name)
+        shutil.rmtree(work, ignore_errors=True)
+        return {k: summary[k] for k in ("mode", "steps", "tokens", "seconds", "best_val_ppl", "initial_val_ppl")}
+
+    res = store.run("recover", key, build)
+    return res.path, res.path.name
+
+
+def recover_command(model: Path, teacher: str | None, data: str | None, mode: str | None, minutes: float | None,
+                    steps: int | None, trainer: str | None, recipe: str | None, fresh: bool, out: Path) -> dict:
+    from edgeprune.toolchain.hf import check_hf_folder
+
+    if not Path(model).is_dir():
+        raise ConfigError(f"recover takes a HF folder, got {model}", where="--model",
+                          fix="prune first (edgeprune prune ... --out DIR) and pass DIR")
+    check_hf_folder(Path(model))
+    over = {"data.source": data, "mode": mode, "train.minutes": minutes, "train.steps": steps,
+            "train.trainer": trainer, "teacher": teacher}
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}", where="--steps", fix="give a positive count")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError(f"--minutes must be > 0, got {minutes}", where="--minutes", fix="give a positive number")
+    cfg = load_recovery(recipe, over)
+    summary = run_recovery(Path(model), cfg, out, Path(cfg.teacher) if cfg.teacher else None, fresh)
+    summary.pop("history", None)
+    summary.pop("recipe", None)
+    return {**summary, "out": str(out)}
