@@ -1,0 +1,133 @@
+"""Width pruning plumbing: collect head / MLP-channel importance, decide, slice.
+
+Activation importance: hooks on o_proj and down_proj inputs, no gradients.
+Taylor importance: backward of the calibration loss; each weight's |w * grad| is folded into its
+structure scores by a post-accumulate hook and the gradient is freed at once, so at most one
+weight matrix's gradient is alive (activations of the batch are still kept for backward).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from edgeprune import registry
+from edgeprune.methods.width import (HeadMode, WidthMethod, aligned_keep, channel_contribution_sq, coupled_counts,
+                                     head_contribution_sq, keep_channels, keep_heads_per_group, keep_kv_groups,
+                                     taylor_saliency)
+from edgeprune.surgery.ffn import keep_ffn_channels
+from edgeprune.surgery.heads import keep_heads
+
+ALIGN = 32
+
+
+def _shape(cfg) -> dict:
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return dict(n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads, n_kv=cfg.num_key_value_heads,
+                hd=hd, inter=cfg.intermediate_size, hidden=cfg.hidden_size)
+
+
+def _zeros(s: dict) -> dict[str, torch.Tensor]:
+    return {"heads": torch.zeros(s["n_layers"], s["n_heads"], dtype=torch.float64),
+            "kv": torch.zeros(s["n_layers"], s["n_kv"], dtype=torch.float64),
+            "ffn": torch.zeros(s["n_layers"], s["inter"], dtype=torch.float64)}
+
+
+def activation_scores(model, windows: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    s = _shape(model.config)
+    scores = _zeros(s)
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        def on_o(_m, args, i=i, w=layer.self_attn.o_proj):
+            scores["heads"][i] += head_contribution_sq(args[0].reshape(-1, args[0].shape[-1]), w.weight, s["n_heads"])
+
+        def on_down(_m, args, i=i, w=layer.mlp.down_proj):
+            scores["ffn"][i] += channel_contribution_sq(args[0].reshape(-1, args[0].shape[-1]), w.weight)
+        handles += [layer.self_attn.o_proj.register_forward_pre_hook(on_o),
+                    layer.mlp.down_proj.register_forward_pre_hook(on_down)]
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(windows), batch_size), desc="width importance", unit="batch"):
+                model(input_ids=windows[start:start + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v.sqrt() for k, v in scores.items()}
+
+
+def _taylor_hooks(model, scores: dict, s: dict) -> list:
+    hd = s["hd"]
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        parts = [(a.q_proj, "heads", 0, hd), (a.o_proj, "heads", 1, hd), (a.k_proj, "kv", 0, hd),
+                 (a.v_proj, "kv", 0, hd), (m.gate_proj, "ffn", 0, 1), (m.up_proj, "ffn", 0, 1),
+                 (m.down_proj, "ffn", 1, 1)]
+        for lin, key, dim, size in parts:
+            def hook(p, i=i, key=key, dim=dim, size=size):
+                scores[key][i] += taylor_saliency(p.data, p.grad, dim, size)
+                p.grad = None
+            lin.weight.requires_grad_(True)
+            handles.append(lin.weight.register_post_accumulate_grad_hook(hook))
+    return handles
+
+
+def taylor_scores(model, windows: torch.Tensor, batch_size: int = 2) -> dict[str, torch.Tensor]:
+    """Per-batch first-order Taylor saliency sum_batches sum_group |w * dL/dw| (LLM-Pruner's
+    element-wise 'param_first', accumulated over batches)."""
+    s = _shape(model.config)
+    scores = _zeros(s)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    handles = _taylor_hooks(model, scores, s)
+    try:
+        for start in tqdm(range(0, len(windows), batch_size), desc="taylor importance", unit="batch"):
+            ids = windows[start:start + batch_size]
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+    return scores
+
+
+def decide(cfg, method: WidthMethod, scores: dict, fraction: float, head_mode: HeadMode) -> dict:
+    """{'heads': per-layer kept query heads or None, 'ffn': per-layer kept channels or None}."""
+    s = _shape(cfg)
+    heads = ffn = None
+    if method.name == "taylor":
+        per_group, n_keep = coupled_counts(s["hidden"], s["n_heads"], s["n_kv"], s["hd"], s["inter"], fraction,
+                                           ALIGN)
+        heads = keep_heads_per_group(scores["heads"], s["n_kv"], per_group) if per_group else None
+        ffn = keep_channels(scores["ffn"], n_keep) if n_keep < s["inter"] else None
+    elif method.name == "heads":
+        if head_mode == "groups":
+            heads = keep_kv_groups(scores["heads"], scores["kv"], max(1, round(fraction * s["n_kv"])))
+        else:
+            gs = s["n_heads"] // s["n_kv"]
+            heads = keep_heads_per_group(scores["heads"], s["n_kv"], max(1, round(fraction * gs)))
+    else:
+        ffn = keep_channels(scores["ffn"], aligned_keep(s["inter"], fraction, ALIGN))
+    return {"heads": heads, "ffn": ffn}
+
+
+def prune_width(model, windows: torch.Tensor, method_name: str, fraction: float, head_mode: HeadMode = "groups",
+                importance: str | None = None) -> dict:
+    """Score, decide and slice in place; returns the decision and the parameter counts."""
+    method: WidthMethod = registry.get("width", method_name)
+    kind = importance or method.importance
+    before = sum(p.numel() for p in model.model.layers.parameters())
+    scores = taylor_scores(model, windows) if kind == "taylor" else activation_scores(model, windows)
+    decision = decide(model.config, method, scores, fraction, head_mode)
+    if decision["heads"]:
+        keep_heads(model, decision["heads"])
+    if decision["ffn"]:
+        keep_ffn_channels(model, decision["ffn"])
+    after = sum(p.numel() for p in model.model.layers.parameters())
+    cfg = model.config
+    return {"method": method_name, "importance": kind, "fraction": fraction, "head_mode": head_mode,
+            "layer_params_before": before, "layer_params_after": after, "removed_fraction": 1 - after / before,
+            "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+            "intermediate_size": cfg.intermediate_size, "decision": decision}
