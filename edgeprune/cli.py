@@ -83,16 +83,24 @@ def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps,
 
 @main.command()
 @click.option("--model", default=None, help="HF folder or .gguf (default: SmolLM2).")
-@click.option("--method", default="block-influence", show_default=True)
-@click.option("--remove", "n_remove", type=int, required=True, help="How many layers to remove.")
+@click.option("--method", default="block-influence", show_default=True, help="Any depth, width or sparsity method.")
+@click.option("--remove", "n_remove", type=int, default=None, help="Depth: how many layers to remove.")
+@click.option("--fraction", type=float, default=None, help="Width: fraction of KV groups / channels / layer params.")
+@click.option("--head-mode", type=click.Choice(["groups", "per-group"]), default="groups", show_default=True,
+              help="heads: drop whole KV groups, or the same number of query heads in every group.")
+@click.option("--importance", type=click.Choice(["activation", "taylor"]), default=None,
+              help="Width importance (default: the method's own).")
+@click.option("--sparsity", type=float, default=None, help="Sparsity: unstructured fraction of zeros, e.g. 0.5.")
+@click.option("--nm", default=None, help="Sparsity: N:M pattern, e.g. 2:4 (N non-zeros in every M).")
 @click.option("--calib", type=click.Path(), default=None)
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
 @friendly
-def prune(model, method, n_remove, calib, out):
-    """Score layers and write a depth-pruned HF checkpoint."""
-    from edgeprune.stages.commands import prune_command
+def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, out):
+    """Prune by any registered method and write a HF checkpoint."""
+    from edgeprune.stages.prune_methods import prune_by_name
 
-    info = prune_command(model, method, n_remove, calib, Path(out))
+    info = prune_by_name(model, method, calib, Path(out), n_remove=n_remove, sparsity=sparsity, nm=nm,
+                         fraction=fraction, head_mode=head_mode, importance=importance)
     click.echo(json.dumps(info, indent=2))
 
 
