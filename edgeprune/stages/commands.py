@@ -35,7 +35,9 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
     hf_dir, digest = import_model(store, resolve_model(model))
     model_obj, tok = load_model(hf_dir)
     check_removal(model_obj.config.num_hidden_layers, list(range(n_remove)))
-    stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib))
+    n_layers = model_obj.config.num_hidden_layers  # ppl-greedy searches half the depth unless asked for more
+    stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib),
+                             max_remove=n_remove if n_remove > n_layers // 2 else None)
     remove = registry.get("depth", method).select(stats, n_remove)
     remove_layers(model_obj, remove)
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".prune-"))
