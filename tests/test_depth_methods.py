@@ -100,3 +100,21 @@ def test_every_depth_method_scores_the_tiny_model(tiny_llama, name, shape):
 def test_depth_method_typo_answers_did_you_mean():
     with pytest.raises(ConfigError, match="did you mean 'angular'"):
         registry.get("depth", "angualr")
+
+
+@pytest.mark.parametrize("name", ["block-influence", "angular", "attention-norm"])
+def test_streamed_scoring_equals_in_memory(tiny_llama, name):
+    from edgeprune.stages.stream import streamed_depth_stats
+
+    model, _ = load_model(tiny_llama)
+    windows = torch.randint(0, 1000, (3, 12))
+    ref = depth_stats(model, windows, name, batch_size=2)
+    got = streamed_depth_stats(tiny_llama, windows, name, batch_size=2)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_ppl_greedy_cannot_stream(tiny_llama):
+    from edgeprune.stages.stream import streamed_depth_stats
+
+    with pytest.raises(ConfigError, match="cannot be streamed"):
+        streamed_depth_stats(tiny_llama, torch.randint(0, 1000, (1, 8)), "ppl-greedy")
