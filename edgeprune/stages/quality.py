@@ -1,0 +1,122 @@
+"""Perplexity and KL divergence vs a parent, on the same token windows for HF folders and GGUFs.
+
+Protocol (the one stages/evaluate.py uses for GGUFs): the text is tokenized whole, without BOS, by the
+evaluated model's tokenizer; cut into non-overlapping windows of `ctx` tokens (the first `windows`
+of them); within a window every token after the first is scored from its in-window prefix;
+ppl = exp(mean NLL). KLD is KL(parent || model) of the next-token distributions at those same
+scored positions (llama.cpp's --kl-divergence idea), averaged over positions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edgeprune.errors import DataError
+from edgeprune.evaluation.metrics import kl_per_position, summarize_kld, token_nll
+from edgeprune.toolchain import llamacpp
+
+
+class GGUFLogits:
+    def __init__(self, path: Path, ctx: int, threads: int | None = None):
+        self.llm = llamacpp.open_gguf(path, n_ctx=ctx, threads=threads, logits_all=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class HFLogits:
+    def __init__(self, path: Path, threads: int | None = None):
+        import torch
+
+        from edgeprune.toolchain.hf import load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.tok = load_model(Path(path))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model(torch.tensor([ids])).logits[0].float().numpy()
+
+    def close(self) -> None:
+        del self.model
+
+
+def open_logits(model: Path, ctx: int, threads: int | None = None):
+    model = Path(model)
+    return GGUFLogits(model, ctx, threads) if model.suffix == ".gguf" else HFLogits(model, threads)
+
+
+def windows_of(ids: list[int], ctx: int, windows: int | None) -> list[list[int]]:
+    n = len(ids) // ctx if windows is None else min(windows, len(ids) // ctx)
+    if n == 0:
+        raise DataError(f"evaluation text has {len(ids)} tokens, shorter than one window of {ctx}",
+                        where="evaluation text", fix="give a longer text or a smaller --ctx")
+    return [ids[w * ctx: (w + 1) * ctx] for w in range(n)]
+
+
+def perplexity(source, wins: list[list[int]]) -> dict:
+    nll, count = 0.0, 0
+    for win in tqdm(wins, desc="perplexity", unit="win", leave=False):
+        terms = token_nll(source(win), win)
+        nll, count = nll + float(terms.sum()), count + terms.size
+    return {"ppl": math.exp(nll / count), "tokens_scored": count, "windows": len(wins), "ctx": len(wins[0])}
+
+
+def model_perplexity(model: Path, text: str, ctx: int = 512, windows: int | None = None,
+                     threads: int | None = None) -> dict:
+    """Perplexity of a HF folder or a GGUF under the stated protocol."""
+    source = open_logits(model, ctx, threads)
+    try:
+        ids = source.tokenize(text)
+        return perplexity(source, windows_of(ids, ctx, windows)) | {"total_tokens": len(ids)}
+    finally:
+        source.close()
+
+
+def compare_to_parent(model: Path, parent: Path, text: str | None = None, ctx: int = 512,
+                      windows: int | None = 16, threads: int | None = None) -> dict:
+    """ppl of model and parent, and KLD(parent || model), on identical windows."""
+    from edgeprune.data import eval_text
+
+    text = text if text is not None else eval_text(None)
+    child, ref = open_logits(model, ctx, threads), open_logits(parent, ctx, threads)
+    try:
+        ids = child.tokenize(text)
+        if ref.tokenize(text) != ids:
+            raise DataError("model and parent tokenize the evaluation text differently", where=str(parent),
+                            fix="KLD needs the same tokenizer; compare models derived from the same parent")
+        wins = windows_of(ids, ctx, windows)
+        nll = {"model": 0.0, "parent": 0.0}
+        kls, top_ref, top_new = [], [], []
+        for win in tqdm(wins, desc="kld", unit="win", leave=False):
+            new, old = child(win), ref(win)
+            nll["model"] += float(token_nll(new, win).sum())
+            nll["parent"] += float(token_nll(old, win).sum())
+            kls.append(kl_per_position(old[:-1], new[:-1]))
+            top_ref.append(old[:-1].argmax(-1))
+            top_new.append(new[:-1].argmax(-1))
+        count = sum(len(k) for k in kls)
+        return {"ppl": math.exp(nll["model"] / count), "parent_ppl": math.exp(nll["parent"] / count),
+                "tokens_scored": count, "windows": len(wins), "ctx": ctx, "total_tokens": len(ids),
+                **summarize_kld(np.concatenate(kls), np.concatenate(top_ref), np.concatenate(top_new))}
+    finally:
+        child.close()
+        ref.close()
