@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import click
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.runner.store import STAGE_ORDER
 
 
 def friendly(fn):
@@ -21,6 +23,12 @@ def friendly(fn):
         except EdgepruneError as exc:
             click.echo(f"error: {exc.one_line()}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # the environment, not a bug: full disk, permissions, a vanished file
+            what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
+            where = exc.filename or "file system"
+            click.echo(f"error: {where}: {what} — fix: free space or fix permissions, then rerun "
+                       "(finished steps are kept)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; finished steps are kept and a rerun resumes from them", err=True)
             sys.exit(130)
@@ -34,12 +42,17 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Which flag overrides which target key: errors on an overridden value name the flag.
+BUDGET_FLAGS = {"budget.latency_s": "--latency", "budget.answer_tokens": "--tokens",
+                "budget.prompt_tokens": "--prompt-tokens", "budget.decode_tps": "--decode-tps",
+                "budget.max_ram_gb": "--max-ram-gb", "budget.max_file_gb": "--max-file-gb",
+                "budget.max_ppl_ratio": "--max-ppl-ratio", "device.threads": "--threads", "device.runner": "--runner"}
+
+
 def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio,
                       threads, runner) -> dict:
-    pairs = {"budget.latency_s": latency, "budget.answer_tokens": tokens, "budget.prompt_tokens": prompt_tokens,
-             "budget.decode_tps": decode_tps, "budget.max_ram_gb": max_ram_gb, "budget.max_file_gb": max_file_gb,
-             "budget.max_ppl_ratio": max_ppl_ratio, "device.threads": threads, "device.runner": runner}
-    return {k: v for k, v in pairs.items() if v is not None}
+    values = (latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio, threads, runner)
+    return {k: v for k, v in zip(BUDGET_FLAGS, values) if v is not None}
 
 
 @main.command()
@@ -60,21 +73,24 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text (.jsonl with 'text', or .txt).")
 @click.option("--store", default=None, help="Step store dir (default ~/.cache/edgeprune/steps).")
 @click.option("--force", is_flag=True, help="Recompute every step instead of reusing cached ones.")
+@click.option("--from", "redo_from", type=click.Choice(STAGE_ORDER), default=None,
+              help="Recompute this stage and every later one; earlier ones come from the cache.")
+@click.option("--allow-pickle", is_flag=True, help="Accept .bin (pickle) weights; they can run code when loaded.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @friendly
 def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
-         max_ppl_ratio, threads, runner, method, calib, store, force, dry_run):
+         max_ppl_ratio, threads, runner, method, calib, store, force, redo_from, allow_pickle, dry_run):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
     t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
                                max_ppl_ratio, threads, runner)
     r_over = {k: v for k, v in {"depth.method": method, "calibration.path": calib}.items() if v is not None}
-    p = build_plan(model, target, recipe, out, t_over, r_over)
+    p = build_plan(model, target, recipe, out, t_over, r_over, BUDGET_FLAGS, allow_pickle)
     click.echo(p.describe())
     if dry_run:
         return
-    manifest = run_plan(p, store, force, log=click.echo)
+    manifest = run_plan(p, store, force, log=click.echo, redo_from=redo_from)
     res = manifest["result"]
     click.echo(f"{'budget met' if res['met'] else 'budget NOT met'}: {res['reason']}; outputs in {p.out}")
     if not res["met"]:

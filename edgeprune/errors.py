@@ -39,3 +39,7 @@ class BudgetError(EdgepruneError):
 
 class ToolchainError(EdgepruneError):
     pass
+
+
+class DiskError(EdgepruneError):
+    """Not enough space, or the disk filled while writing (nothing half-written is kept)."""

@@ -13,7 +13,12 @@ from edgeprune.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
-def describe_validation_error(err: ValidationError, source: str) -> ConfigError:
+UNITS = {"_s": "seconds", "_gb": "GB", "_tps": "tokens per second", "_tokens": "tokens"}
+
+
+def describe_validation_error(err: ValidationError, source: str, flags: dict[str, str] | None = None) -> ConfigError:
+    """The first error as one line. `flags` maps an overridden key path (budget.latency_s) to
+    the command-line flag that set it (--latency), so the message blames the flag, not the file."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     got = first.get("input")
@@ -22,12 +27,34 @@ def describe_validation_error(err: ValidationError, source: str) -> ConfigError:
         msg = "unknown key"
         fix = "remove it or check its spelling against the documented keys"
     else:
-        fix = "correct the value"
-    what = f"{loc}: {msg}, got {got!r}" if first["type"] != "extra_forbidden" else f"{loc}: {msg}"
+        fix = _unit_hint(loc, got, first["type"]) or "correct the value"
+    if first["type"] == "extra_forbidden":
+        what = f"{loc}: {msg}"
+    elif first["type"] == "value_error":  # a cross-field check: its message names the keys
+        what = f"{loc}: {msg.removeprefix('Value error, ')}" if first["loc"] else msg.removeprefix("Value error, ")
+        fix = "make the values consistent"
+    else:
+        what = f"{loc}: {msg}, got {got!r}"
+    if flags and loc in flags:
+        what = f"{msg}, got {got!r} (the flag overrides {loc} of {Path(source).name})"
+        return ConfigError(what, where=flags[loc], fix=_unit_hint(loc, got, first["type"])
+                           or f"correct the value of {flags[loc]}")
     return ConfigError(what, where=source, fix=fix)
 
 
-def load_yaml_model(path: Path, model: type[M], overrides: dict | None = None) -> M:
+def _unit_hint(loc: str, got, err_type: str) -> str | None:
+    """Wrong units: a string like "2s" where a plain number is expected, or seconds that look
+    like milliseconds. Says the unit the key is in."""
+    unit = next((u for suffix, u in UNITS.items() if loc.endswith(suffix)), None)
+    if unit and isinstance(got, str):
+        return f"write a plain number in {unit} (e.g. {loc.rsplit('.', 1)[-1]}: 2.0), without a unit suffix"
+    if unit == "seconds" and err_type == "less_than_equal" and isinstance(got, (int, float)):
+        return f"the unit is seconds; if {got} was meant as milliseconds, write {got / 1000:g}"
+    return None
+
+
+def load_yaml_model(path: Path, model: type[M], overrides: dict | None = None,
+                    flags: dict[str, str] | None = None) -> M:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"file not found: {path}", where=str(path), fix="give an existing YAML file")
@@ -37,16 +64,18 @@ def load_yaml_model(path: Path, model: type[M], overrides: dict | None = None) -
         raise ConfigError(f"not valid YAML ({type(exc).__name__})", where=str(path), fix="fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top level", where=str(path), fix="write key: value pairs")
-    return validate_dict(data, model, str(path), overrides)
+    return validate_dict(data, model, str(path), overrides, flags)
 
 
-def validate_dict(data: dict, model: type[M], source: str, overrides: dict | None = None) -> M:
+def validate_dict(data: dict, model: type[M], source: str, overrides: dict | None = None,
+                  flags: dict[str, str] | None = None) -> M:
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
+    flags = {k: v for k, v in (flags or {}).items() if k in (overrides or {})}  # only flags actually given
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise describe_validation_error(err, source) from None
+        raise describe_validation_error(err, source, flags) from None
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:

@@ -29,6 +29,9 @@ class Depth(Strict):
 class Export(Strict):
     quant: Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"] = "Q4_K_M"
     logits_cos_min: float = Field(0.995, gt=0, le=1)  # HF vs F16 GGUF agreement gate
+    # Gate: mean KL(F16 || quantized) of next-token distributions on the verify prompt, in nats.
+    # None: the per-quant default in stages/export.py (KLD_MAX).
+    kld_max: float | None = Field(None, gt=0)
 
 
 class Bench(Strict):

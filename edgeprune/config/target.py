@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 
 class Strict(BaseModel):
@@ -18,23 +18,30 @@ class Device(Strict):
     ram_gb: PositiveFloat
     mem_bandwidth_gbs: PositiveFloat
     runner: Literal["local", "fake", "ssh"] = "local"
-    ssh_host: str | None = None
+    ssh_host: str | None = None        # runner ssh: [user@]host
+    ssh_port: PositiveInt = 22
+    ssh_key: str | None = None         # identity file; None: the ssh agent / default keys
+    ssh_python: str = "python3"        # interpreter on the remote with llama-cpp-python
+    connect_timeout_s: PositiveInt = 10
+    compute_gflops: PositiveFloat | None = None  # cost-model prior for prefill; None: from threads
+
+    @model_validator(mode="after")
+    def _check_ssh(self) -> "Device":
+        if self.runner == "ssh" and not self.ssh_host:
+            raise ValueError("device.runner is 'ssh' but device.ssh_host is not set (write user@host)")
+        return self
 
 
 class Budget(Strict):
     prompt_tokens: PositiveInt = 64
     answer_tokens: PositiveInt = 100
-    latency_s: PositiveFloat | None = None
+    # Ten minutes bounds one prompt + answer; a larger number is almost surely milliseconds.
+    latency_s: PositiveFloat | None = Field(None, le=600)
     decode_tps: PositiveFloat | None = None
     max_ram_gb: PositiveFloat | None = None
     max_file_gb: PositiveFloat | None = None
-    max_ppl_ratio: float = 1.5
-
-    @model_validator(mode="after")
-    def _check(self) -> "Budget":
-        if self.max_ppl_ratio < 1.0:
-            raise ValueError(f"max_ppl_ratio must be >= 1.0 (a ratio to the unpruned model), got {self.max_ppl_ratio}")
-        return self
+    context_tokens: PositiveInt | None = None  # KV cache size for the RAM budget; None: prompt + answer
+    max_ppl_ratio: float = Field(1.5, ge=1.0)  # a ratio to the unpruned model: below 1 is unmeetable
 
 
 class Target(Strict):
@@ -42,3 +49,14 @@ class Target(Strict):
     name: str
     device: Device
     budget: Budget
+
+    @model_validator(mode="after")
+    def _check_fits_device(self) -> "Target":
+        b, d = self.budget, self.device
+        if b.max_ram_gb is not None and b.max_ram_gb > d.ram_gb:
+            raise ValueError(f"budget.max_ram_gb ({b.max_ram_gb}) exceeds the device's RAM, device.ram_gb "
+                             f"({d.ram_gb}); is it in MB? both are GB")
+        if b.max_file_gb is not None and b.max_file_gb > d.ram_gb:
+            raise ValueError(f"budget.max_file_gb ({b.max_file_gb}) exceeds device.ram_gb ({d.ram_gb}): "
+                             "the model is read into RAM, so it cannot be larger than RAM")
+        return self

@@ -57,7 +57,7 @@ def quality_ok(state: RunState, it: dict) -> tuple[bool, float]:
 def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     state = RunState(plan, store)
     r = plan.recipe
-    hf_dir, state.model_hash = import_model(store, plan.model)
+    hf_dir, state.model_hash = import_model(store, plan.model, plan.allow_pickle)
     stats, score_res = score_depth(store, hf_dir, state.model_hash, r.depth.method, r.calibration,
                                    max_remove=plan.max_removed)
     state.scores = score_res.meta["layer_scores"]

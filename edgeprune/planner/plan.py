@@ -20,6 +20,7 @@ class Plan:
     out: Path
     model_config: dict | None = None
     steps: list[str] = field(default_factory=list)
+    allow_pickle: bool = False  # --allow-pickle: the import stage may load .bin weights
 
     @property
     def num_layers(self) -> int | None:

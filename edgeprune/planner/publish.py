@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,13 @@ from pathlib import Path
 from edgeprune.errors import ConfigError
 from edgeprune.report.manifest import atomic_copy, atomic_write_text, build_manifest, write_json
 from edgeprune.report.markdown import llama_bench_records, render_report
+from edgeprune.runner.disk import check_free_space
+
+
+def safe_name(stem: str) -> str:
+    """A file name that stays inside --out whatever the model was called."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-")
+    return cleaned or "model"
 
 
 def prepare_out(out: Path) -> None:
@@ -43,7 +51,7 @@ def out_lock(out: Path):
 
 def artifact_name(state) -> str:
     final = state.outcome["final"]
-    stem = Path(str(state.plan.model)).stem.split(".")[0] or "model"
+    stem = safe_name(Path(str(state.plan.model)).stem.split(".")[0])
     return f"{stem}-L{final['layers']}.{state.plan.recipe.export.quant}.gguf"
 
 
@@ -52,7 +60,9 @@ def publish(state, started: float) -> dict:
     artifact = None
     if state.outcome["met"]:
         artifact = out / artifact_name(state)
-        atomic_copy(Path(state.outcome["final"]["gguf"]), artifact)
+        src = Path(state.outcome["final"]["gguf"])
+        check_free_space(out, src.stat().st_size, "the final GGUF")
+        atomic_copy(src, artifact)
     manifest = build_manifest(state, state.model_hash, time.time() - started, artifact)
     write_json(out / "bench.json", {"records": llama_bench_records(manifest)})
     atomic_write_text(out / "report.md", render_report(manifest))

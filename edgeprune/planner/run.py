@@ -8,12 +8,17 @@ from pathlib import Path
 
 from edgeprune.config.loader import load_yaml_model
 from edgeprune.config.recipe import Recipe
+from edgeprune.data.texts import read_texts
 from edgeprune.errors import ConfigError
 from edgeprune.paths import cache_dir, repo_dir
 from edgeprune.planner.execute import execute
 from edgeprune.planner.plan import Plan, make_plan, read_model_config
 from edgeprune.planner.publish import out_lock, prepare_out, publish
+from edgeprune.config.checks import check_budget_fits_model
+from edgeprune.devices.reachability import check_ssh_reachable
+from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
+from edgeprune.runner.store import stages_from
 from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model
 
@@ -29,24 +34,38 @@ def load_recipe(name_or_path: str, overrides: dict | None = None) -> Recipe:
 
 
 def build_plan(model: str | None, target: str, recipe: str, out: str | None, target_overrides: dict,
-               recipe_overrides: dict) -> Plan:
-    t = load_target(target, target_overrides)
+               recipe_overrides: dict, flags: dict[str, str] | None = None, allow_pickle: bool = False) -> Plan:
+    """`flags`: which command-line flag set each override, so an error names the flag."""
+    t = load_target(target, target_overrides, flags)
     r = load_recipe(recipe, recipe_overrides)
     from edgeprune import registry
 
     registry.get("depth", r.depth.method)
-    model_path = resolve_model(model)
+    for text_file in (r.calibration.path, r.quality.path):
+        if text_file:  # empty, non-UTF-8 or malformed text fails here, before any step runs
+            read_texts(Path(text_file))
+    if t.device.runner == "ssh":
+        check_ssh_reachable(t.device.ssh_host, t.device.ssh_port, t.device.connect_timeout_s)
+    model_path = resolve_model(model, allow_pickle)
+    model_config = read_model_config(model_path)
+    check_budget_fits_model(t.budget, model_config, where=f"target '{t.name}' budget")
     out_dir = Path(out) if out else Path("runs") / f"{t.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return make_plan(model_path, t, r, out_dir, read_model_config(model_path))
+    plan = make_plan(model_path, t, r, out_dir, model_config)
+    plan.allow_pickle = allow_pickle
+    return plan
 
 
 def store_root(store: str | None) -> Path:
     return Path(store or os.environ.get("EDGEPRUNE_STORE") or cache_dir() / "steps")
 
 
-def run_plan(plan: Plan, store: str | None, force: bool, log=print) -> dict:
+def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: str | None = None) -> dict:
+    """`force` rebuilds every step; `redo_from` rebuilds that stage and the later ones."""
     prepare_out(plan.out)
     started = time.time()
     with out_lock(plan.out):
-        state = execute(plan, StepStore(store_root(store), force=force), log=log)
+        for stale in clear_stale_temps(plan.out):
+            log(f"removed {stale.name}, left by a killed run")
+        steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from), echo=log)
+        state = execute(plan, steps, log=log)
         return publish(state, started)

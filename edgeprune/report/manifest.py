@@ -28,14 +28,37 @@ def versions() -> dict:
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy to a hidden temp name, fsync, rename: `dst` is either absent or complete."""
+    from edgeprune.runner.faults import kill_point
+
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the rename must not reach the disk before the bytes do
+        kill_point("publish")
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def clear_stale_temps(folder: Path) -> list[Path]:
+    """Hidden `.NAME.tmp-PID` files a killed run left; call only while holding the folder's lock."""
+    stale = [p for p in folder.glob(".*.tmp-*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def build_manifest(state, model_hash: str, wall_s: float, artifact: Path | None) -> dict:

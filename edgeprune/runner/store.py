@@ -2,21 +2,32 @@
 
 Outputs are built in a temp dir beside the final one and renamed into place, so a killed run
 leaves no half-written step under its final name, and a rerun is a cache hit for every
-finished step.
+finished step. Each step key has its own lock file, so two runs sharing a store never build
+the same step at once: the second waits, then finds the first one's result.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from edgeprune import __version__
+from edgeprune.errors import ConfigError, DiskError
+from edgeprune.runner.disk import check_free_space
+from edgeprune.runner.faults import kill_point
+
+# Pipeline order, for `--from STAGE`: that stage and every later one are rebuilt. Stages not
+# listed here are rebuilt only by --force.
+STAGE_ORDER = ["import", "score", "prune", "export", "bench", "ppl"]
 
 
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:
@@ -43,6 +54,11 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def stages_from(stage: str | None) -> set[str]:
+    """The stages `--from STAGE` rebuilds."""
+    return set() if stage is None else set(STAGE_ORDER[STAGE_ORDER.index(stage):])
+
+
 @dataclass
 class StepResult:
     name: str
@@ -53,35 +69,106 @@ class StepResult:
 
 
 class StepStore:
-    def __init__(self, root: Path, force: bool = False):
+    def __init__(self, root: Path, force: bool = False, redo: set[str] | None = None,
+                 echo: Callable[[str], None] | None = None):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"step store folder cannot be created ({exc.strerror or type(exc).__name__})",
+                              where=str(self.root), fix="point --store (or EDGEPRUNE_STORE) at a writable folder") from None
         self.force = force
+        self.redo = set(redo or ())
+        self.echo = echo
         self.log: list[dict] = []
+        self._rebuilt: set[str] = set()  # forced steps rebuild once per run, not on every reuse
 
-    def run(self, name: str, key: dict, build: Callable[[Path], dict | None]) -> StepResult:
+    def run(self, name: str, key: dict, build: Callable[[Path], dict | None],
+            need_bytes: int | None = None) -> StepResult:
+        """`need_bytes`: a generous estimate of what `build` writes, checked against free disk first."""
         digest = key_hash({"step": name, **key})
         final = self.root / f"{name}-{digest[:16]}"
-        if final.is_dir() and (final / "step.json").is_file() and not self.force:
-            meta = json.loads((final / "step.json").read_text())["meta"]
-            return self._record(StepResult(name, final, True, meta, 0.0))
+        if self._reusable(name, final):
+            return self._record(StepResult(name, final, True, self._meta(final), 0.0))
+        with self._step_lock(final):
+            if self._reusable(name, final):  # another run built it while we waited
+                return self._record(StepResult(name, final, True, self._meta(final), 0.0))
+            self._clear_stale(final)  # holding the lock: any temp dir of this key is a dead run's
+            if need_bytes:
+                check_free_space(self.root, need_bytes, f"step '{name}'")
+            meta, seconds = self._build(name, key, build, final)
+        self._rebuilt.add(final.name)
+        return self._record(StepResult(name, final, False, meta, seconds))
+
+    def _reusable(self, name: str, final: Path) -> bool:
+        if not (final / "step.json").is_file():
+            return False
+        forced = self.force or name in self.redo
+        return not forced or final.name in self._rebuilt
+
+    @staticmethod
+    def _meta(final: Path) -> dict:
+        return json.loads((final / "step.json").read_text())["meta"]
+
+    def _build(self, name: str, key: dict, build, final: Path) -> tuple[dict, float]:
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         t0 = time.perf_counter()
         try:
             meta = build(tmp) or {}
             seconds = time.perf_counter() - t0
+            kill_point(name)  # test hook: die with the outputs written but not yet published
             (tmp / "step.json").write_text(json.dumps({"step": name, "key": key, "meta": meta,
                                                        "seconds": seconds}, indent=2, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            self._swap_in(tmp, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskError(f"disk full while building step '{name}'", where=str(self.root),
+                                fix="free space or point --store at a larger disk; finished steps are kept") from None
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return self._record(StepResult(name, final, False, meta, seconds))
+        return meta, seconds
+
+    def _swap_in(self, tmp: Path, final: Path) -> None:
+        """Rename into place; a forced rebuild moves the old dir aside first (rename is atomic)."""
+        old = None
+        if final.exists():
+            old = self.root / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+        tmp.rename(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _clear_stale(self, final: Path) -> None:
+        for pattern in (f".tmp-{final.name}-*", f".old-{final.name}-*"):
+            for stale in self.root.glob(pattern):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    @contextmanager
+    def _step_lock(self, final: Path):
+        locks = self.root / ".locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{final.name}.lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._say(f"waiting for another run that is building {final.name}")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _record(self, res: StepResult) -> StepResult:
         self.log.append({"step": res.name, "dir": res.path.name, "cache_hit": res.hit,
                          "seconds": round(res.seconds, 2)})
+        if res.hit:
+            self._say(f"cache hit: {res.name} ({res.path.name})")
+        else:
+            self._say(f"built: {res.name} ({res.path.name}) in {res.seconds:.1f}s")
         return res
+
+    def _say(self, line: str) -> None:
+        if self.echo:
+            self.echo(line)

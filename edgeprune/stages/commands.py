@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from edgeprune import registry
+from edgeprune.config.checks import check_layer_count
 from edgeprune.config.recipe import Calibration, Export
 from edgeprune.data import eval_text
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.errors import ConfigError
 from edgeprune.report.manifest import atomic_copy
 from edgeprune.runner import StepStore
+from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.evaluate import gguf_perplexity
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import import_model
 from edgeprune.stages.score import score_depth
-from edgeprune.surgery.layers import check_removal, remove_layers
+from edgeprune.surgery.layers import remove_layers
 from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 
 
@@ -31,10 +34,12 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
     registry.get("depth", method)
     if n_remove < 1:
         raise ConfigError(f"--remove must be >= 1, got {n_remove}", where="--remove", fix="give a positive count")
+    model_path = resolve_model(model)
+    check_layer_count(_num_layers(model_path), n_remove)
+    check_writable_dir(out.parent, "--out")
     store = _scratch_store()
-    hf_dir, digest = import_model(store, resolve_model(model))
+    hf_dir, digest = import_model(store, model_path)
     model_obj, tok = load_model(hf_dir)
-    check_removal(model_obj.config.num_hidden_layers, list(range(n_remove)))
     n_layers = model_obj.config.num_hidden_layers  # ppl-greedy searches half the depth unless asked for more
     stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib),
                              max_remove=n_remove if n_remove > n_layers // 2 else None)
@@ -52,6 +57,14 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
             "out": str(out)}
 
 
+def _num_layers(model_path: Path) -> int:
+    if model_path.is_dir():
+        return json.loads((model_path / "config.json").read_text())["num_hidden_layers"]
+    from edgeprune.toolchain.llamacpp import gguf_metadata
+
+    return gguf_metadata(model_path)["llama.block_count"]
+
+
 def export_command(model: Path, quant: str, out: Path) -> dict:
     from edgeprune.toolchain.hf import check_hf_folder
 
@@ -67,7 +80,8 @@ def export_command(model: Path, quant: str, out: Path) -> dict:
     from edgeprune.runner import tree_hash
 
     gguf, meta = export_gguf(store, model, tree_hash(model), cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out.parent, "--out")
+    check_free_space(out.parent, gguf.stat().st_size, "the GGUF")
     atomic_copy(gguf, out)
     return {"out": str(out), **meta}
 

@@ -3,8 +3,13 @@
 Gates (each failure raises ExportError and nothing is published):
   * the F16 GGUF's next-token logits agree with the HF model on a fixed prompt
     (cosine >= `logits_cos_min`, top-1 agreement reported);
-  * the quantized GGUF loads in llama.cpp, has the expected block count, and its
-    next-token distribution's KL divergence vs the F16 GGUF is recorded.
+  * both GGUFs pass the structure check (toolchain/gguf_check.py): header block/head counts
+    match the HF config, every block has the same tensors, the quantized file has as many
+    tensors as the F16 one, and no tensor's bytes run past the end of the file;
+  * the quantized GGUF's next-token distributions stay close to the F16 GGUF's: mean
+    KL(F16 || quant) <= `kld_max` (per-quant defaults in KLD_MAX);
+  * before writing, free disk must hold the F16 + quantized files (estimated from the
+    safetensors headers).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from edgeprune.config.recipe import Export
 from edgeprune.errors import ExportError
 from edgeprune.runner import StepStore
 from edgeprune.toolchain import llamacpp
+from edgeprune.toolchain.checkpoint import checkpoint_tensors, parameter_count
+from edgeprune.toolchain.gguf_check import check_gguf
 from edgeprune.toolchain.hf import load_model
+
+# Mean KL(F16 || quant) in nats on VERIFY_PROMPT. Q4_K_M: SmolLM2-135M and its depth-pruned
+# variants measured 0.07-0.37, so 0.5 leaves headroom while catching a broken quantization
+# (a wrong tensor type or scale gives KL >> 1). The other types are scaled by bits per weight.
+KLD_MAX = {"Q8_0": 0.1, "Q5_K_M": 0.35, "Q4_K_M": 0.5, "Q4_0": 0.6, "Q3_K_M": 1.0}
 
 VERIFY_PROMPT = ("The tower is 324 metres tall, about the same height as an 81-storey building, "
                  "and the tallest structure in Paris. Its base is square, measuring 125 metres on each side.")
@@ -49,20 +61,24 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tuple[Path, dict]:
     llamacpp.require_llama_cpp()
+    kld_max = cfg.kld_max if cfg.kld_max is not None else KLD_MAX[cfg.quant]
 
     def build(out: Path) -> dict:
         bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
         model, tok = load_model(hf_dir)
         tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
         ref = hf_logits(model, tokens)
-        n_layers = model.config.num_hidden_layers
+        expect = expected_header(model.config)
         del model
         f16 = out / "model.F16.gguf"
         bar.set_postfix_str("convert F16")
         llamacpp.convert_hf_to_gguf(hf_dir, f16, "f16")
+        f16_meta = llamacpp.gguf_metadata(f16)
+        check_gguf(f16, f16_meta, expect)
         bar.update()
         bar.set_postfix_str("verify F16")
-        f16_vs_hf = compare_logits(ref, llamacpp.gguf_logits(f16, tokens))
+        f16_logits = llamacpp.gguf_logits(f16, tokens)
+        f16_vs_hf = compare_logits(ref, f16_logits)
         if f16_vs_hf["cos_min"] < cfg.logits_cos_min:
             raise ExportError(f"F16 GGUF logits disagree with the HF model (cos {f16_vs_hf['cos_min']:.4f} "
                               f"< {cfg.logits_cos_min})", where=str(hf_dir), fix="report a converter bug")
@@ -73,17 +89,34 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         bar.update()
         bar.set_postfix_str("verify quantized")
         meta = llamacpp.gguf_metadata(quant)
-        if meta.get("llama.block_count") != n_layers:
-            raise ExportError(f"GGUF has {meta.get('llama.block_count')} blocks, expected {n_layers}",
-                              where=str(quant), fix="re-export")
-        q_vs_f16 = compare_logits(llamacpp.gguf_logits(f16, tokens), llamacpp.gguf_logits(quant, tokens))
+        check_gguf(quant, meta, {**expect, "tensor_count": f16_meta["tensor_count"]})
+        q_vs_f16 = compare_logits(f16_logits, llamacpp.gguf_logits(quant, tokens))
+        if not q_vs_f16["kld_mean"] <= kld_max:  # `not <=` also catches NaN
+            raise ExportError(f"{cfg.quant} GGUF drifts from F16: mean KL {q_vs_f16['kld_mean']:.3f} > {kld_max}",
+                              where=str(hf_dir), fix="use a higher-precision quant (e.g. Q5_K_M, Q8_0), or raise "
+                              "export.kld_max in the recipe if this drift is acceptable")
         f16.unlink()  # 2-4x the quantized size; reproducible from the step key
         bar.update()
         bar.close()
         verify = {"prompt_tokens": len(tokens), "hf_vs_f16": f16_vs_hf, "quant_vs_f16": q_vs_f16,
-                  "tolerance": {"hf_vs_f16_cos_min": cfg.logits_cos_min}, "gguf": meta}
+                  "tolerance": {"hf_vs_f16_cos_min": cfg.logits_cos_min, "quant_vs_f16_kld_max": kld_max},
+                  "gguf": meta}
         (out / "verify.json").write_text(json.dumps(verify, indent=2, default=str))
-        return {"gguf": quant.name, "bytes": quant.stat().st_size, "layers": n_layers, "verify": verify}
+        return {"gguf": quant.name, "bytes": quant.stat().st_size, "layers": expect["llama.block_count"],
+                "verify": verify}
 
-    res = store.run("export", {"model": hf_hash, "export": cfg.model_dump()}, build)
+    res = store.run("export", {"model": hf_hash, "export": cfg.model_dump()}, build,
+                    need_bytes=export_bytes_needed(hf_dir))
     return res.path / res.meta["gguf"], res.meta
+
+
+def expected_header(config) -> dict:
+    """GGUF header values the converter must write for this HF config."""
+    return {"llama.block_count": config.num_hidden_layers, "llama.embedding_length": config.hidden_size,
+            "llama.attention.head_count": config.num_attention_heads,
+            "llama.attention.head_count_kv": config.num_key_value_heads}
+
+
+def export_bytes_needed(hf_dir: Path) -> int:
+    """F16 copy (2 bytes/weight) + quantized copy (at most 1 byte/weight for the types offered)."""
+    return 3 * parameter_count(checkpoint_tensors(hf_dir))

@@ -1,23 +1,54 @@
-"""Import stage: any supported model input -> a plain HF checkpoint in the step store."""
+"""Import stage: any supported model input -> a plain HF checkpoint in the step store.
+
+Later stages read only this copy, so what they load is confined to the store: the config,
+safetensors shards and tokenizer files, never a `*.py` (no remote code) or a pickle. A
+pickle-only folder is converted here, and only when the user passed --allow-pickle.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from edgeprune.runner import StepStore, tree_hash
 from edgeprune.toolchain.hf import load_model, save_model
 
+# Files of a HF checkpoint that carry no code; everything else in the folder stays behind.
+CHECKPOINT_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+                    "merges.txt", "added_tokens.json", "chat_template.jinja")
 
-def import_model(store: StepStore, model_path: Path) -> tuple[Path, str]:
-    """Returns (hf_dir, content hash of the input)."""
+
+def import_model(store: StepStore, model_path: Path, allow_pickle: bool = False) -> tuple[Path, str]:
+    """Returns (hf_dir in the store, content hash of the input)."""
     digest = tree_hash(model_path)
-    if model_path.is_dir():
-        return model_path, digest
+    if model_path.is_dir() and list(model_path.glob("*.safetensors")):
+        def build(out: Path) -> dict:
+            copied = copy_checkpoint(model_path, out)
+            return {"source": str(model_path), "files": copied}
 
-    def build(out: Path) -> dict:
-        model, tok = load_model(model_path)
-        save_model(model, tok, out)
-        return {"source": str(model_path), "num_layers": model.config.num_hidden_layers}
+        need = sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
+    else:
+        def build(out: Path) -> dict:
+            model, tok = load_model(model_path, allow_pickle=allow_pickle)
+            save_model(model, tok, out)
+            return {"source": str(model_path), "num_layers": model.config.num_hidden_layers}
 
-    res = store.run("import", {"input": digest}, build)
+        # a GGUF is dequantized to float32: up to ~8x a 4-bit file; pickles are re-saved 1:1
+        need = model_path.stat().st_size * 8 if model_path.is_file() else _folder_bytes(model_path)
+
+    res = store.run("import", {"input": digest}, build, need_bytes=need)
     return res.path, digest
+
+
+def copy_checkpoint(src: Path, dst: Path) -> list[str]:
+    """Copy the code-free files by name (symlinks resolved to their content)."""
+    names = [n for n in CHECKPOINT_FILES if (src / n).is_file()]
+    names += sorted(f.name for f in src.glob("*.safetensors"))
+    for name in names:
+        shutil.copyfile(src / name, dst / name)
+    return names
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())

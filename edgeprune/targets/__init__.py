@@ -19,7 +19,7 @@ def list_targets() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.yaml"))
 
 
-def load_target(name_or_path: str, overrides: dict | None = None) -> Target:
+def load_target(name_or_path: str, overrides: dict | None = None, flags: dict[str, str] | None = None) -> Target:
     path = Path(name_or_path)
     if not (path.suffix in {".yaml", ".yml"} or path.exists()):
         path = targets_dir() / f"{name_or_path}.yaml"
@@ -28,4 +28,4 @@ def load_target(name_or_path: str, overrides: dict | None = None) -> Target:
             close = difflib.get_close_matches(name_or_path, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(known)}"
             raise ConfigError(f"unknown target '{name_or_path}'", where="--target", fix=hint)
-    return load_yaml_model(path, Target, overrides)
+    return load_yaml_model(path, Target, overrides, flags)

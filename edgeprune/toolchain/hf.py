@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from edgeprune.errors import ModelError
+from edgeprune.toolchain.checkpoint import check_config_consistency, checkpoint_tensors
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHS = {"llama"}
@@ -24,7 +25,7 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_model(spec: str | Path | None) -> Path:
+def resolve_model(spec: str | Path | None, allow_pickle: bool = False) -> Path:
     """A HF folder (config.json + safetensors) or a .gguf file; None means the default model."""
     if spec is None:
         return default_model_path()
@@ -37,14 +38,21 @@ def resolve_model(spec: str | Path | None) -> Path:
                              fix="give a HF folder with config.json and *.safetensors, or a .gguf file")
         _check_gguf_magic(path)
         return path
-    check_hf_folder(path)
+    check_hf_folder(path, allow_pickle)
     return path
 
 
 def _check_gguf_magic(path: Path) -> None:
+    """Magic, a readable header (gguf-py also fails on tensor data cut short), a supported arch."""
+    from edgeprune.toolchain.llamacpp import gguf_metadata
+
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ModelError("not a GGUF file (bad magic bytes)", where=str(path), fix="re-download or re-export it")
+    arch = gguf_metadata(path).get("general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelError(f"unsupported architecture '{arch}' in the GGUF header", where=str(path),
+                         fix=f"edgeprune supports: {', '.join(sorted(SUPPORTED_ARCHS))}")
 
 
 def check_hf_folder(path: Path, allow_pickle: bool = False) -> dict:
@@ -60,18 +68,24 @@ def check_hf_folder(path: Path, allow_pickle: bool = False) -> dict:
     if arch not in SUPPORTED_ARCHS:
         raise ModelError(f"unsupported architecture '{arch}'", where=str(cfg_path),
                          fix=f"edgeprune supports: {', '.join(sorted(SUPPORTED_ARCHS))}")
-    if not list(path.glob("*.safetensors")):
+    tensors = {}
+    if list(path.glob("*.safetensors")):
+        tensors = checkpoint_tensors(path)
+    else:
         pickles = list(path.glob("*.bin")) + list(path.glob("*.pt"))
         if pickles and not allow_pickle:
             raise ModelError("only pickle weights (.bin) found; they can run code when loaded", where=str(path),
                              fix="convert to safetensors, or pass --allow-pickle if you trust the source")
         if not pickles:
             raise ModelError("no *.safetensors weights in the folder", where=str(path), fix="save the model with safetensors")
+    check_config_consistency(cfg, tensors, str(path))
     return cfg
 
 
-def load_model(path: Path, dtype: str = "float32"):
-    """Returns (model, tokenizer) in eval mode; GGUF input is dequantized by transformers."""
+def load_model(path: Path, dtype: str = "float32", allow_pickle: bool = False):
+    """Returns (model, tokenizer) in eval mode; GGUF input is dequantized by transformers.
+    Never runs code shipped with a checkpoint (trust_remote_code=False); pickle weights only
+    when `allow_pickle`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,8 +98,9 @@ def load_model(path: Path, dtype: str = "float32"):
             model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch_dtype, **kw)
             _drop_gguf_quantizer(model)
         else:
-            tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=not allow_pickle,
+                                                         trust_remote_code=False)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"could not load model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
                          where=str(path), fix="check the files are complete (re-download or re-save)") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import subprocess
 import sys
@@ -86,7 +87,14 @@ def gguf_logits(path: Path, tokens: list[int], threads: int | None = None) -> np
 
 
 def gguf_metadata(path: Path) -> dict:
-    """Header facts without loading weights (gguf-py reader)."""
+    """Header facts without loading weights (gguf-py reader); cached per file version, as
+    parsing a 49k-token vocabulary takes seconds."""
+    st = Path(path).stat()
+    return dict(_gguf_metadata(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _gguf_metadata(path: str, _mtime_ns: int, _size: int) -> dict:
     from gguf import GGUFReader
 
     try:
