@@ -600,7 +600,9 @@ def answers_table(tmp: Path) -> str:
     import conftest
 
     rows = ["| # | bad input | exit | the one line on stderr |", "|---|---|---|---|"]
-    tok = conftest.tokenizer_dir.__wrapped__()
+    from edgeprune.paths import cache_dir
+
+    tok = cache_dir() / "test-tokenizer-smollm2"  # made by the tokenizer_dir fixture of any test run
     tiny = conftest.build_tiny(tmp / "tiny-llama", tok)
     calib = tmp / "calib.jsonl"
     from edgeprune.paths import data_dir
@@ -614,7 +616,7 @@ def answers_table(tmp: Path) -> str:
         res, _ = run_case(name, Ctx(case_dir, tiny, calib, tok, mp))
         mp.undo()
         line = [ln for ln in res.stderr.strip().splitlines() if "%|" not in ln][-1]
-        line = line.replace(str(case_dir), "$TMP").replace(str(tiny), "$TINY").replace("|", "\\|")
+        line = line.replace("`", "'").replace(str(case_dir), "$TMP").replace(str(tiny), "$TINY").replace("|", "\\|")
         rows.append(f"| {i} | {desc} | {res.exit_code} | `{line}` |")
     return "\n".join(rows)
 

@@ -20,5 +20,7 @@ def prune_layers(store: StepStore, hf_dir: Path, hf_hash: str, remove: list[int]
         save_model(model, tok, out)
         return {"removed": remove, "layers_before": before, "layers_after": model.config.num_hidden_layers}
 
-    res = store.run("prune", {"model": hf_hash, "remove": sorted(remove)}, build)
+    # at most the input's size: the pruned checkpoint is the input minus some layers
+    need = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
+    res = store.run("prune", {"model": hf_hash, "remove": sorted(remove)}, build, need_bytes=need)
     return res.path, res.path.name  # the step key already hashes its inputs
