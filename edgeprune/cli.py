@@ -152,19 +152,6 @@ def bench(model, prompt_tokens, tokens, reps, warmup, threads, json_out):
     click.echo(text)
 
 
-@main.command(name="eval")
-@click.option("--model", required=True, type=click.Path(), help=".gguf file.")
-@click.option("--text", type=click.Path(), default=None, help="Evaluation text (default WikiText-2 test).")
-@click.option("--ctx", default=512, show_default=True)
-@click.option("--windows", type=int, default=None, help="Limit windows (default: all).")
-@friendly
-def eval_(model, text, ctx, windows):
-    """Perplexity of a GGUF (non-overlapping windows, llama.cpp logits)."""
-    from edgeprune.stages.commands import eval_command
-
-    click.echo(json.dumps(eval_command(Path(model), text, ctx, windows), indent=2))
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -216,3 +203,7 @@ def recover(model, teacher, data, mode, minutes, steps, trainer, recipe, fresh, 
 
     info = recover_command(Path(model), teacher, data, mode, minutes, steps, trainer, recipe, fresh, Path(out))
     click.echo(json.dumps(info, indent=2, default=str))
+
+
+# eval, compare, report, publish live in cli_eval.py; importing it registers them on `main`.
+from edgeprune import cli_eval  # noqa: E402,F401

@@ -70,7 +70,10 @@ def open_gguf(path: Path, n_ctx: int = 512, threads: int | None = None, logits_a
 
     try:
         with quiet_stderr():
+            # n_threads_batch too: it defaults to every core, and a multi-token decode then spins on
+            # cores other processes hold (seconds per call on a loaded machine).
             return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(),
+                         n_threads_batch=threads or os.cpu_count(),
                          n_batch=min(n_ctx, 512), logits_all=logits_all, verbose=False, seed=0)
     except (ValueError, RuntimeError) as exc:
         raise ToolchainError(f"llama.cpp could not load the GGUF ({exc})", where=str(path),
