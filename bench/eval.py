@@ -1,0 +1,141 @@
+"""Evaluation benchmark: SmolLM2 unpruned vs -6 layers (block influence), both Q4_K_M GGUF.
+
+Phases (each resumable: finished pieces are kept as JSON under bench/out/eval/):
+  tasks  zero-shot lm-eval tasks through the GGUF adapter, one model and task at a time, timed
+  ppl    WikiText-2 test perplexity (same tokens for every model) and mean KLD vs the parent
+  table  markdown table, with paired bootstrap CIs of pruned - unpruned on the same items
+
+Prepare the models first:
+  edgeprune prune --remove 6 --out W/smollm2-bi6
+  edgeprune export --model W/smollm2-bi6 --quant Q4_K_M --out W/smollm2-bi6.Q4_K_M.gguf
+  edgeprune export --model <imported HF folder> --quant Q4_K_M --out W/smollm2.Q4_K_M.gguf
+Numbers, not pass/fail. Wall times are measured on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out" / "eval"
+TASKS = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "boolq", "winogrande", "lambada_openai", "openbookqa",
+         "mmlu_subfields"]
+
+
+def _models(pairs: list[str]) -> dict[str, Path]:
+    return {p.split("=", 1)[0]: Path(p.split("=", 1)[1]) if "=" in p else None for p in pairs}
+
+
+def run_task_phase(models: dict[str, Path], tasks: list[str], limit: int, mmlu_limit: int, threads: int) -> None:
+    from edgeprune.toolchain.lmeval import run_tasks
+
+    for name, path in models.items():
+        for task in tasks:
+            dst = OUT / name / f"{task}.json"
+            if dst.is_file():
+                continue
+            n = mmlu_limit if task.startswith("mmlu") else limit
+            t0 = time.time()
+            res = run_tasks(path, [task], n, threads=threads)
+            res |= {"model": str(path), "limit": n, "wall_s": round(time.time() - t0, 1)}
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(json.dumps(res, indent=1))
+            print(f"{name} {task} n={n} {res['scores'].get(task)} {res['wall_s']} s", flush=True)
+
+
+def run_ppl_phase(models: dict[str, Path], parent: Path, windows: int, ctx: int, threads: int) -> None:
+    from edgeprune.stages.quality import compare_to_parent
+
+    dst = OUT / "ppl.json"
+    done = json.loads(dst.read_text()) if dst.is_file() else {}
+    for name, path in models.items():
+        if name in done:
+            continue
+        t0 = time.time()
+        res = compare_to_parent(path, parent, ctx=ctx, windows=windows, threads=threads)
+        done[name] = res | {"model": str(path), "parent": str(parent), "wall_s": round(time.time() - t0, 1)}
+        dst.write_text(json.dumps(done, indent=1))
+        print(name, json.dumps(done[name]), flush=True)
+
+
+def _task_rows(names: list[str]) -> list[tuple[str, str, str]]:
+    """(file task, score key, metric) for every score any model has, in TASKS order."""
+    rows = []
+    for task in TASKS:
+        keys: list[str] = []
+        for name in names:
+            f = OUT / name / f"{task}.json"
+            if f.is_file():
+                keys += [k for k in json.loads(f.read_text())["scores"] if k not in keys]
+        for key in sorted(keys, key=lambda k: (k != task, k)):
+            for metric in ("acc", "acc_norm"):
+                rows.append((task, key, metric))
+    return rows
+
+
+def _cell(name: str, task: str, key: str, metric: str, base: str | None) -> str:
+    from edgeprune.evaluation.metrics import paired_bootstrap
+
+    f = OUT / name / f"{task}.json"
+    if not f.is_file():
+        return "pending"
+    rec = json.loads(f.read_text())
+    v = rec["scores"].get(key, {}).get(metric)
+    if v is None:
+        return ""
+    out = f"{100 * v:.1f}"
+    bf = OUT / base / f"{task}.json" if base else None
+    if bf and bf.is_file() and name != base and key in rec["items"]:
+        a, b = json.loads(bf.read_text())["items"].get(key, {}), rec["items"][key]
+        ids = [i for i in a if i in b and metric in a[i]]
+        r = paired_bootstrap([a[i][metric] for i in ids], [b[i][metric] for i in ids], iters=5000)
+        out += f" ({100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}])"
+    return out
+
+
+def table(names: list[str]) -> str:
+    base = names[0] if names else None
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    ppl = json.loads((OUT / "ppl.json").read_text()) if (OUT / "ppl.json").is_file() else {}
+    pk = {n: next((k for k in ppl if k.startswith(n)), None) for n in names}
+    lines.append("| WikiText-2 ppl | " + " | ".join(f"{ppl[pk[n]]['ppl']:.2f}" if pk[n] else "pending"
+                                                   for n in names) + " |")
+    lines.append("| KLD vs parent (nats) | " + " | ".join(f"{ppl[pk[n]]['kld_mean']:.4f}" if pk[n] else "pending"
+                                                         for n in names) + " |")
+    for task, key, metric in _task_rows(names):
+        cells = [_cell(n, task, key, metric, base) for n in names]
+        if any(c not in ("", "pending") for c in cells):
+            lines.append(f"| {key} {metric} | " + " | ".join(cells) + " |")
+    lines.append("| wall time (s) per task file | " + " | ".join(
+        ", ".join(f"{t}: {json.loads((OUT / n / f'{t}.json').read_text())['wall_s']:.0f}"
+                  for t in TASKS if (OUT / n / f"{t}.json").is_file()) or "pending" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("phase", choices=["tasks", "ppl", "table"])
+    ap.add_argument("--model", action="append", default=[], help="NAME=PATH (repeat); order = table order")
+    ap.add_argument("--parent", type=Path, help="reference model for KLD (HF folder or GGUF)")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--mmlu-limit", type=int, default=20, help="items per MMLU subject")
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    models = _models(args.model)
+    if args.phase == "tasks":
+        run_task_phase(models, args.tasks.split(","), args.limit, args.mmlu_limit, args.threads)
+    elif args.phase == "ppl":
+        run_ppl_phase(models, args.parent, args.windows, args.ctx, args.threads)
+    else:
+        print(table(list(models)))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
