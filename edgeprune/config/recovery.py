@@ -65,9 +65,9 @@ class Recovery(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Recovery":
+        # The budget is checked when a run starts (stages/recover.py), not here: a recipe may
+        # leave it to --steps/--minutes on the command line.
         t = self.train
-        if t.steps is None and t.minutes is None and t.epochs is None:
-            raise ValueError("train needs a budget: set steps, minutes or epochs")
         if t.trainer == "trl" and self.mode != "sft":
             raise ValueError(f"trainer 'trl' runs mode 'sft' only, got mode '{self.mode}'; use trainer 'lean' for KD")
         return self

@@ -20,9 +20,10 @@ def hf_perplexity(model, tok, text: str, ctx: int, windows: int | None) -> dict:
         raise DataError(f"evaluation text has {len(ids)} tokens, shorter than one window of {ctx}",
                         where="evaluation text", fix="give a longer text or a smaller ctx")
     model.eval()
+    dev = next(model.parameters()).device
     nll, count = 0.0, 0
     for w in tqdm(range(n_win), desc="hf perplexity", unit="win", leave=False):
-        chunk = ids[w * ctx:(w + 1) * ctx].unsqueeze(0)
+        chunk = ids[w * ctx:(w + 1) * ctx].unsqueeze(0).to(dev)
         logits = model(input_ids=chunk).logits[0, :-1].float()
         nll += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum"))
         count += ctx - 1

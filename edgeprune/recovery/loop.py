@@ -37,6 +37,7 @@ class LoopState:
     bad_evals: int = 0
     last_loss: float = math.nan
     history: list = field(default_factory=list)
+    losses: list = field(default_factory=list)  # training loss per step (mean over processes)
 
 
 def batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor:
@@ -70,9 +71,11 @@ def validation_ppl(model, val: Blocks, batch: int) -> float:
     """exp(mean next-token NLL) over every labelled position of the held-out blocks."""
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device
     nll, count = 0.0, 0
     for s in range(0, len(val), batch):
         b = val.take(slice(s, s + batch))
+        b = Blocks(b.ids.to(dev), b.labels.to(dev), b.mask.to(dev))
         logits = model(input_ids=b.ids, attention_mask=b.mask).logits
         n = int((b.labels[:, 1:] != IGNORE).sum())
         nll, count = nll + float(lm_loss(logits, b.labels)) * n, count + n
@@ -195,6 +198,7 @@ class Loop:
         while (reason := self._should_stop(base + time.perf_counter() - t0)) is None:
             t_step = time.perf_counter()
             s.last_loss = self.train_step()
+            s.losses.append(s.last_loss)
             s.train_seconds += time.perf_counter() - t_step
             s.elapsed = base + time.perf_counter() - t0
             best_changed = self.evaluate() if s.step % self.t.eval_every == 0 else False
@@ -214,4 +218,5 @@ class Loop:
         return {"stopped_by": reason, "steps": s.step, "tokens": s.tokens, "seconds": round(s.elapsed, 1),
                 "train_tokens_per_s": s.tokens / max(s.train_seconds, 1e-9), "best_step": s.best_step,
                 "best_val_ppl": s.best_ppl, "initial_val_ppl": s.history[0]["val_ppl"], "history": s.history,
+                "losses": s.losses,
                 "resumed": resumed, "processes": self.acc.num_processes}

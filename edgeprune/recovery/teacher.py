@@ -22,8 +22,8 @@ def check_vocab(student, teacher, where: str) -> None:
 class LiveTeacher:
     """Runs the teacher forward for each batch (both models in memory)."""
 
-    def __init__(self, model):
-        self.model = model.eval()
+    def __init__(self, model, device=None):
+        self.model = model.eval().to(device) if device is not None else model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -52,12 +52,14 @@ def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> Cac
         if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
             return CachedTeacher(data["values"], data["indices"])
     vals, idxs = [], []
+    dev = next(teacher.parameters()).device
     with torch.no_grad():
         for s in tqdm(range(0, len(blocks), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
-            logits = teacher(input_ids=blocks.ids[s:s + batch], attention_mask=blocks.mask[s:s + batch]).logits
+            logits = teacher(input_ids=blocks.ids[s:s + batch].to(dev),
+                             attention_mask=blocks.mask[s:s + batch].to(dev)).logits
             top = logits.float().topk(k, dim=-1)
-            vals.append(top.values.half())
-            idxs.append(top.indices.int())
+            vals.append(top.values.half().cpu())
+            idxs.append(top.indices.int().cpu())
     values, indices = torch.cat(vals), torch.cat(idxs)
     tmp = path.with_suffix(".tmp")
     torch.save({"values": values, "indices": indices}, tmp)

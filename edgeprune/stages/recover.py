@@ -37,7 +37,16 @@ def load_recovery(recipe: str | None, overrides: dict) -> Recovery:
         path = _recipe_path(recipe)
         r = load_yaml_model(path, Recipe)
         base, source = (r.recovery.model_dump(mode="json", exclude_unset=True) if r.recovery else {}), str(path)
-    return validate_dict(base, Recovery, source, {k: v for k, v in overrides.items() if v is not None})
+    cfg = validate_dict(base, Recovery, source, {k: v for k, v in overrides.items() if v is not None})
+    check_budget(cfg, source)
+    return cfg
+
+
+def check_budget(cfg: Recovery, where: str) -> None:
+    t = cfg.train
+    if t.steps is None and t.minutes is None and t.epochs is None:
+        raise ConfigError("training has no budget", where=where,
+                          fix="pass --steps N or --minutes M, or set recovery.train.epochs in the recipe")
 
 
 def _recipe_path(name_or_path: str) -> Path:
@@ -60,7 +69,7 @@ def fingerprint(student_hash: str, cfg: Recovery, teacher: str | None) -> str:
     return key_hash({"student": student_hash, "teacher": teacher, "recovery": dump})
 
 
-def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path):
+def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path, device):
     from edgeprune.recovery.teacher import CachedTeacher, LiveTeacher, build_topk_cache, check_vocab
 
     if cfg.mode == "sft":
@@ -72,10 +81,10 @@ def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path
     check_vocab(student, model, str(teacher_path))
     k = cfg.distill.topk_cache
     if k is None:
-        return LiveTeacher(model), train
+        return LiveTeacher(model, device), train
     n = min(len(train), (cfg.train.steps or 10**9) * cfg.train.batch_size, cfg.distill.cache_blocks)
     train = train.take(slice(0, n))  # a cached run trains on the cached blocks only
-    cached: CachedTeacher = build_topk_cache(model, train, k, out / f"teacher-top{k}.pt")
+    cached: CachedTeacher = build_topk_cache(model.to(device), train, k, out / f"teacher-top{k}.pt")
     del model  # the point of the cache: the teacher leaves memory before training starts
     return cached, train
 
@@ -88,6 +97,7 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
     from edgeprune.recovery import checkpoint
     from edgeprune.recovery.lora import merge_and_save, wrap_lora
 
+    check_budget(cfg, "recovery.train")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
@@ -97,7 +107,7 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model, tok = load_model(student_dir)
     train, val = build_blocks(cfg.data, tok, cfg.seed)
-    teacher, train = _teacher(cfg, teacher_path, model, train, out)
+    teacher, train = _teacher(cfg, teacher_path, model, train, out, acc.device)
     fp = fingerprint(tree_hash(student_dir), cfg, str(teacher_path) if teacher_path else None)
     if fresh and acc.is_main_process:
         checkpoint.discard(out)
@@ -164,6 +174,7 @@ def recover_command(model: Path, teacher: str | None, data: str | None, mode: st
         raise ConfigError(f"--minutes must be > 0, got {minutes}", where="--minutes", fix="give a positive number")
     cfg = load_recovery(recipe, over)
     summary = run_recovery(Path(model), cfg, out, Path(cfg.teacher) if cfg.teacher else None, fresh)
-    summary.pop("history", None)
+    for bulky in ("history", "losses"):
+        summary.pop(bulky, None)
     summary.pop("recipe", None)
     return {**summary, "out": str(out)}
