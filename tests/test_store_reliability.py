@@ -211,3 +211,17 @@ def test_same_seed_gives_identical_scores_in_two_fresh_stores(tiny_llama, small_
     other = score_depth(StepStore(tmp_path / "s3"), tiny_llama, "tiny", "block-influence",
                         Calibration(path=small_calib, samples=4, seq_len=64, seed=1))[1]
     assert other.path.name != r1.path.name  # the seed is part of the key
+
+
+def test_a_new_store_sweeps_temp_dirs_of_dead_runs_but_not_live_ones(tmp_path):
+    root, log = tmp_path / "store", tmp_path / "builds.log"
+    assert child(root, log, kill_at="export").returncode == -signal.SIGKILL
+    dead = [p.name for p in root.glob(".tmp-export-*")]
+    live = child(root / "x", log, 3.0, wait=False)  # a live run in another store: untouched
+    assert len(dead) == 1 and StepStore(root).swept == dead and not list(root.glob(".tmp-*"))
+    deadline = time.time() + 60
+    while not list((root / "x").glob(".tmp-score-*")) and time.time() < deadline:
+        time.sleep(0.05)  # wait until the live run is inside its build (holding the step lock)
+    assert StepStore(root / "x").swept == [] and list((root / "x").glob(".tmp-score-*"))
+    live.communicate(timeout=120)
+    assert live.returncode == 0

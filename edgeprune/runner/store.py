@@ -82,6 +82,26 @@ class StepStore:
         self.echo = echo
         self.log: list[dict] = []
         self._rebuilt: set[str] = set()  # forced steps rebuild once per run, not on every reuse
+        self.swept = self._sweep_dead_temps()
+
+    def _sweep_dead_temps(self) -> list[str]:
+        """Temp dirs of killed runs, for steps this run may never rebuild. A live run holds the
+        step's lock for as long as its temp dir exists, so a lock we can take means a dead owner."""
+        swept = []
+        for tmp in self.root.glob(".tmp-*"):
+            final_name = tmp.name[len(".tmp-"):].rsplit("-", 1)[0]
+            lock = self.root / ".locks" / f"{final_name}.lock"
+            if not lock.is_file():  # no lock file: an older layout; left alone
+                continue
+            with open(lock, "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                shutil.rmtree(tmp, ignore_errors=True)
+                swept.append(tmp.name)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return swept
 
     def run(self, name: str, key: dict, build: Callable[[Path], dict | None],
             need_bytes: int | None = None) -> StepResult:
