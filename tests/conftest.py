@@ -59,6 +59,7 @@ def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("EDGEPRUNE_CALIBRATION", str(tmp_path / "calibration"))  # planner cost-model samples
     return tmp_path / "store"
 
 

@@ -13,8 +13,9 @@ def run(args):
 
 
 def plan_args(tiny_llama, small_calib, out, *extra):
+    # --quants Q4_K_M pins the depth path; the joint quant search is tested in test_planner_loop.py
     return ["plan", "--model", str(tiny_llama), "--runner", "fake", "--calib", str(small_calib),
-            "--out", str(out), "--max-ppl-ratio", "5", *extra]
+            "--out", str(out), "--max-ppl-ratio", "5", "--quants", "Q4_K_M", *extra]
 
 
 def test_dry_run_prints_plan_and_writes_nothing(tiny_llama, small_calib, tmp_path):

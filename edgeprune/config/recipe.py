@@ -45,6 +45,19 @@ class Quality(Strict):
     windows: PositiveInt = 8
 
 
+QuantName = Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"]
+
+
+class Search(Strict):
+    """The planner's joint search space (planner/candidates.py); the baseline is export.quant."""
+
+    quants: list[QuantName] = Field(default_factory=lambda: ["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M"], min_length=1)
+    # Fractions of query heads / FFN channels kept; values < 1 need a registered width method.
+    heads_keep: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    ffn_keep: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    margin: float = Field(0.03, ge=0, lt=0.5)  # pick candidates predicted to beat the budget by this much
+
+
 class Recipe(Strict):
     version: Literal[1] = 1
     name: str = "default"
@@ -55,4 +68,5 @@ class Recipe(Strict):
     bench: Bench = Bench()
     quality: Quality = Quality()
     max_iterations: PositiveInt = 4
+    search: Search = Search()
     recovery: Recovery | None = None  # None: no recovery stage between prune and export

@@ -2,7 +2,8 @@
 
 Shaped like llama-bench: a prompt-processing test (pp) and a token-generation test (tg), each
 repeated, with warm-up. Prompt tokens are fixed pseudo-random ids (seeded), as llama-bench does.
-Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS
+Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS (0: all cores)
+Standalone (stdlib + llama_cpp): the ssh runner copies this file to the remote and runs it there.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
     vocab = llm.n_vocab()
     prompt = [rng.randrange(3, vocab) for _ in range(n_prompt)]
     pp, tg = [], []
-    from tqdm import tqdm  # on stderr, which the parent passes through
+    try:
+        from tqdm import tqdm  # on stderr, which the parent passes through
+    except ImportError:  # a bare remote (ssh runner) may have llama-cpp-python only
+        def tqdm(it, **_kw):
+            return it
 
     for rep in tqdm(range(warmup + reps), desc="benchmark", unit="rep", leave=False):
         llm.reset()
@@ -62,9 +67,24 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
     peak_kb = _peak_rss_kb()
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
             "load_s": load_s, "pp_tps": _stats(pp), "tg_tps": _stats(tg), "peak_rss_bytes": peak_kb * 1024,
-            "model_bytes": os.path.getsize(model)}
+            "model_bytes": os.path.getsize(model), "host": _host()}
+
+
+def _host() -> dict:
+    """Where the numbers were measured; stdlib only, since this file also runs on ssh remotes."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "node": platform.node()}
 
 
 if __name__ == "__main__":
     m, p, n, r, w, th = sys.argv[1:7]
-    print(json.dumps(run(m, int(p), int(n), int(r), int(w), int(th))))
+    print(json.dumps(run(m, int(p), int(n), int(r), int(w), int(th) or os.cpu_count() or 1)))

@@ -69,7 +69,22 @@ def run_fake(gguf: Path, spec: BenchSpec) -> dict:
             "runner": "fake", "measured": False, "host": {"cpu_model": "fake"}}
 
 
-def get_runner(name: str):
+@register("runner", "ssh")
+def run_ssh(gguf: Path, spec: BenchSpec, device=None) -> dict:
+    """Benchmark on a remote over ssh (devices/ssh.py); `device` is the target's device section."""
+    from edgeprune.devices.ssh import run_ssh as _run_ssh
+    from edgeprune.errors import ConfigError
+
+    if device is None or not getattr(device, "ssh_host", None):
+        raise ConfigError("the ssh runner needs device.ssh_host", where="target device", fix="set ssh_host: user@host")
+    return _run_ssh(gguf, spec, device)
+
+
+def get_runner(name: str, device=None):
+    """The runner callable (gguf, spec) -> dict; ssh is bound to the target's device section."""
+    import functools
+
     from edgeprune import registry
 
-    return registry.get("runner", name)
+    runner = registry.get("runner", name)
+    return functools.partial(runner, device=device) if name == "ssh" else runner

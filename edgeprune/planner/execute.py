@@ -1,16 +1,19 @@
-"""Run a Plan: baseline, then measured iterations of depth pruning until the budget is met."""
+"""Run a Plan: baseline, then search -> measure -> recalibrate until the budget is met (searcher.py)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeprune import registry
 from edgeprune.data import eval_text
+from edgeprune.devices.runners import cpu_model
 from edgeprune.planner.plan import Plan
-from edgeprune.planner.search import Point, layer_cost_share, next_k
+from edgeprune.planner.candidates import depth_costs
+from edgeprune.planner.searcher import Searcher, errors_pct, prediction_record
 from edgeprune.runner import StepStore
 from edgeprune.stages.bench import benchmark, check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_ppl
@@ -18,6 +21,10 @@ from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import import_model
 from edgeprune.stages.prune import prune_layers
 from edgeprune.stages.score import score_depth
+from edgeprune.stages.width_step import prune_width_step
+from edgeprune.targets import calibration as cal
+from edgeprune.targets.costmodel import Candidate
+from edgeprune.targets.gguf_size import ModelShape
 
 
 @dataclass
@@ -29,29 +36,69 @@ class RunState:
     scores: list[float] = field(default_factory=list)
     iterations: list[dict] = field(default_factory=list)
     outcome: dict = field(default_factory=dict)
+    search_log: list[dict] = field(default_factory=list)
 
 
-def measure(state: RunState, k: int, hf_dir: Path, hf_hash: str, stats, text: str, text_hash: str) -> dict:
+def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
+    """prune -> export -> benchmark -> perplexity for one candidate (every step cached)."""
     plan, store, r = state.plan, state.store, state.plan.recipe
     method = registry.get("depth", r.depth.method)
-    remove = method.select(stats, k) if k else []
-    pruned_dir, pruned_key = prune_layers(store, hf_dir, hf_hash, remove)
-    gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, r.export)
-    gguf_key = f"{pruned_key}:{r.export.quant}"
+    k = cand.layers_removed
+    remove = method.select(ctx["stats"], k) if k else []
+    pruned_dir, pruned_key = prune_layers(store, ctx["hf_dir"], state.model_hash, remove)
+    if cand.heads is not None or cand.ffn is not None:
+        pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
+                                                  cand.ffn, r.calibration)
+    export_cfg = r.export.model_copy(update={"quant": cand.quant})
+    gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
+    gguf_key = f"{pruned_key}:{cand.quant}"
     bench = benchmark(store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup)
-    ppl = evaluate_ppl(store, gguf, gguf_key, text, text_hash, r.quality.ctx, r.quality.windows)
+    ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows)
     checks = check_budget(bench, plan.target.budget)
-    it = {"k": k, "removed_layers": remove, "layers": export_meta["layers"], "gguf": str(gguf),
-          "gguf_bytes": export_meta["bytes"], "verify": export_meta["verify"], "bench": bench,
-          "latency_s": latency_s(bench, plan.target.budget), "ppl": ppl, "checks": checks}
+    it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
+          "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
+          "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
+          "ppl": ppl, "checks": checks, "measured_where": measured_where(plan.target, bench)}
     state.iterations.append(it)
     return it
+
+
+def measured_where(target, bench: dict) -> dict:
+    host = bench.get("host") or {}
+    return {"kind": "measured" if bench.get("measured", True) else "synthetic (fake runner)",
+            "runner": bench.get("runner", target.device.runner), "ssh_host": target.device.ssh_host,
+            "cpu_model": host.get("cpu_model"), "threads": bench.get("n_threads")}
 
 
 def quality_ok(state: RunState, it: dict) -> tuple[bool, float]:
     ratio = it["ppl"]["ppl"] / state.iterations[0]["ppl"]["ppl"]
     it["ppl_ratio"] = ratio
     return ratio <= state.plan.target.budget.max_ppl_ratio, ratio
+
+
+def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Searcher:
+    plan, r = state.plan, state.plan.recipe
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    base = ModelShape.from_config(cfg)
+    method = registry.get("depth", r.depth.method)
+    max_k = plan.max_removed if plan.max_removed is not None else base_layers - 1
+    order = [method.select(stats, k) if k else [] for k in range(max_k + 1)]
+    dcost = depth_costs(state.scores, order, base.layers)
+    t = plan.target
+    fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if t.device.runner == "local" else None)
+    return Searcher.build(base, t, r, max_k, dcost, cal.calibration_path(t.name, t.device.runner), fp)
+
+
+def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> dict:
+    pred = s.predict(cand)
+    predicted = prediction_record(s, cand, pred)
+    it = measure(state, cand, ctx)
+    ok, _ = quality_ok(state, it)
+    it["predicted"] = predicted
+    it["prediction_error_pct"] = errors_pct(predicted, it)
+    s.observe(cand, pred, it, (it["bench"].get("host") or {}))
+    log(_line(it))
+    return it
 
 
 def execute(plan: Plan, store: StepStore, log=print) -> RunState:
@@ -62,51 +109,76 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
                                    max_remove=plan.max_removed)
     state.scores = score_res.meta["layer_scores"]
     text = eval_text(r.quality.path)
-    text_hash = hashlib.sha256(text.encode()).hexdigest()
-    base = measure(state, 0, hf_dir, state.model_hash, stats, text, text_hash)
-    quality_ok(state, base)
-    log(_line(base))
-    share = layer_cost_share(plan.model_config)
-    max_k = plan.max_removed if plan.max_removed is not None else base["layers"] - 1
-    history = [Point(0, base["checks"])]
+    ctx = {"hf_dir": hf_dir, "stats": stats, "text": text, "text_hash": hashlib.sha256(text.encode()).hexdigest()}
+    n_layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
+    s = make_searcher(state, hf_dir, stats, n_layers)
+    base = Candidate(quant=r.export.quant)
+    run_candidate(state, s, base, ctx, log)
+    decision = {"verdict": "met"}
     for _ in range(r.max_iterations):
-        verdict, k = next_k(history, share, max_k)
-        if verdict != "try":
+        if _met(state):
             break
-        it = measure(state, k, hf_dir, state.model_hash, stats, text, text_hash)
-        ok, _ = quality_ok(state, it)
-        log(_line(it))
-        history.append(Point(k, it["checks"], ok))
-    else:
-        verdict, k = next_k(history, share, max_k)
-    state.outcome = _outcome(state, verdict, k)
+        decision = s.decide()
+        state.search_log.append(_decision_record(decision))
+        if decision["verdict"] != "try":
+            break
+        log(f"search: {decision['choice'].label} predicted latency {decision['choice'].latency_s:.3f}s, "
+            f"ppl x{decision['choice'].ppl_ratio:.2f} (front of {len(decision['front'])})")
+        run_candidate(state, s, decision["choice"].cand, ctx, log)
+    state.outcome = _outcome(state, decision, s)
     return state
 
 
-def _outcome(state: RunState, verdict: str, k: int) -> dict:
+def _met(state: RunState) -> list[dict]:
     budget = state.plan.target.budget
-    met = [it for it in state.iterations if all(c["met"] for c in it["checks"].values())
-           and it.get("ppl_ratio", 1.0) <= budget.max_ppl_ratio]
+    return [it for it in state.iterations if all(c["met"] for c in it["checks"].values())
+            and it.get("ppl_ratio", 1.0) <= budget.max_ppl_ratio]
+
+
+def _decision_record(d: dict) -> dict:
+    def row(x):
+        return None if x is None else {"candidate": asdict(x.cand), "label": x.label, "latency_s": x.latency_s,
+                                       "tg_tps": x.pred.tg_tps, "file_bytes": x.pred.file_bytes,
+                                       "ram_bytes": x.pred.ram_bytes, "ppl_ratio": x.ppl_ratio,
+                                       "shortfall": x.shortfall, "kind": "predicted"}
+    return {"verdict": d["verdict"], "choice": row(d.get("choice")), "front": [row(x) for x in d["front"]],
+            "requirements": d["requirements"].to_dict()}
+
+
+def _outcome(state: RunState, decision: dict, s: Searcher) -> dict:
+    budget = state.plan.target.budget
+    met = _met(state)
     if met:
-        best = min(met, key=lambda it: it["k"])
-        return {"met": True, "chosen_k": best["k"], "reason": "budget met", "final": best}
+        best = min(met, key=lambda it: (it.get("ppl_ratio", 1.0), it["k"]))
+        return {"met": True, "chosen_k": best["k"], "chosen_quant": best["quant"], "reason": "budget met",
+                "final": best}
     last = state.iterations[-1]
     misses = {n: c for n, c in last["checks"].items() if not c["met"]}
-    if verdict == "quality_floor":
-        broken = min((it for it in state.iterations if it.get("ppl_ratio", 1) > budget.max_ppl_ratio),
-                     key=lambda it: it["k"])
-        reason = (f"the budget needs ~{k} layers removed, but removing {broken['k']} already breaks the quality "
-                  f"floor (ppl ratio {broken['ppl_ratio']:.3f} > {budget.max_ppl_ratio})")
-    elif verdict == "infeasible":
-        reason = f"the budget needs ~{k} layers removed, more than the allowed {state.plan.max_removed}"
+    if decision["verdict"] == "infeasible":
+        reason = infeasible_reason(s, decision, budget)
     else:
         reason = f"not met after {len(state.iterations) - 1} iterations"
     return {"met": False, "chosen_k": None, "reason": reason, "misses": misses, "final": None}
 
 
+def infeasible_reason(s: Searcher, decision: dict, budget) -> str:
+    near = decision.get("closest")
+    lim = (f"no candidate with at most {s.max_removed} layers removed and quant in "
+           f"{'/'.join(s.recipe.search.quants)} is predicted to meet the budget within the quality floor "
+           f"(ppl ratio <= {budget.max_ppl_ratio})")
+    if near is None:
+        return lim
+    name, ratio = max(near.shortfall.items(), key=lambda kv: kv[1])
+    return (f"{lim}; closest: {near.label} (predicted latency {near.latency_s:.3f} s, ppl x{near.ppl_ratio:.2f}), "
+            f"which still misses {name} by {100 * (ratio - 1):.0f} %; it would need a faster device, a looser "
+            f"budget or a quality floor above x{near.ppl_ratio:.2f}")
+
+
 def _line(it: dict) -> str:
     checks = ", ".join(f"{n} {c['measured']:.3g}/{c['required']:.3g} {'ok' if c['met'] else 'MISS'}"
                        for n, c in it["checks"].items())
-    return (f"k={it['k']:>2} layers={it['layers']:>2} size={it['gguf_bytes'] / 1e6:.1f} MB "
+    err = it.get("prediction_error_pct", {})
+    pred = f" [pred err tg {err['tg_tps']:+.1f}%]" if "tg_tps" in err else ""
+    return (f"k={it['k']:>2} {it.get('quant', '')} layers={it['layers']:>2} size={it['gguf_bytes'] / 1e6:.1f} MB "
             f"tg={it['bench']['tg_tps']['median']:.1f} tok/s pp={it['bench']['pp_tps']['median']:.1f} tok/s "
-            f"latency={it['latency_s']:.3f}s ppl={it['ppl']['ppl']:.2f} (x{it.get('ppl_ratio', 1):.3f}) | {checks}")
+            f"latency={it['latency_s']:.3f}s ppl={it['ppl']['ppl']:.2f} (x{it.get('ppl_ratio', 1):.3f}){pred} | {checks}")

@@ -59,9 +59,12 @@ def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_conf
         f"baseline: export the unpruned model to F16 GGUF, verify logits, quantize to {q}",
         f"measure: benchmark on '{target.device.runner}' ({recipe.bench.repetitions} reps + {recipe.bench.warmup} "
         f"warm-up) and WikiText-2 perplexity ({recipe.quality.windows} x {recipe.quality.ctx} tokens)",
-        f"iterate (at most {recipe.max_iterations}): predict layers to remove from the measurements, remove the "
-        f"lowest-scoring ones, export {q}, re-measure; stop when the budget is met or the quality floor "
-        f"(ppl ratio <= {target.budget.max_ppl_ratio}) would break",
+        f"iterate (at most {recipe.max_iterations}): predict size, RAM and speed of every candidate (layers "
+        f"removed by the method's order x quant in {'/'.join(recipe.search.quants)}"
+        f"{' x heads/FFN width' if len(recipe.search.heads_keep + recipe.search.ffn_keep) > 2 else ''}) with the "
+        f"target's calibrated cost model, run the best-quality one predicted to meet the budget, recalibrate on "
+        f"its measurement; stop when the budget is met or nothing within the quality floor (ppl ratio <= "
+        f"{target.budget.max_ppl_ratio}) and depth limit is predicted to meet it",
         "publish: final GGUF, manifest.json, bench.json, report.md",
     ]
     plan = Plan(model, target, recipe, out, model_config, steps)

@@ -52,7 +52,7 @@ def out_lock(out: Path):
 def artifact_name(state) -> str:
     final = state.outcome["final"]
     stem = safe_name(Path(str(state.plan.model)).stem.split(".")[0])
-    return f"{stem}-L{final['layers']}.{state.plan.recipe.export.quant}.gguf"
+    return f"{stem}-L{final['layers']}.{final.get('quant', state.plan.recipe.export.quant)}.gguf"
 
 
 def publish(state, started: float) -> dict:

@@ -76,6 +76,7 @@ def build_manifest(state, model_hash: str, wall_s: float, artifact: Path | None)
         "host": host_info() | {"platform": platform.platform()},
         "depth_scores": {"method": plan.recipe.depth.method, "per_layer": state.scores},
         "iterations": state.iterations,
+        "search": getattr(state, "search_log", []),  # every decision: front + choice, all predicted
         "budget": plan.target.budget.model_dump(),
         "result": {k: v for k, v in state.outcome.items() if k != "final"} | {
             "artifact": artifact.name if artifact else None,

@@ -34,11 +34,13 @@ def check_budget(bench: dict, budget: Budget) -> dict:
 
 def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int) -> dict:
     spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads)
-    runner = get_runner(target.device.runner)
+    runner = get_runner(target.device.runner, target.device)
 
     def build(out: Path) -> dict:
         return runner(gguf, spec)
 
     # protocol: bump when the worker's measurement changes, so stale numbers are not reused
     key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 2}
+    if target.device.runner == "ssh":  # another remote is another device
+        key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     return store.run("bench", key, build).meta

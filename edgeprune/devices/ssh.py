@@ -1,0 +1,75 @@
+"""`ssh` runner: copy the GGUF and the bundled benchmark script to a remote, run it there, parse JSON.
+
+The remote needs python3 with llama-cpp-python; nothing of edgeprune. bench_worker.py is
+stdlib + llama_cpp only, so it is copied as-is. Each run uses a fresh remote temp dir, removed
+afterwards. BatchMode (no password prompts) and ConnectTimeout make an unreachable or
+misconfigured host fail in seconds instead of hanging the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from edgeprune.errors import ToolchainError
+
+WORKER = Path(__file__).resolve().parent / "bench_worker.py"
+RUN_TIMEOUT_S = 1800  # one benchmark, model load included
+
+
+def ssh_base(device) -> tuple[list[str], list[str], str]:
+    """(ssh argv prefix, scp argv prefix, host) from a target's device section."""
+    from edgeprune.devices.reachability import split_host
+
+    host_only, host_port = split_host(device.ssh_host)
+    port = device.ssh_port if device.ssh_port != 22 else host_port
+    user = device.ssh_host.rsplit("@", 1)[0] + "@" if "@" in device.ssh_host else ""
+    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={device.connect_timeout_s}",
+            "-o", "StrictHostKeyChecking=accept-new"]
+    known = os.environ.get("EDGEPRUNE_SSH_KNOWN_HOSTS")
+    if known:  # tests point this at a temp file so a throwaway host key never lands in ~/.ssh
+        opts += ["-o", f"UserKnownHostsFile={known}"]
+    if device.ssh_key:
+        opts += ["-i", str(Path(device.ssh_key).expanduser())]
+    return ["ssh", "-p", str(port), *opts], ["scp", "-q", "-P", str(port), *opts], f"{user}{host_only}"
+
+
+def _run(argv: list[str], what: str, where: str, timeout: float) -> str:
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"{what} timed out after {timeout:g} s", where=where,
+                             fix="check the device is on and reachable, or raise device.connect_timeout_s") from None
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        raise ToolchainError(f"{what} failed (exit {res.returncode}): {last}", where=where,
+                             fix="check `ssh` to the host works without a password (BatchMode) and that "
+                                 "device.ssh_python has llama-cpp-python")
+    return res.stdout
+
+
+def run_ssh(gguf: Path, spec, device) -> dict:
+    ssh, scp, host = ssh_base(device)
+    where = f"ssh {host}"
+    connect = device.connect_timeout_s + 20
+    remote = _run([*ssh, host, "mktemp -d /tmp/edgeprune-bench.XXXXXX"], "creating a remote temp dir", where,
+                  connect).strip()
+    try:
+        _run([*scp, str(gguf), str(WORKER), f"{host}:{remote}/"], "copying the GGUF", where,
+             connect + gguf.stat().st_size / 5e6)  # >= 5 MB/s, or it is not worth waiting
+        cmd = " ".join(shlex.quote(x) for x in [
+            device.ssh_python, f"{remote}/bench_worker.py", f"{remote}/{gguf.name}", str(spec.prompt_tokens),
+            str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(spec.threads or 0)])
+        out = _run([*ssh, host, cmd], "the remote benchmark", where, RUN_TIMEOUT_S)
+    finally:
+        subprocess.run([*ssh, host, f"rm -rf {shlex.quote(remote)}"], capture_output=True, timeout=connect)
+    try:
+        data = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ToolchainError("the remote benchmark printed no JSON", where=where,
+                             fix="run bench_worker.py on the remote by hand to see its error") from None
+    data.update({"runner": "ssh", "measured": True, "ssh_host": device.ssh_host})
+    return data

@@ -1,0 +1,134 @@
+"""Joint search over depth x heads x FFN x quant type: predict, score, Pareto front, choose.
+
+Pure functions of (model shape, cost-model factors, quality model, budget). The quality
+estimate is a predicted perplexity ratio vs the unpruned baseline:
+
+    log(ppl ratio) = beta * depth_cost(k) + gamma_h * (1 - heads kept) + gamma_f * (1 - ffn kept)
+                     + quant_term(quant) - quant_term(baseline quant)
+
+depth_cost(k) is the share of the depth method's layer scores that the k removed layers carry
+(scores normalised to sum 1; with no scores, k / layers). beta, gamma and the quant terms start
+at priors and are refitted from measured perplexity (QualityModel.fit) after every iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from edgeprune.planner.budget import shortfalls
+from edgeprune.targets.costmodel import Candidate, Prediction
+
+# ln(ppl ratio vs F16) per quant type: llama.cpp's quantize README, LLaMA-7B WikiText-2
+# (Q8_0 +0.0004, Q5_K_M +0.0142, Q4_K_M +0.0535, Q4_0 +0.2166, Q3_K_M +0.2437 on 5.9066),
+# doubled because small models lose more to quantization; replaced by measurements.
+QUANT_PRIOR = {"Q8_0": 0.0001, "Q5_K_M": 0.005, "Q4_K_M": 0.018, "Q4_0": 0.072, "Q3_K_M": 0.080}
+BETA_PRIOR = 3.0    # removing layers that carry 10 % of the score mass: ppl x1.35
+GAMMA_PRIOR = (1.5, 1.0)  # heads, ffn: ln ratio per fraction removed
+
+
+@dataclass
+class QualityModel:
+    depth_cost: list[float]          # depth_cost[k] for k = 0..max
+    baseline_quant: str = "Q4_K_M"
+    beta: float = BETA_PRIOR
+    gamma: tuple[float, float] = GAMMA_PRIOR
+    quant: dict = field(default_factory=lambda: dict(QUANT_PRIOR))
+    measured: dict = field(default_factory=dict)   # Candidate -> measured ppl ratio
+
+    def predict(self, c: Candidate, heads_frac: float = 1.0, ffn_frac: float = 1.0) -> float:
+        if c in self.measured:
+            return self.measured[c]
+        q = self.quant.get(c.quant, 0.05) - self.quant.get(self.baseline_quant, 0.0)
+        x = self.beta * self.depth_cost[c.layers_removed] + self.gamma[0] * (1 - heads_frac)
+        return math.exp(x + self.gamma[1] * (1 - ffn_frac) + q)
+
+    def fit(self, c: Candidate, ratio: float, heads_frac: float = 1.0, ffn_frac: float = 1.0) -> None:
+        """Record a measurement; re-derive the quant term (depth 0) or beta (pruned) from it."""
+        self.measured[c] = ratio
+        log_r = math.log(max(ratio, 1e-6))
+        width = self.gamma[0] * (1 - heads_frac) + self.gamma[1] * (1 - ffn_frac)
+        base_q = self.quant.get(self.baseline_quant, 0.0)
+        if c.layers_removed == 0 and width == 0:
+            self.quant[c.quant] = base_q + log_r
+            return
+        cost = self.depth_cost[c.layers_removed]
+        if cost > 0 and width == 0:
+            q = self.quant.get(c.quant, 0.05) - base_q
+            self.beta = max(0.0, (log_r - q) / cost)
+
+
+def depth_costs(scores: list[float] | None, removal_order: list[list[int]], n_layers: int) -> list[float]:
+    """depth_cost[k]: score share of the layers the method removes at k (k / n without scores)."""
+    if not scores:
+        return [k / n_layers for k in range(len(removal_order))]
+    pos = [max(0.0, float(s)) for s in scores]
+    total = sum(pos) or 1.0
+    return [sum(pos[i] for i in removed) / total for removed in removal_order]
+
+
+@dataclass
+class Scored:
+    cand: Candidate
+    pred: Prediction
+    ppl_ratio: float
+    latency_s: float
+    shortfall: dict
+    label: str = ""
+
+    @property
+    def worst(self) -> float:
+        return max(self.shortfall.values(), default=0.0)
+
+    def meets(self, margin: float, max_ppl_ratio: float) -> bool:
+        return self.worst <= 1.0 - margin and self.ppl_ratio <= max_ppl_ratio
+
+
+def grid(n_layers: int, max_removed: int, quants: list[str], heads: list[tuple[int | None, int | None]],
+         ffns: list[int | None]) -> list[Candidate]:
+    """Every (layers removed, (heads, kv heads), ffn, quant) combination."""
+    return [Candidate(k, h, f, q, kv) for q in quants for h, kv in heads for f in ffns
+            for k in range(max_removed + 1)]
+
+
+def score_all(cands, base, predict_fn, quality: QualityModel, req, budget) -> list[Scored]:
+    out = []
+    for c in cands:
+        p = predict_fn(c)
+        hf = (c.heads or base.heads) / base.heads
+        ff = (c.ffn or base.ffn) / base.ffn
+        lat = p.latency_s(budget.prompt_tokens, budget.answer_tokens)
+        sf = shortfalls(req, budget, {"tg_tps": p.tg_tps, "pp_tps": p.pp_tps, "ram_bytes": p.ram_bytes,
+                                      "file_bytes": p.file_bytes})
+        out.append(Scored(c, p, quality.predict(c, hf, ff), lat, sf, c.label(base)))
+    return out
+
+
+def pareto_front(scored: list[Scored]) -> list[Scored]:
+    """Candidates no other beats on both predicted latency (or decode time) and quality."""
+    def speed(s: Scored) -> float:
+        return s.latency_s
+
+    ordered = sorted(scored, key=lambda s: (speed(s), s.ppl_ratio))
+    front, best_q = [], math.inf
+    for s in ordered:
+        if s.ppl_ratio < best_q - 1e-12:
+            front.append(s)
+            best_q = s.ppl_ratio
+    return front
+
+
+def choose(scored: list[Scored], margin: float, max_ppl_ratio: float, exclude: set) -> Scored | None:
+    """Best predicted quality among candidates predicted to meet every constraint with `margin`;
+    ties go to the faster one. Candidates already measured and missed are excluded."""
+    ok = [s for s in scored if s.cand not in exclude and s.meets(margin, max_ppl_ratio)]
+    if not ok:
+        return None
+    return min(ok, key=lambda s: (round(s.ppl_ratio, 9), s.worst, s.cand.layers_removed))
+
+
+def closest_miss(scored: list[Scored], max_ppl_ratio: float) -> Scored | None:
+    """The candidate nearest to meeting the speed/size budget within the quality floor (for 'what is needed')."""
+    ok = [s for s in scored if s.ppl_ratio <= max_ppl_ratio] or scored
+    return min(ok, key=lambda s: s.worst) if ok else None
+

@@ -1,0 +1,148 @@
+"""The planner's search state: shapes, calibrated cost model, quality model, what was measured.
+
+`decide()` scores every candidate of the recipe's grid with the current calibration, builds the
+Pareto front and picks the best-quality candidate predicted to meet the budget; `observe()`
+feeds a measurement back (calibration sample for the target, quality refit). Execution lives
+in execute.py; this module never prunes or benchmarks anything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from edgeprune.planner.budget import Requirements, compile_budget
+from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, depth_costs, grid,
+                                          pareto_front, score_all)
+from edgeprune.targets import calibration as cal
+from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, Prediction, predict
+from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
+
+
+def width_methods() -> list[str]:
+    from edgeprune import registry
+
+    registry.kinds()  # loads built-ins
+    return registry.names("width") if "width" in registry.kinds() else []
+
+
+def head_options(base: ModelShape, fractions: list[float]) -> list[tuple[int | None, int | None]]:
+    """(query heads, KV heads) kept per layer for each fraction, by whole GQA groups (the width
+    method's 'groups' mode: a KV head leaves with its query heads, so heads % kv_heads stays 0)."""
+    group = base.heads // base.kv_heads
+    out: list[tuple[int | None, int | None]] = []
+    for f in sorted(set(fractions), reverse=True):
+        kv = min(base.kv_heads, max(1, int(round(base.kv_heads * f))))
+        val = (None, None) if kv >= base.kv_heads else (kv * group, kv)
+        if val not in out:
+            out.append(val)
+    return out
+
+
+def ffn_options(base: ModelShape, fractions: list[float], multiple: int = 32) -> list[int | None]:
+    """FFN channels kept, a multiple of 32 so every quant type's row blocks still fit."""
+    out: list[int | None] = []
+    for f in sorted(set(fractions), reverse=True):
+        n = max(multiple, int(base.ffn * f) // multiple * multiple)
+        val = None if n >= base.ffn else n
+        if val not in out:
+            out.append(val)
+    return out
+
+
+@dataclass
+class Searcher:
+    base: ModelShape
+    target: object
+    recipe: object
+    max_removed: int
+    quality: QualityModel
+    device: DeviceSpec
+    calib_path: object = None
+    fingerprint: dict | None = None
+    kv_bytes_meta: int | None = None
+    width_ok: bool = False
+    factors: Factors = field(default_factory=Factors)
+    measured: dict = field(default_factory=dict)   # Candidate -> {"speed_ok", "quality_ok"}
+
+    @classmethod
+    def build(cls, base: ModelShape, target, recipe, max_removed: int, depth_cost: list[float],
+              calib_path=None, fingerprint=None) -> "Searcher":
+        s = cls(base, target, recipe, max_removed, QualityModel(depth_cost, recipe.export.quant),
+                DeviceSpec.from_target(target), calib_path, fingerprint, width_ok=bool(width_methods()))
+        s.reload()
+        return s
+
+    def reload(self) -> None:
+        self.factors = cal.current_factors(self.calib_path, self.fingerprint) if self.calib_path else Factors()
+
+    def candidates(self, allow_unexecutable: bool = False) -> list[Candidate]:
+        sr = self.recipe.search
+        width = self.width_ok or allow_unexecutable
+        heads = head_options(self.base, sr.heads_keep) if width else [(None, None)]
+        ffns = ffn_options(self.base, sr.ffn_keep) if width else [None]
+        return grid(self.base.layers, self.max_removed, list(sr.quants), heads, ffns)
+
+    def predict(self, c: Candidate) -> Prediction:
+        b = self.target.budget
+        return predict(self.base, c, self.device, self.factors, b.prompt_tokens, b.answer_tokens,
+                       b.context_tokens, self.kv_bytes_meta)
+
+    def requirements(self) -> Requirements:
+        p = self.predict(Candidate(quant=self.recipe.export.quant))
+        return compile_budget(self.target.budget, p.pp_tps / p.tg_tps)
+
+    def score(self, allow_unexecutable: bool = False) -> list[Scored]:
+        return score_all(self.candidates(allow_unexecutable), self.base, self.predict, self.quality,
+                         self.requirements(), self.target.budget)
+
+    def decide(self, allow_unexecutable: bool = False) -> dict:
+        """{'verdict': 'try'|'infeasible', 'choice', 'front', 'closest', 'requirements'}."""
+        scored = self.score(allow_unexecutable)
+        exclude = {c for c, m in self.measured.items() if not (m["speed_ok"] and m["quality_ok"])}
+        floor = self.target.budget.max_ppl_ratio
+        pick = choose(scored, self.recipe.search.margin, floor, exclude)
+        if pick is None:  # nothing clears the margin: accept one predicted to meet at all
+            pick = choose(scored, 0.0, floor, exclude)
+        return {"verdict": "try" if pick else "infeasible", "choice": pick, "front": pareto_front(scored),
+                "closest": closest_miss([s for s in scored if s.cand not in exclude], floor),
+                "requirements": self.requirements()}
+
+    def observe(self, cand: Candidate, pred: Prediction, it: dict, host: dict | None) -> None:
+        """A measurement of `cand`: calibrate the cost model and the quality model."""
+        bench = it["bench"]
+        if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
+            # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
+            self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
+        if self.calib_path is not None:
+            fp = dict(self.fingerprint or {})
+            cal.add_sample(self.calib_path, fp, cal.sample_from(pred, bench, cand.label(self.base),
+                                                                   self.target.device.runner))
+            self.reload()
+        ratio = it.get("ppl_ratio")
+        if ratio is not None and math.isfinite(ratio):
+            hf = (cand.heads or self.base.heads) / self.base.heads
+            ff = (cand.ffn or self.base.ffn) / self.base.ffn
+            self.quality.fit(cand, ratio, hf, ff)
+        speed_ok = all(c["met"] for c in it["checks"].values())
+        self.measured[cand] = {"speed_ok": speed_ok,
+                               "quality_ok": ratio is None or ratio <= self.target.budget.max_ppl_ratio}
+
+
+def prediction_record(s: Searcher, cand: Candidate, pred: Prediction) -> dict:
+    """What the manifest stores as 'predicted' for one candidate, labelled as such."""
+    b = s.target.budget
+    return {"kind": "predicted", "by": f"cost model ({s.factors.samples} calibration samples of target "
+                                         f"'{s.target.name}', runner {s.target.device.runner})",
+            "tg_tps": pred.tg_tps, "pp_tps": pred.pp_tps, "latency_s": pred.latency_s(b.prompt_tokens, b.answer_tokens),
+            "file_bytes": pred.file_bytes, "ram_bytes": pred.ram_bytes, "kv_bytes": pred.kv_bytes,
+            "ppl_ratio": s.quality.predict(cand, (cand.heads or s.base.heads) / s.base.heads,
+                                           (cand.ffn or s.base.ffn) / s.base.ffn)}
+
+
+def errors_pct(predicted: dict, it: dict) -> dict:
+    """(predicted - measured) / measured, in %, for every quantity both sides have."""
+    bench = it["bench"]
+    pairs = {"tg_tps": bench["tg_tps"]["median"], "pp_tps": bench["pp_tps"]["median"],
+             "latency_s": it["latency_s"], "file_bytes": it["gguf_bytes"], "ram_bytes": bench.get("peak_rss_bytes")}
+    return {k: round(100 * (predicted[k] - v) / v, 2) for k, v in pairs.items() if v}

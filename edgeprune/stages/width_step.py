@@ -1,0 +1,53 @@
+"""Width pruning as a cached planner step: the width methods (methods/width.py, stages/width.py)
+applied to a (depth-pruned) HF checkpoint, saved as a standard checkpoint.
+
+Heads go by whole GQA groups (the 'groups' head mode), so a candidate's (heads, kv_heads) is
+exactly what the cost model priced; FFN channels are a multiple of 32 (aligned_keep)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgeprune.config.recipe import Calibration
+from edgeprune.runner import StepStore
+
+
+def width_fractions(cfg: dict, heads: int | None, kv_heads: int | None, ffn: int | None) -> tuple[float, float]:
+    """(fraction of KV groups removed, fraction of FFN channels removed) for the width methods."""
+    n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    head_frac = 0.0
+    if heads is not None:
+        kept_kv = kv_heads or heads // (cfg["num_attention_heads"] // n_kv)
+        head_frac = (n_kv - kept_kv) / n_kv
+    ffn_frac = 0.0 if ffn is None else 1.0 - ffn / cfg["intermediate_size"]
+    return head_frac, ffn_frac
+
+
+def prune_width_step(store: StepStore, hf_dir: Path, key: str, heads: int | None, kv_heads: int | None,
+                     ffn: int | None, calib: Calibration) -> tuple[Path, str]:
+    cfg = json.loads((Path(hf_dir) / "config.json").read_text())
+    head_frac, ffn_frac = width_fractions(cfg, heads, kv_heads, ffn)
+
+    def build(out: Path) -> dict:
+        from edgeprune.stages.calib import calibration_windows
+        from edgeprune.stages.width import prune_width
+        from edgeprune.toolchain.hf import load_model, save_model
+
+        model, tok = load_model(hf_dir)
+        windows = calibration_windows(tok, calib)
+        info = {}
+        if head_frac > 0:
+            info["heads"] = _summary(prune_width(model, windows, "heads", head_frac, "groups"))
+        if ffn_frac > 0:
+            info["ffn"] = _summary(prune_width(model, windows, "ffn", ffn_frac))
+        save_model(model, tok, out)
+        return info
+
+    res = store.run("width", {"model": key, "heads": heads, "kv_heads": kv_heads, "ffn": ffn,
+                              "calibration": calib.model_dump(mode="json")}, build)
+    return res.path, res.path.name
+
+
+def _summary(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "decision"}

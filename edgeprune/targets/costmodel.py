@@ -1,0 +1,146 @@
+"""Roofline cost model of a GGUF on a CPU device: file size, peak RAM, prefill and decode speed.
+
+Decode is memory-bound: every generated token reads every weight once (the token embedding
+only by one row) plus the KV cache, so seconds/token = bytes / bandwidth, plus a per-layer
+dispatch overhead that dominates tiny models. Prefill is compute-bound: 2 FLOPs per weight per
+token plus attention over the prompt. Both are written as theta . x with two features each:
+
+    decode  s/token = t1 * bytes_read / bandwidth          + t2 * (layers * LAYER_S + TOKEN_S)
+    prefill s/token = p1 * flops_per_token / compute       + p2 * (layers * LAYER_S_PP + TOKEN_S_PP)
+
+theta = 1 is the uncalibrated prior (efficiency 1/t1 of the datasheet bandwidth); measured runs
+fit theta per target (calibration.py). Peak RAM = file (mmapped, resident) + KV cache at the
+context + compute buffers + a runtime overhead (the python + libllama process), the last one
+calibrated as the median residual of measured peak RSS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from edgeprune.targets.gguf_size import ModelShape, gguf_bytes, tensor_types
+
+# Priors (seconds) for per-op dispatch: llama.cpp runs ~15 graph nodes per layer per token.
+LAYER_S = 30e-6
+TOKEN_S = 300e-6         # sampling, logits copy and python call overhead per decoded token
+LAYER_S_PP = 2e-6        # per layer per prompt token when batched
+TOKEN_S_PP = 50e-6
+BW_EFFICIENCY_PRIOR = 0.7  # llama.cpp decode typically reaches 60-80 % of a CPU's stream bandwidth
+GFLOPS_PER_THREAD = 25.0   # quantized matmul throughput per core (AVX2 / NEON dot) when no datasheet
+RUNTIME_OVERHEAD_PRIOR = 60e6  # python interpreter + libllama + numpy, bytes
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    bandwidth_gbs: float
+    compute_gflops: float
+    threads: int
+
+    @classmethod
+    def from_target(cls, target, host_threads: int | None = None) -> "DeviceSpec":
+        import os
+
+        d = target.device
+        threads = d.threads or host_threads or os.cpu_count() or 1
+        return cls(d.mem_bandwidth_gbs, d.compute_gflops or GFLOPS_PER_THREAD * threads, threads)
+
+
+@dataclass(frozen=True)
+class Factors:
+    """Calibrated multipliers (1.0 = prior) and the RAM overhead; see calibration.py."""
+
+    decode: tuple[float, float] = (1.0 / BW_EFFICIENCY_PRIOR, 1.0)
+    prefill: tuple[float, float] = (1.0, 1.0)
+    ram_overhead: float = RUNTIME_OVERHEAD_PRIOR
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space: what to keep and how to quantize."""
+
+    layers_removed: int = 0
+    heads: int | None = None   # query heads kept per layer (None: all)
+    ffn: int | None = None     # FFN channels kept per layer (None: all)
+    quant: str = "Q4_K_M"
+    kv_heads: int | None = None  # KV heads kept (None: all); whole GQA groups go with their query heads
+
+    def shape(self, base: ModelShape) -> ModelShape:
+        return base.pruned(layers=base.layers - self.layers_removed, heads=self.heads, ffn=self.ffn,
+                           kv_heads=self.kv_heads)
+
+    def label(self, base: ModelShape) -> str:
+        parts = [f"-{self.layers_removed}L" if self.layers_removed else "full depth"]
+        if self.heads and self.heads != base.heads:
+            parts.append(f"heads {self.heads}/{base.heads}" + (f" kv {self.kv_heads}" if self.kv_heads else ""))
+        if self.ffn and self.ffn != base.ffn:
+            parts.append(f"ffn {self.ffn}/{base.ffn}")
+        return " ".join(parts) + f" {self.quant}"
+
+
+@dataclass
+class Prediction:
+    file_bytes: int
+    weights_read: int
+    ram_bytes: float
+    ram_static: float  # ram_bytes without the calibrated runtime overhead
+    kv_bytes: float
+    tg_tps: float
+    pp_tps: float
+    features: dict = field(default_factory=dict)
+
+    def latency_s(self, prompt: int, answer: int) -> float:
+        return prompt / self.pp_tps + answer / self.tg_tps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kv_cache_bytes(s: ModelShape, context: int, bytes_per_elt: int = 2) -> int:
+    """K and V, F16 (llama.cpp default), per layer per KV head per position."""
+    return 2 * s.layers * s.kv_heads * s.head_dim * context * bytes_per_elt
+
+
+def compute_buffer_bytes(s: ModelShape, ubatch: int, context: int) -> int:
+    """llama.cpp's CPU compute buffer: activations of one micro-batch + KQ scores + logits."""
+    act = ubatch * (4 * s.hidden + 3 * s.ffn) * 4
+    kq = ubatch * context * s.heads * 4
+    return act + kq + s.vocab * 4 * 2
+
+
+def weights_read_per_token(s: ModelShape, quant: str) -> int:
+    """Bytes read to decode one token: all weights, but only one row of an untied token embedding."""
+    total = 0
+    for name, _t, b in tensor_types(s, quant):
+        if name == "token_embd.weight" and not s.tied:
+            continue
+        total += b
+    return total
+
+
+def flops_per_token(s: ModelShape, context: int) -> float:
+    """Matmul FLOPs per prompt token: 2 per weight (output head once) + attention scores and mix."""
+    per_layer = 2 * s.hidden * (2 * s.heads * s.head_dim + 2 * s.kv_heads * s.head_dim) + 6 * s.hidden * s.ffn
+    attn = 4 * s.heads * s.head_dim * (context / 2)
+    return s.layers * (per_layer + attn) + 2 * s.hidden * s.vocab
+
+
+def features(s: ModelShape, quant: str, dev: DeviceSpec, prompt: int, answer: int) -> dict:
+    """The x of the two linear models (seconds per token at theta = 1)."""
+    read = weights_read_per_token(s, quant) + kv_cache_bytes(s, prompt + answer // 2)
+    return {"decode": (read / (dev.bandwidth_gbs * 1e9), s.layers * LAYER_S + TOKEN_S),
+            "prefill": (flops_per_token(s, prompt) / (dev.compute_gflops * 1e9), s.layers * LAYER_S_PP + TOKEN_S_PP)}
+
+
+def predict(base: ModelShape, cand: Candidate, dev: DeviceSpec, factors: Factors, prompt: int, answer: int,
+            context: int | None = None, kv_bytes_meta: int | None = None) -> Prediction:
+    s = cand.shape(base)
+    x = features(s, cand.quant, dev, prompt, answer)
+    t_tg = sum(a * b for a, b in zip(factors.decode, x["decode"]))
+    t_pp = sum(a * b for a, b in zip(factors.prefill, x["prefill"]))
+    ctx = context or prompt + answer
+    file_b = gguf_bytes(s, cand.quant, kv_bytes_meta)
+    kv = kv_cache_bytes(s, ctx)
+    static = file_b + kv + compute_buffer_bytes(s, min(prompt, 512), ctx)
+    return Prediction(file_bytes=file_b, weights_read=weights_read_per_token(s, cand.quant),
+                      ram_bytes=static + factors.ram_overhead, ram_static=static, kv_bytes=kv, tg_tps=1.0 / t_tg, pp_tps=1.0 / t_pp, features=x)

@@ -1,0 +1,157 @@
+"""Exact-ish GGUF size of a Llama-family model from its shapes alone (no weights).
+
+Replicates llama.cpp's own choices (vendor/llama.cpp/src/llama-quant.cpp of llama-cpp-python
+0.3.36): the per-tensor type a file type picks (`llama_tensor_get_type_impl`: Q6_K for the
+output head, more bits for some attn_v / ffn_down layers by `use_more_bits`), then the shape
+fallback (`tensor_type_fallback`): a 256-block k-quant on a row length not divisible by 256
+becomes Q5_0 (Q4_K), Q5_1 (Q5_K), Q8_0 (Q6_K) or Q4_0 (Q3_K). SmolLM2's hidden size 576 is
+not a multiple of 256, so most of its "Q4_K_M" tensors are really Q5_0 — which is why a size
+model of "4.85 bits per weight" is 10 % off for it. Then the GGUF layout: header, key/values,
+tensor infos, 32-byte aligned data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# (elements per block, bytes per block) — ggml-common.h
+BLOCK = {
+    "F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
+    "Q8_0": (32, 34), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+}
+FTYPE_DEFAULT = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K", "Q4_0": "Q4_0", "Q8_0": "Q8_0", "F16": "F16"}
+FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q3_K": "Q4_0", "Q2_K": "Q4_0"}
+ALIGN = 32
+# Key/value bytes per vocabulary entry (token string, type, BPE merges): SmolLM2's GGUF holds
+# 1,769,411 bytes of key/values for 49,152 tokens + 48,900 merges = 36.0 per token.
+KV_BYTES_PER_TOKEN = 36.0
+KV_BYTES_FIXED = 4096
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the cost model needs of a Llama-family config.json."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    tied: bool = False
+    rope_freqs: bool = False  # Llama-3.1 "llama3" rope scaling stores a small rope_freqs tensor
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: dict, name: str = "") -> "ModelShape":
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        rope = (cfg.get("rope_scaling") or {}).get("rope_type", (cfg.get("rope_scaling") or {}).get("type"))
+        return cls(hidden=hidden, layers=int(cfg["num_hidden_layers"]), heads=heads,
+                   kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                   head_dim=int(cfg.get("head_dim") or hidden // heads), ffn=int(cfg["intermediate_size"]),
+                   vocab=int(cfg["vocab_size"]), tied=bool(cfg.get("tie_word_embeddings", False)),
+                   rope_freqs=rope == "llama3", name=name or cfg.get("_name_or_path", ""))
+
+    def pruned(self, layers: int | None = None, heads: int | None = None, ffn: int | None = None,
+               kv_heads: int | None = None) -> "ModelShape":
+        """Same model with fewer layers / query heads / KV heads / FFN channels."""
+        return replace(self, layers=layers or self.layers, heads=heads or self.heads, ffn=ffn or self.ffn,
+                       kv_heads=kv_heads or self.kv_heads)
+
+    @property
+    def params(self) -> int:
+        return sum(n for _, _, n in tensor_list(self))
+
+
+def tensor_list(s: ModelShape) -> list[tuple[str, int, int]]:
+    """(gguf name, ne[0] i.e. row length, elements) in the converter's order."""
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    out = [("token_embd.weight", s.hidden, s.hidden * s.vocab)]
+    if s.rope_freqs:
+        out.append(("rope_freqs.weight", s.head_dim // 2, s.head_dim // 2))
+    for i in range(s.layers):
+        b = f"blk.{i}."
+        out += [(b + "attn_norm.weight", s.hidden, s.hidden), (b + "attn_q.weight", s.hidden, s.hidden * q),
+                (b + "attn_k.weight", s.hidden, s.hidden * kv), (b + "attn_v.weight", s.hidden, s.hidden * kv),
+                (b + "attn_output.weight", q, q * s.hidden), (b + "ffn_norm.weight", s.hidden, s.hidden),
+                (b + "ffn_gate.weight", s.hidden, s.hidden * s.ffn), (b + "ffn_up.weight", s.hidden, s.hidden * s.ffn),
+                (b + "ffn_down.weight", s.ffn, s.ffn * s.hidden)]
+    out.append(("output_norm.weight", s.hidden, s.hidden))
+    if not s.tied:
+        out.append(("output.weight", s.hidden, s.hidden * s.vocab))
+    return out
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    # C integer division; i < n/8 short-circuits before the (negative) modulo could differ from C's
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _mixture_type(ftype: str, default: str, name: str, ncols: int, layer: int, n_layers: int, tied: bool) -> str:
+    """llama_tensor_get_type_impl for the file types edgeprune offers, Llama arch, no experts."""
+    role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
+    if role == "output" or (tied and role == "token_embd"):
+        if ncols % BLOCK[default][0] != 0:
+            return "Q8_0"
+        return default if default == "Q8_0" else "Q6_K"
+    if role == "attn_v":
+        if ftype == "Q3_K_M":
+            return "Q5_K" if layer < 2 else "Q4_K"
+        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(layer, n_layers):
+            return "Q6_K"
+    if role == "ffn_down":
+        if ftype == "Q3_K_M":
+            return "Q5_K" if layer < n_layers // 16 else "Q4_K"
+        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(layer, n_layers):
+            return "Q6_K"
+    if role == "attn_output" and ftype == "Q3_K_M":
+        return "Q4_K"
+    return default
+
+
+def tensor_type(ftype: str, name: str, ncols: int, n_dims: int, n_layers: int, tied: bool) -> str:
+    if ftype not in FTYPE_DEFAULT:
+        raise ValueError(f"unknown file type {ftype!r}; known: {', '.join(FTYPE_DEFAULT)}")
+    default = FTYPE_DEFAULT[ftype]
+    if n_dims < 2 or name.endswith("_norm.weight") or default in ("F16", "F32"):
+        return "F32" if n_dims < 2 else default
+    layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
+    t = _mixture_type(ftype, default, name, ncols, layer, n_layers, tied)
+    if ncols % BLOCK[t][0] != 0:  # tensor_type_fallback
+        t = FALLBACK.get(t, t)
+        if ncols % BLOCK[t][0] != 0:
+            t = "F16"
+    return t
+
+
+def tensor_bytes(t: str, elements: int) -> int:
+    per, size = BLOCK[t]
+    return elements // per * size
+
+
+def tensor_types(s: ModelShape, ftype: str) -> list[tuple[str, str, int]]:
+    """(name, ggml type, bytes) per tensor, as llama_model_quantize would write them."""
+    out = []
+    for name, ncols, n in tensor_list(s):
+        n_dims = 1 if n == ncols else 2
+        t = tensor_type(ftype, name, ncols, n_dims, s.layers, s.tied)
+        out.append((name, t, tensor_bytes(t, n)))
+    return out
+
+
+def gguf_bytes(s: ModelShape, ftype: str, kv_bytes: int | None = None) -> int:
+    """File size: header + key/values + tensor infos, padded, + each tensor's data padded to 32."""
+    rows = tensor_types(s, ftype)
+    kv = kv_bytes if kv_bytes is not None else int(KV_BYTES_FIXED + KV_BYTES_PER_TOKEN * s.vocab)
+    infos = sum(8 + len(name) + 4 + 8 * (1 if t == "F32" else 2) + 4 + 8 for name, t, _ in rows)
+    head = 24 + kv + infos
+    data = sum(-(-b // ALIGN) * ALIGN for _, _, b in rows)
+    return -(-head // ALIGN) * ALIGN + data
+
+
+def bits_per_weight(s: ModelShape, ftype: str) -> float:
+    rows = tensor_types(s, ftype)
+    return 8 * sum(b for _, _, b in rows) / s.params
