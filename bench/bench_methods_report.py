@@ -36,6 +36,15 @@ def table(rows: list[dict], base_ppl: float) -> str:
     return "\n".join(out)
 
 
+def memory_table(rows: list[dict]) -> str:
+    out = ["| scoring path | method | calib tokens | wall s | RSS after imports MB | peak RSS MB | weights on disk MB |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['label']} | {r['method']} | {r['calib_tokens']} | {r['wall_s']} | {r['rss_after_imports_mb']} | "
+                   f"{r['peak_rss_mb']} | {r['model_bytes_mb']} |")
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], base_ppl: float, path: Path) -> None:
     import matplotlib
 
@@ -47,7 +56,9 @@ def plot(rows: list[dict], base_ppl: float, path: Path) -> None:
         fam = [r for r in rows if r["family"] == family]
         series: dict[str, list] = {}
         for r in fam:
-            key = r["method"] if family == "depth" else r["label"]
+            # one line per method; width sizes ("ffn-20%", "ffn-40%") join one line
+            key = r["method"] if family == "depth" else r["label"].rsplit("-", 1)[0] if r["label"].endswith("%") \
+                and family == "width" else r["label"]
             series.setdefault(key, []).append((r["removed"], r["ppl"]))
         for key, pts in sorted(series.items()):
             pts = sorted(pts)
@@ -70,8 +81,13 @@ def report(partial: Path, out: Path) -> None:
     if base is None:
         print("no baseline yet")
         return
-    order = {"baseline": 0, "depth": 1, "width": 2, "sparsity": 3}
+    order = {"baseline": 0, "depth": 1, "width": 2, "sparsity": 3, "memory": 4}
     rows.sort(key=lambda r: (order[r["family"]], r.get("method", ""), r["removed"], r["label"]))
-    (out / "methods.json").write_text(json.dumps({"machine": _machine(), "results": rows}, indent=2))
+    mem = [r for r in rows if r["family"] == "memory"]
+    rows = [r for r in rows if r["family"] != "memory"]
+    (out / "methods.json").write_text(json.dumps({"machine": _machine(), "results": rows, "memory": mem}, indent=2))
     plot(rows, base["ppl"], out / "methods.png")
     print(table(rows, base["ppl"]))
+    if mem:
+        print()
+        print(memory_table(mem))
