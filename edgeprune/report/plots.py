@@ -6,6 +6,7 @@ returns the path, or None when the data to draw it are absent.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +20,10 @@ SUBFIELDS = ["medical_genetics", "professional_law", "philosophy", "college_math
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # atomic: a killed report leaves no half PNG
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    tmp.replace(path)
     return path
 
 
