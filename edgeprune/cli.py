@@ -158,23 +158,51 @@ def export(model, quant, out):
 
 
 @main.command()
-@click.option("--model", required=True, type=click.Path(), help=".gguf file.")
+@click.option("--model", default=None, type=click.Path(), help=".gguf file (not needed with --result).")
 @click.option("--prompt-tokens", default=64, show_default=True)
 @click.option("--tokens", default=100, show_default=True, help="Generated tokens.")
 @click.option("--reps", default=3, show_default=True)
 @click.option("--warmup", default=1, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write the JSON here.")
+@click.option("--compare", "baseline", type=click.Path(), default=None,
+              help="Baseline bench JSON: exit 1 if tok/s, peak RAM or file size regressed beyond --tolerance.")
+@click.option("--tolerance", default="5%", show_default=True, help="Allowed regression, e.g. 5% or 0.05.")
+@click.option("--result", type=click.Path(), default=None, help="Compare this bench JSON instead of measuring.")
 @friendly
-def bench(model, prompt_tokens, tokens, reps, warmup, threads, json_out):
-    """Benchmark a GGUF here (llama-bench-shaped JSON)."""
+def bench(model, prompt_tokens, tokens, reps, warmup, threads, json_out, baseline, tolerance, result):
+    """Benchmark a GGUF here (llama-bench-shaped JSON); --compare checks it against a baseline."""
+    from edgeprune.report.regression import compare, parse_tolerance, render
     from edgeprune.stages.commands import bench_command
 
-    result = bench_command(Path(model), prompt_tokens, tokens, reps, warmup, threads)
-    text = json.dumps(result, indent=2)
+    tol = parse_tolerance(tolerance)
+    if result:
+        data = _read_json(result, "--result")
+    elif not model:
+        raise click.UsageError("give --model X.gguf to measure, or --result bench.json to compare")
+    else:
+        data = bench_command(Path(model), prompt_tokens, tokens, reps, warmup, threads)
+    text = json.dumps(data, indent=2)
     if json_out:
         Path(json_out).write_text(text)
-    click.echo(text)
+    if not baseline:
+        click.echo(text)
+        return
+    rows = compare(data, _read_json(baseline, "--compare"), tol)
+    click.echo(render(rows))
+    if any(r["regressed"] for r in rows):
+        click.echo(f"regression beyond {tolerance} against {baseline}", err=True)
+        sys.exit(1)
+
+
+def _read_json(path: str, flag: str) -> dict:
+    from edgeprune.errors import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read bench JSON ({type(exc).__name__})", where=f"{flag} {path}",
+                          fix="give a file written by `edgeprune bench --json`") from None
 
 
 @main.command()

@@ -36,7 +36,8 @@ def load_model_config(name_or_path: str) -> tuple[dict, str]:
     if not path.is_file():
         path = MODELS_DIR / (name_or_path if name_or_path.endswith(".json") else f"{name_or_path}.json")
     if not path.is_file():
-        close = difflib.get_close_matches(Path(name_or_path).stem, shipped_configs(), n=1)
+        key = Path(name_or_path).name.removesuffix(".json")  # not .stem: "llama-3.1-8b" has dots
+        close = difflib.get_close_matches(key, shipped_configs(), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"give a config.json path or one of: {', '.join(shipped_configs())}"
         raise ConfigError(f"model config '{name_or_path}' not found", where="--model-config", fix=hint)
     try:
@@ -46,7 +47,7 @@ def load_model_config(name_or_path: str) -> tuple[dict, str]:
         raise ConfigError(f"not a Llama-style config.json ({type(exc).__name__}: {exc})", where=str(path),
                           fix="it needs hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, "
                               "vocab_size") from None
-    return cfg, path.stem
+    return cfg, path.name.removesuffix(".json")
 
 
 def searcher_for(cfg: dict, target, recipe) -> Searcher:
