@@ -206,3 +206,18 @@ def test_recipe_without_budget_and_unknown_key_fail_at_load(tmp_path):
     with pytest.raises(ConfigError, match="recovery.train.lr_typo"):
         load_recovery(str(bad), {})
     assert load_recovery("sft-reference", {}).train.lr == 5e-5
+
+
+def test_recover_stage_is_a_cached_step_the_export_stage_can_read(tmp_path, tiny_llama, text_jsonl):
+    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.stages.recover import recover_stage
+    from edgeprune.toolchain.hf import check_hf_folder
+
+    store = StepStore(tmp_path / "store")
+    cfg = tiny_cfg(text_jsonl, steps=2)
+    out, key = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    assert check_hf_folder(out)["num_hidden_layers"] == 4 and (out / "adapter" / "adapter_config.json").is_file()
+    assert json.loads((out / "step.json").read_text())["meta"]["steps"] == 2
+    again, key2 = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    assert (again, key2) == (out, key) and store.log[-1]["cache_hit"]
+    assert not list(store.root.glob(".work-recover-*"))  # the training work dir is cleaned up
