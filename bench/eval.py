@@ -115,9 +115,34 @@ def table(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_records(names: list[str]) -> list[Path]:
+    """One `edgeprune eval`-shaped record per model (first = parent), for `edgeprune report`'s eval/ folder."""
+    ppl = json.loads((OUT / "ppl.json").read_text()) if (OUT / "ppl.json").is_file() else {}
+    out = []
+    for j, name in enumerate(names):
+        files = [OUT / name / f"{t}.json" for t in TASKS if (OUT / name / f"{t}.json").is_file()]
+        if not files:
+            continue
+        parts = [json.loads(f.read_text()) for f in files]
+        tasks = {"scores": {}, "items": {}, "n": {}, "limit": sorted({p["limit"] for p in parts})[-1]}
+        for p in parts:
+            for key in ("scores", "items", "n"):
+                tasks[key].update(p[key])
+        rec = {"schema": "edgeprune.eval/1", "label": name, "model": parts[0]["model"], "kind": "gguf",
+               "tasks": tasks} | ({"role": "parent"} if j == 0 else {})
+        key = next((k for k in ppl if k.startswith(name)), None)
+        if key:
+            rec["ppl"] = {k: v for k, v in ppl[key].items() if k != "parent"}
+        dst = OUT / "records" / f"{name}.json"
+        dst.parent.mkdir(exist_ok=True)
+        dst.write_text(json.dumps(rec))
+        out.append(dst)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["tasks", "ppl", "table"])
+    ap.add_argument("phase", choices=["tasks", "ppl", "table", "records"])
     ap.add_argument("--model", action="append", default=[], help="NAME=PATH (repeat); order = table order")
     ap.add_argument("--parent", type=Path, help="reference model for KLD (HF folder or GGUF)")
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -132,6 +157,9 @@ def main() -> None:
         run_task_phase(models, args.tasks.split(","), args.limit, args.mmlu_limit, args.threads)
     elif args.phase == "ppl":
         run_ppl_phase(models, args.parent, args.windows, args.ctx, args.threads)
+    elif args.phase == "records":
+        for path in write_records(list(models)):
+            print(path)
     else:
         print(table(list(models)))
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeprune.evaluation.metrics import kl_per_position, log_softmax, paired_bootstrap, token_nll
+from edgeprune.evaluation.metrics import kl_per_position, log_softmax, pair_terms, paired_bootstrap, token_nll
 
 
 def test_token_nll_matches_hand_values():
@@ -48,3 +48,13 @@ def test_bootstrap_ci_is_zero_width_for_identical_models_and_rejects_unpaired():
     assert big["diff"] == 0.5 and 0.4 < big["ci_low"] < 0.5 < big["ci_high"] < 0.6
     with pytest.raises(ValueError):
         paired_bootstrap(a, a[:3])
+
+
+def test_pair_terms_equal_the_separate_functions():
+    rng = np.random.default_rng(2)
+    ref, new, toks = rng.normal(size=(6, 11)), rng.normal(size=(6, 11)), rng.integers(0, 11, size=6)
+    t = pair_terms(ref, new, toks)
+    assert t["nll"] == pytest.approx(token_nll(new, toks).sum())
+    assert t["ref_nll"] == pytest.approx(token_nll(ref, toks).sum())
+    assert t["kl"] == pytest.approx(kl_per_position(ref[:-1], new[:-1]))
+    assert (t["top1"] == new[:-1].argmax(-1)).all()

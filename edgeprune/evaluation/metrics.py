@@ -23,6 +23,17 @@ def kl_per_position(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return (np.exp(ref) * (ref - new)).sum(-1)
 
 
+def pair_terms(ref_logits: np.ndarray, logits: np.ndarray, tokens: list[int]) -> dict:
+    """One window of two models: NLL sums of both, per-position KL(ref || model), both argmaxes.
+
+    Same values as token_nll and kl_per_position, with each log-softmax computed once (the window's
+    logits are ctx x vocab, so this is most of the cost)."""
+    ref, new = log_softmax(ref_logits[:-1]), log_softmax(logits[:-1])
+    idx, nxt = np.arange(len(new)), np.asarray(tokens)[1:]
+    return {"nll": float(-new[idx, nxt].sum()), "ref_nll": float(-ref[idx, nxt].sum()),
+            "kl": (np.exp(ref) * (ref - new)).sum(-1), "ref_top1": ref.argmax(-1), "top1": new.argmax(-1)}
+
+
 def summarize_kld(kl: np.ndarray, ref_top1: np.ndarray, top1: np.ndarray) -> dict:
     kl = np.asarray(kl, dtype=np.float64)
     return {"kld_mean": float(kl.mean()), "kld_median": float(np.median(kl)),

@@ -27,12 +27,12 @@ def load_eval_records(folder: Path) -> list[dict]:
 
 
 def find_parent(records: list[dict]) -> dict | None:
-    """The record another one was compared to (--parent), else the one labelled 'parent'."""
+    """The record another one was compared to (--parent), else the one with role or label 'parent'."""
     referenced = {r.get("ppl", {}).get("parent") for r in records} - {None}
     for r in records:
         if r["model"] in referenced:
             return r
-    return next((r for r in records if r.get("label") == "parent"), None)
+    return next((r for r in records if r.get("role") == "parent" or r.get("label") == "parent"), None)
 
 
 def _metric_rows(records: list[dict]) -> list[tuple[str, str, str]]:
