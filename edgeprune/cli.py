@@ -114,6 +114,9 @@ def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps,
     p = build_plan(model, target, recipe, out, t_over, r_over, BUDGET_FLAGS, allow_pickle)
     click.echo(p.describe())
     if dry_run:
+        from edgeprune.planner.predict_only import describe_plan_prediction
+
+        click.echo(describe_plan_prediction(p))
         return
     manifest = run_plan(p, store, force, log=click.echo, redo_from=redo_from)
     res = manifest["result"]

@@ -40,7 +40,7 @@ class RunState:
 
 
 def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
-    """prune -> export -> benchmark -> perplexity for one candidate (every step cached)."""
+    """prune -> [width] -> [recover] -> export -> benchmark -> perplexity for one candidate (every step cached)."""
     plan, store, r = state.plan, state.store, state.plan.recipe
     method = registry.get("depth", r.depth.method)
     k = cand.layers_removed
@@ -49,6 +49,10 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     if cand.heads is not None or cand.ffn is not None:
         pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
                                                   cand.ffn, r.calibration)
+    if r.recovery is not None and pruned_key != state.model_hash:  # recover only what was pruned
+        from edgeprune.stages.recover import recover_stage
+
+        pruned_dir, pruned_key = recover_stage(store, pruned_dir, pruned_key, r.recovery, teacher_dir=ctx["hf_dir"])
     export_cfg = r.export.model_copy(update={"quant": cand.quant})
     gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
     gguf_key = f"{pruned_key}:{cand.quant}"

@@ -152,3 +152,18 @@ def reference_comparison(s: Searcher) -> list[str]:
             "  8 tok/s implies ~33 GB/s. The case study's own '100-token answer 7 s -> 1.8 s' needs >= 55 tok/s,",
             "  which no -8 layer / -20 % heads model of this size reaches on a ~40 GB/s CPU."]
     return out
+
+
+def describe_plan_prediction(plan) -> str:
+    """The predicted front for a `plan --dry-run` on a real model (before any measurement)."""
+    cfg = dict(plan.model_config or {})
+    if not cfg.get("hidden_size") or not cfg.get("num_hidden_layers"):
+        return "(no shapes in the model's config: no prediction)"
+    model = Path(str(plan.model))
+    if model.suffix == ".gguf":  # GGUF headers do not say whether the output head is tied; its tensors do
+        from gguf import GGUFReader
+
+        cfg["tie_word_embeddings"] = not any(t.name == "output.weight" for t in GGUFReader(str(model)).tensors)
+    s = searcher_for(cfg, plan.target, plan.recipe)
+    return "\n".join(["", "predicted before any measurement (depth order by layer scores is known only after "
+                      "scoring; here every layer counts the same):", *describe_prediction(s, model.name, cfg)])
