@@ -101,3 +101,10 @@ def test_publish_assembles_folder_and_fails_clearly_without_hub(run_dir, tmp_pat
 def test_report_of_a_folder_without_manifest_is_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "no manifest.json" in res.output
+
+
+def test_compare_command_pairs_items(run_dir):
+    res = CliRunner().invoke(main, ["compare", str(run_dir / "eval" / "parent.json"),
+                                    str(run_dir / "eval" / "pruned.json"), "--iters", "500"])
+    assert res.exit_code == 0, res.output
+    assert "arc_easy" in res.output and "n=    4  0.750 -> 0.500  diff -0.250" in res.output
