@@ -37,9 +37,10 @@ max_iterations: 2
 
 
 def plan(model, calib, recipe, out, store, latency, kill_at=None, *extra):
-    # unbuffered: a SIGKILL must not swallow the log lines printed before it
+    # unbuffered: a SIGKILL must not swallow the log lines printed before it. The planner's
+    # cost-model calibration is per-store here, so each sequence starts from the same (empty) one.
     env = {**os.environ, "EDGEPRUNE_STORE": str(store), "EDGEPRUNE_TEST_KILL_AT": kill_at or "",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "EDGEPRUNE_CALIBRATION": str(Path(store).with_name(Path(store).name + "-calib"))}
     argv = [sys.executable, "-c", "from edgeprune.cli import main; main()", "plan", "--model", str(model), "--runner", "fake",
             "--calib", str(calib), "--recipe", str(recipe), "--max-ppl-ratio", "5", "--latency", f"{latency:.6f}",
             "--out", str(out), *extra]
@@ -116,6 +117,11 @@ def test_kill_each_stage_then_resume_to_the_same_bytes(setup, tmp_path):
     assert "left by a killed run" in final.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert all(s["cache_hit"] for s in m["steps"])
+    # every export both stores made (same key) holds the same bytes, then the published artifact
+    shared = {d.name for d in store.glob("export-*")} & {d.name for d in ref_store.glob("export-*")}
+    assert shared
+    for name in shared:
+        assert sha256(next((store / name).glob("*.gguf"))) == sha256(next((ref_store / name).glob("*.gguf")))
     art = out / m["result"]["artifact"]
     assert sha256(art) == sha256(ref_art)
     assert not list(out.glob(".*.tmp-*")) and not list(store.glob(".tmp-*"))

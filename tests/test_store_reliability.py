@@ -225,3 +225,18 @@ def test_a_new_store_sweeps_temp_dirs_of_dead_runs_but_not_live_ones(tmp_path):
     assert StepStore(root / "x").swept == [] and list((root / "x").glob(".tmp-score-*"))
     live.communicate(timeout=120)
     assert live.returncode == 0
+
+
+def test_a_rerun_does_not_count_its_cached_measurements_twice(tmp_path):
+    from edgeprune.targets import calibration as cal
+
+    path, fp = tmp_path / "t.json", {"runner": "fake"}
+    s1 = {"features": {"decode": (1.0, 2.0), "prefill": (3.0, 4.0)}, "tg_tps": 100.0, "pp_tps": 1000.0,
+          "peak_rss_bytes": 10, "ram_static": 5, "label": "k=0"}
+    s2 = {**s1, "tg_tps": 120.0, "label": "k=1"}
+    cal.add_sample(path, fp, s1)
+    cal.add_sample(path, fp, s2)
+    once = cal.load(path)["factors"]
+    cal.add_sample(path, fp, s1)  # a resumed run re-reads the cached k=0 benchmark
+    again = cal.load(path)
+    assert [s["label"] for s in again["samples"]] == ["k=1", "k=0"] and again["factors"] == once

@@ -59,7 +59,12 @@ def add_sample(path: Path, fp: dict, sample: dict) -> dict:
     if data.get("fingerprint") not in (None, fp):
         data = {"samples": [], "reset": f"fingerprint changed from {data.get('fingerprint')}"}
     data["fingerprint"] = fp
-    data["samples"] = (data["samples"] + [{**sample, "time": time.time()}])[-MAX_SAMPLES:]
+    # A measurement counts once: a rerun or a resumed run re-reads its cached benchmarks, and
+    # appending them again would reweight the fit, so a resumed plan could decide differently
+    # from an uninterrupted one.
+    same = json.loads(json.dumps(sample, default=str))
+    kept = [s for s in data["samples"] if {k: v for k, v in s.items() if k != "time"} != same]
+    data["samples"] = (kept + [{**sample, "time": time.time()}])[-MAX_SAMPLES:]
     data["factors"] = factors_dict(fit(data["samples"]))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
