@@ -68,6 +68,8 @@ def quality_table(records: list[dict]) -> str:
     if not records:
         return ""
     parent = find_parent(records)
+    if parent is not None:  # parent first: the differences read left to right
+        records = [parent] + [r for r in records if r is not parent]
     head = "| metric | " + " | ".join(r["label"] for r in records) + " |"
     lines = [head, "|---" * (len(records) + 1) + "|"]
     if any("ppl" in r for r in records):
@@ -81,10 +83,11 @@ def quality_table(records: list[dict]) -> str:
             v = r.get("tasks", {}).get("scores", {}).get(task, {}).get(metric)
             extra = _diff(parent, r, task, metric) if parent and r is not parent and metric != "perplexity" else ""
             cells.append(_fmt(v, metric) + extra)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        n = next((r["tasks"]["n"][task] for r in records if task in r.get("tasks", {}).get("n", {})), None)
+        lines.append(f"| {name}{f' (n={n})' if n else ''} | " + " | ".join(cells) + " |")
     n = {r["label"]: r.get("tasks", {}).get("limit") for r in records}
     note = (f"Accuracies in %; in brackets: difference vs `{parent['label']}` on the same items with a 95% paired "
             "bootstrap CI." if parent else "Accuracies in %.")
     if any(v for v in n.values()):
-        note += f" Items per task limited to {sorted({v for v in n.values() if v})} (--limit): not full sets."
+        note += " Items per task limited with --limit (n = items scored): not full sets."
     return "\n".join(lines) + "\n\n" + note
