@@ -17,7 +17,7 @@ from edgeprune.report import plots
 from edgeprune.report.card import chosen_iteration, render_card
 from edgeprune.report.manifest import atomic_write_text
 from edgeprune.report.markdown import render_report
-from edgeprune.report.quality import load_eval_records, quality_table
+from edgeprune.report.quality import find_parent, load_eval_records, quality_table
 
 
 def load_manifest(run_dir: Path) -> dict:
@@ -121,6 +121,8 @@ def build_report(run_dir: Path) -> list[Path]:
     manifest = load_manifest(run_dir)
     eval_dir = run_dir / "eval"
     records = load_eval_records(eval_dir) if eval_dir.is_dir() else []
+    parent = find_parent(records)
+    records = ([parent] if parent else []) + [r for r in records if r is not parent]
     pngs = [p.relative_to(run_dir).as_posix() for p in make_plots(manifest, records, run_dir / "plots")]
     quality_md = quality_table(records)
     md = render_markdown(manifest, quality_md, pngs)
