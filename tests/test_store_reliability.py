@@ -240,3 +240,26 @@ def test_a_rerun_does_not_count_its_cached_measurements_twice(tmp_path):
     cal.add_sample(path, fp, s1)  # a resumed run re-reads the cached k=0 benchmark
     again = cal.load(path)
     assert [s["label"] for s in again["samples"]] == ["k=1", "k=0"] and again["factors"] == once
+
+
+def test_a_resumed_run_calibrates_from_the_snapshot_its_first_attempt_took(tmp_path):
+    from edgeprune.runner.resume import (clear_run_calibration, merge_run_calibration,
+                                         run_calibration_path)
+    from edgeprune.targets import calibration as cal
+
+    out, shared, fp = tmp_path / "out", tmp_path / "shared.json", {"runner": "fake"}
+    out.mkdir()
+    s0 = {"features": {"decode": [1.0, 2.0], "prefill": [3.0, 4.0]}, "tg_tps": 100.0, "pp_tps": 1000.0,
+          "peak_rss_bytes": 10, "ram_static": 5, "label": "k=0"}
+    cal.add_sample(shared, fp, s0)
+    work = run_calibration_path(out, shared)  # first attempt: snapshot = [k=0]
+    cal.add_sample(work, fp, {**s0, "label": "k=1", "tg_tps": 110.0})
+    cal.add_sample(shared, fp, {**s0, "label": "other run", "tg_tps": 90.0})  # another plan, meanwhile
+    # killed here; the rerun starts from the snapshot, not from the shared file or its own samples
+    work = run_calibration_path(out, shared)
+    assert [s["label"] for s in cal.load(work)["samples"]] == ["k=0"]
+    cal.add_sample(work, fp, {**s0, "label": "k=1", "tg_tps": 110.0})
+    assert merge_run_calibration(out, shared) == 1  # only the run's new sample reaches the shared file
+    assert [s["label"] for s in cal.load(shared)["samples"]] == ["k=0", "other run", "k=1"]
+    clear_run_calibration(out)
+    assert list(out.iterdir()) == []

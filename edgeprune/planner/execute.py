@@ -15,6 +15,7 @@ from edgeprune.planner.plan import Plan
 from edgeprune.planner.candidates import depth_costs
 from edgeprune.planner.searcher import Searcher, errors_pct, prediction_record
 from edgeprune.runner import StepStore
+from edgeprune.runner.resume import run_calibration_path
 from edgeprune.stages.bench import benchmark, check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -90,7 +91,9 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     dcost = depth_costs(state.scores, order, base.layers)
     t = plan.target
     fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if t.device.runner == "local" else None)
-    return Searcher.build(base, t, r, max_k, dcost, cal.calibration_path(t.name, t.device.runner), fp)
+    # a private copy in --out, so a resumed run decides with what the first attempt knew
+    calib = run_calibration_path(plan.out, cal.calibration_path(t.name, t.device.runner))
+    return Searcher.build(base, t, r, max_k, dcost, calib, fp)
 
 
 def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> dict:

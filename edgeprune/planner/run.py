@@ -18,7 +18,9 @@ from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
 from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
+from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
 from edgeprune.runner.store import stages_from
+from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model
 
@@ -68,4 +70,8 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
             log(f"removed {stale.name}, left by a killed run")
         steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from), echo=log)
         state = execute(plan, steps, log=log)
-        return publish(state, started)
+        shared = calibration_path(plan.target.name, plan.target.device.runner)
+        merge_run_calibration(plan.out, shared)
+        manifest = publish(state, started)
+        clear_run_calibration(plan.out)
+        return manifest
