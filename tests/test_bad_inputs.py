@@ -536,6 +536,13 @@ def compare_wrong_schema(ctx):
     return ["compare", str(f), str(f)], "no per-item task results in this file"
 
 
+@case("compare a JSON file that is not an object")
+def compare_not_an_object(ctx):
+    f = ctx.tmp / "five.json"
+    f.write_text("5\n")
+    return ["compare", str(f), str(f)], "no per-item task results in this file"
+
+
 @case("benchmark a file that is not a GGUF")
 def bench_not_gguf(ctx):
     f = ctx.tmp / "model.bin"

@@ -58,7 +58,7 @@ def _load_eval(path: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read eval results ({type(exc).__name__})", where=str(path),
                         fix="give a JSON written by `edgeprune eval --out`") from None
-    if "tasks" not in rec or "items" not in rec["tasks"]:
+    if not (isinstance(rec, dict) and isinstance(rec.get("tasks"), dict) and "items" in rec["tasks"]):
         raise DataError("no per-item task results in this file", where=str(path),
                         fix="rerun `edgeprune eval --tasks ... --out FILE`")
     return rec
