@@ -94,7 +94,8 @@ def speed_size_plot(iterations: list[dict], budget: dict, path: Path) -> Path | 
     pp = sorted(it["bench"]["pp_tps"]["median"] for it in iterations)[len(iterations) // 2]
     need = required_decode_tps(budget, pp)
     if need:
-        ax.axhline(need, color="tab:red", ls="--", label=f"budget: {need:.0f} tok/s decode")
+        how = "decode budget" if budget.get("decode_tps") else "latency budget at median prompt speed"
+        ax.axhline(need, color="tab:red", ls="--", label=f"{how}: >= {need:.0f} tok/s")
     if budget.get("max_file_gb"):
         ax.axvline(budget["max_file_gb"] * 1e3, color="tab:purple", ls="--", label="file-size budget")
     ax.set_xlabel("GGUF size (MB)")
