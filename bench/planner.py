@@ -87,7 +87,11 @@ def main() -> None:
     ap.add_argument("--max-ppl-ratio", type=float, default=3.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--paper-only", action="store_true")
+    ap.add_argument("--paired", action="store_true", help="only the interleaved baseline/candidate check")
     args = ap.parse_args()
+    if args.paired:
+        paired()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ["EDGEPRUNE_CALIBRATION"] = str(OUT / "calibration")
     shutil.rmtree(OUT / "calibration", ignore_errors=True)
@@ -120,3 +124,41 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def paired(reps: int = 3, rounds: int = 1) -> list[dict]:
+    """Load-robust check of the cost model: every executed candidate measured interleaved with the
+    unpruned baseline (A B A B, one thread), so both see the same load; the measured speed ratio
+    is compared with the ratio the cost model predicts (which does not depend on the load)."""
+    from edgeprune.devices import BenchSpec, get_runner
+    from edgeprune.targets.costmodel import Candidate, DeviceSpec, predict
+    from edgeprune.targets.calibration import current_factors
+    from edgeprune.targets.gguf_size import ModelShape
+
+    res = json.loads((OUT / "partial.json").read_text())
+    its = [it for r in res for it in json.loads((OUT / r["budget"] / "manifest.json").read_text())["iterations"]]
+    base_it = next(it for it in its if it["k"] == 0 and it["quant"] == "Q4_K_M")
+    shape = ModelShape.from_config(json.loads((ROOT.parent / "edgeprune/targets/models/smollm2-135m.json").read_text()))
+    factors = current_factors(OUT / "calibration" / "host.json")
+    dev = DeviceSpec(10.0, 25.0, THREADS)
+    spec = BenchSpec(64, 100, reps, 1, THREADS)
+    run = get_runner("local")
+    seen, rows = set(), []
+    for it in its:
+        key = (it["k"], it["quant"])
+        if key in seen or key == (0, "Q4_K_M"):
+            continue
+        seen.add(key)
+        a, b = [], []
+        for _ in range(rounds):
+            a.append(run(Path(base_it["gguf"]), spec)["tg_tps"]["median"])
+            b.append(run(Path(it["gguf"]), spec)["tg_tps"]["median"])
+        cand = Candidate(it["k"], quant=it["quant"])
+        pa, pb = predict(shape, Candidate(), dev, factors, 64, 100), predict(shape, cand, dev, factors, 64, 100)
+        measured, predicted = sum(b) / sum(a), pb.tg_tps / pa.tg_tps
+        rows.append({"candidate": f"-{it['k']}L {it['quant']}", "baseline_tg": a, "candidate_tg": b,
+                     "measured_speedup": measured, "predicted_speedup": predicted,
+                     "error_pct": round(100 * (predicted - measured) / measured, 1)})
+        print(rows[-1])
+        json.dump(rows, open(OUT / "paired.json", "w"), indent=2)
+    return rows

@@ -58,7 +58,8 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
     gguf_key = f"{pruned_key}:{cand.quant}"
     bench = benchmark(store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup)
-    ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows)
+    ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
+                       plan.target.device.threads)
     checks = check_budget(bench, plan.target.budget)
     it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
           "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],

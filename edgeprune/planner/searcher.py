@@ -64,6 +64,7 @@ class Searcher:
     width_ok: bool = False
     factors: Factors = field(default_factory=Factors)
     measured: dict = field(default_factory=dict)   # Candidate -> {"speed_ok", "quality_ok"}
+    run_samples: list = field(default_factory=list)  # calibration samples measured by this run
 
     @classmethod
     def build(cls, base: ModelShape, target, recipe, max_removed: int, depth_cost: list[float],
@@ -74,7 +75,15 @@ class Searcher:
         return s
 
     def reload(self) -> None:
-        self.factors = cal.current_factors(self.calib_path, self.fingerprint) if self.calib_path else Factors()
+        """Decisions use this run's own measurements only, so a rerun of the same plan makes the same
+        choices and hits the step cache; the stored samples of earlier runs only inform the
+        prediction made before the first measurement (and config-only / dry-run plans)."""
+        if self.run_samples:
+            self.factors = cal.fit(self.run_samples)
+        elif self.calib_path:
+            self.factors = cal.current_factors(self.calib_path, self.fingerprint)
+        else:
+            self.factors = Factors()
 
     def candidates(self, allow_unexecutable: bool = False) -> list[Candidate]:
         sr = self.recipe.search
@@ -114,11 +123,11 @@ class Searcher:
         if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
             # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
             self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
+        sample = cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner)
+        self.run_samples.append(sample)
         if self.calib_path is not None:
-            fp = dict(self.fingerprint or {})
-            cal.add_sample(self.calib_path, fp, cal.sample_from(pred, bench, cand.label(self.base),
-                                                                   self.target.device.runner))
-            self.reload()
+            cal.add_sample(self.calib_path, dict(self.fingerprint or {}), sample)
+        self.reload()
         ratio = it.get("ppl_ratio")
         if ratio is not None and math.isfinite(ratio):
             hf = (cand.heads or self.base.heads) / self.base.heads

@@ -48,6 +48,7 @@ def gguf_perplexity(gguf: Path, text: str, ctx: int, windows: int | None, thread
 
 
 def evaluate_ppl(store: StepStore, gguf: Path, gguf_key: str, text: str, text_hash: str, ctx: int,
-                 windows: int | None) -> dict:
+                 windows: int | None, threads: int | None = None) -> dict:
+    """`threads` changes only the speed (not part of the key): the planner passes the target's."""
     key = {"gguf": gguf_key, "text": text_hash, "ctx": ctx, "windows": windows}
-    return store.run("ppl", key, lambda out: gguf_perplexity(gguf, text, ctx, windows)).meta
+    return store.run("ppl", key, lambda out: gguf_perplexity(gguf, text, ctx, windows, threads)).meta
