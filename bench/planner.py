@@ -122,11 +122,8 @@ def main() -> None:
                   f"{r['reason']}; wall {r['wall_s']} s")
 
 
-if __name__ == "__main__":
-    main()
 
-
-def paired(reps: int = 3, rounds: int = 1) -> list[dict]:
+def paired(reps: int = 2, rounds: int = 1) -> list[dict]:
     """Load-robust check of the cost model: every executed candidate measured interleaved with the
     unpruned baseline (A B A B, one thread), so both see the same load; the measured speed ratio
     is compared with the ratio the cost model predicts (which does not depend on the load)."""
@@ -162,3 +159,7 @@ def paired(reps: int = 3, rounds: int = 1) -> list[dict]:
         print(rows[-1])
         json.dump(rows, open(OUT / "paired.json", "w"), indent=2)
     return rows
+
+
+if __name__ == "__main__":
+    main()
