@@ -22,6 +22,8 @@ def load_rows(partial: Path) -> list[dict]:
     for line in partial.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
+            if r["family"] in ("width", "sparsity"):  # early rows cut "wanda-2:4" at its colon
+                r["label"] = r["job"].split(":", 1)[1]
             rows[(r["job"], r["label"])] = r  # a rerun of a job replaces its rows
     return list(rows.values())
 

@@ -126,7 +126,7 @@ def run_job(name: str, hf_dir: Path) -> list[dict]:
         with Pass() as p:
             info = prune_width(model, windows, cfg["method"], cfg["fraction"], importance=cfg.get("importance"))
         shape = {k: info[k] for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
-        return [{**common, "label": name.split(":")[1], "removed": 1 - layer_params(model) / base_params,
+        return [{**common, "label": name.split(":", 1)[1], "removed": 1 - layer_params(model) / base_params,
                  "scoring": p.record(), "shape": shape, "ppl": hf_ppl(model, ids)}]
     from edgeprune.methods.sparsity import parse_nm
     from edgeprune.stages.sparsify import sparsify
@@ -134,7 +134,7 @@ def run_job(name: str, hf_dir: Path) -> list[dict]:
     nm = parse_nm(cfg["target"]) if ":" in cfg["target"] else None
     with Pass() as p:
         rep = sparsify(model, windows, cfg["method"], 0.5, nm)
-    return [{**common, "label": name.split(":")[1], "removed": rep["sparsity"], "scoring": p.record(),
+    return [{**common, "label": name.split(":", 1)[1], "removed": rep["sparsity"], "scoring": p.record(),
              "ppl": hf_ppl(model, ids)}]
 
 
