@@ -119,7 +119,7 @@ def needed(s: Searcher, d: dict, req) -> list[str]:
     b = s.target.budget
     near = d["closest"]
     out = [f"  INFEASIBLE: no candidate (<= {s.max_removed} layers removed, quants {'/'.join(s.recipe.search.quants)}"
-           f"{', width' if s.width_ok else ''}) is predicted to meet the budget with ppl x <= {b.max_ppl_ratio}."]
+           f"{', heads/FFN width' if len(s.recipe.search.heads_keep + s.recipe.search.ffn_keep) > 2 else ''}) is predicted to meet the budget with ppl x <= {b.max_ppl_ratio}."]
     if near is not None:
         out.append(f"  closest: {near.label} at {near.latency_s:.2f} s (ppl x{near.ppl_ratio:.2f} prior)")
     if req.decode_tps:
