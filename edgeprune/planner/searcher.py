@@ -113,8 +113,12 @@ class Searcher:
         pick = choose(scored, self.recipe.search.margin, floor, exclude)
         if pick is None:  # nothing clears the margin: accept one predicted to meet at all
             pick = choose(scored, 0.0, floor, exclude)
+        closest = closest_miss([s for s in scored if s.cand not in exclude], floor)
+        if pick is None and closest is not None and closest.ppl_ratio <= floor \
+                and closest.cand not in self.measured and closest.worst <= 1.0 + self.recipe.search.noise:
+            pick = closest  # a predicted miss within measurement noise: measure it before giving up
         return {"verdict": "try" if pick else "infeasible", "choice": pick, "front": pareto_front(scored),
-                "closest": closest_miss([s for s in scored if s.cand not in exclude], floor),
+                "closest": closest,
                 "requirements": self.requirements()}
 
     def observe(self, cand: Candidate, pred: Prediction, it: dict, host: dict | None) -> None:
