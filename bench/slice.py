@@ -42,7 +42,9 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=None, help="limit the full-test ppl (default: all)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    common = ["--store", args.store, "--max-ppl-ratio", str(args.max_ppl_ratio), "--tokens", "100"]
+    # depth pruning + Q4_K_M only: the slice this script measures (the joint quant search is bench/planner.py)
+    common = ["--store", args.store, "--max-ppl-ratio", str(args.max_ppl_ratio), "--tokens", "100",
+              "--quants", "Q4_K_M"]
     base, base_wall = plan(OUT / "slice-baseline", *common, "--latency", "100")
     base_lat = base["iterations"][0]["latency_s"]
     budget = round(base_lat * args.fraction, 3)
