@@ -22,13 +22,17 @@ NAME = "checkpoint"
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    # numpy's state as a tensor + plain scalars, so the checkpoint loads with weights_only=True
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def save(out: Path, state: dict, best: dict | None) -> Path:
@@ -60,11 +64,11 @@ def load(out: Path, fingerprint: str) -> tuple[dict, dict | None] | None:
         final = old if (old / "state.pt").is_file() else None
     if final is None:
         return None
-    state = torch.load(final / "state.pt", weights_only=False)
+    state = torch.load(final / "state.pt", weights_only=True)
     if state.get("fingerprint") != fingerprint:
         raise ConfigError("the checkpoint here was made with a different model, data or recipe",
                           where=str(final), fix="use a new --out, or pass --fresh to discard it")
-    best = torch.load(final / "best.pt", weights_only=False) if (final / "best.pt").is_file() else None
+    best = torch.load(final / "best.pt", weights_only=True) if (final / "best.pt").is_file() else None
     return state, best
 
 

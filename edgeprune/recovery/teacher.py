@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from edgeprune.errors import ModelError
@@ -48,7 +49,7 @@ class CachedTeacher:
 def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> CachedTeacher:
     """Compute (or reuse) the top-K cache for every block in `blocks`; fp16 values, int32 ids."""
     if path.is_file():
-        data = torch.load(path)
+        data = load_file(path)  # safetensors: a cache file can never run code when read
         if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
             return CachedTeacher(data["values"], data["indices"])
     vals, idxs = [], []
@@ -62,6 +63,6 @@ def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> Cac
             idxs.append(top.indices.int().cpu())
     values, indices = torch.cat(vals), torch.cat(idxs)
     tmp = path.with_suffix(".tmp")
-    torch.save({"values": values, "indices": indices}, tmp)
+    save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp)
     tmp.replace(path)
     return CachedTeacher(values, indices)
