@@ -9,7 +9,6 @@ as in TRL's default packing); without packing each example is truncated and righ
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from edgeprune.errors import DataError
 from edgeprune.methods.distill import IGNORE
+from edgeprune.data.texts import iter_jsonl
 from edgeprune.paths import data_dir
 
 NAMED = {"dolly": ["dolly15k_open_qa.jsonl"], "dolly-hh": ["dolly_hhrlhf_small.jsonl"],
@@ -71,13 +71,7 @@ def read_rows(path: Path) -> list[dict]:
     except UnicodeDecodeError as exc:
         raise DataError(f"not UTF-8 (bad byte at offset {exc.start})", where=str(path), fix="re-encode as UTF-8") from None
     rows, kinds = [], set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"line {lineno} is not JSON", where=str(path), fix="one JSON object per line") from None
+    for lineno, row in iter_jsonl(path, "\n".join(lines)):
         kinds.add(row_kind(row, f"{path}:{lineno}"))
         rows.append(row)
     if not rows:

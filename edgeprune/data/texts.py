@@ -23,15 +23,20 @@ def _read_utf8(path: Path) -> str:
     return text
 
 
-def _jsonl_texts(path: Path, text: str) -> list[str]:
-    out = []
+def iter_jsonl(path: Path, text: str):
+    """(line number, parsed row) for every non-blank line; a line that is not JSON is a DataError."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError:
             raise DataError(f"line {lineno} is not JSON", where=str(path), fix="one JSON object per line") from None
+
+
+def _jsonl_texts(path: Path, text: str) -> list[str]:
+    out = []
+    for lineno, row in iter_jsonl(path, text):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise DataError(f"line {lineno} has no string field 'text'", where=str(path),
                             fix='each line must look like {"text": "..."}')

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from edgeprune import registry
@@ -19,9 +17,10 @@ from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.evaluate import gguf_perplexity
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import import_model
+from edgeprune.stages.prune_methods import publish_model
 from edgeprune.stages.score import score_depth
 from edgeprune.surgery.layers import remove_layers
-from edgeprune.toolchain.hf import load_model, resolve_model, save_model
+from edgeprune.toolchain.hf import load_model, resolve_model
 
 
 def _scratch_store() -> StepStore:
@@ -45,14 +44,7 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
                              max_remove=n_remove if n_remove > n_layers // 2 else None)
     remove = registry.get("depth", method).select(stats, n_remove)
     remove_layers(model_obj, remove)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".prune-"))
-    try:
-        save_model(model_obj, tok, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_model(model_obj, tok, out)
     return {"removed": remove, "layers": model_obj.config.num_hidden_layers, "scores": res.meta["layer_scores"],
             "out": str(out)}
 
