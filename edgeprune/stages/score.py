@@ -15,6 +15,16 @@ from edgeprune.stages.calib import calibration_windows
 from edgeprune.toolchain.hf import load_model
 
 
+def _forward_with_hooks(model, input_ids: torch.Tensor, handles: list) -> None:
+    """One no-grad forward pass for the hooks to observe; the hooks are removed even on error."""
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def collect_hiddens(model, input_ids: torch.Tensor) -> list[torch.Tensor]:
     """[h_0..h_L] for one batch, each (tokens, hidden): inputs of every layer + last output."""
     layers = model.model.layers
@@ -32,12 +42,7 @@ def collect_hiddens(model, input_ids: torch.Tensor) -> list[torch.Tensor]:
 
     handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[-1].register_forward_hook(last_hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, input_ids, handles)
     return captured
 
 
@@ -61,12 +66,7 @@ def collect_attention(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor
 
     handles = [layer.register_forward_pre_hook(pre(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles += [layer.self_attn.register_forward_hook(post(i)) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, input_ids, handles)
     return list(zip(h_in, a_out))
 
 
