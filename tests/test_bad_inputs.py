@@ -505,7 +505,7 @@ def out_not_writable(ctx):
     blocker.write_text("")
     argv = plan(ctx, dry=False)
     argv[argv.index("--out") + 1] = str(blocker / "out")
-    return argv, "output dir is not writable"
+    return argv, "output folder is not writable"
 
 
 @case("step store not writable")

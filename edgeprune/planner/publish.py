@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import time
 from contextlib import contextmanager
@@ -12,7 +11,7 @@ from pathlib import Path
 from edgeprune.errors import ConfigError
 from edgeprune.report.manifest import atomic_copy, atomic_write_text, build_manifest, write_json
 from edgeprune.report.markdown import llama_bench_records, render_report
-from edgeprune.runner.disk import check_free_space
+from edgeprune.runner.disk import check_free_space, check_writable_dir
 
 
 def safe_name(stem: str) -> str:
@@ -22,14 +21,7 @@ def safe_name(stem: str) -> str:
 
 
 def prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output dir is not writable ({exc.strerror})", where=str(out),
-                          fix="choose another --out or fix its permissions") from None
+    check_writable_dir(out, "--out")
 
 
 @contextmanager
