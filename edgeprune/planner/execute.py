@@ -16,7 +16,8 @@ from edgeprune.planner.candidates import depth_costs
 from edgeprune.planner.searcher import Searcher, errors_pct, prediction_record
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
-from edgeprune.stages.bench import benchmark, check_budget, latency_s
+from edgeprune.planner.drift import fresh_benchmark, session_start
+from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_ppl
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import import_model
@@ -57,7 +58,8 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     export_cfg = r.export.model_copy(update={"quant": cand.quant})
     gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
     gguf_key = f"{pruned_key}:{cand.quant}"
-    bench = benchmark(store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup)
+    bench = fresh_benchmark(store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup,
+                            session_start(plan.out))
     ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
                        plan.target.device.threads)
     checks = check_budget(bench, plan.target.budget)
@@ -73,7 +75,14 @@ def measured_where(target, bench: dict) -> dict:
     host = bench.get("host") or {}
     return {"kind": "measured" if bench.get("measured", True) else "synthetic (fake runner)",
             "runner": bench.get("runner", target.device.runner), "ssh_host": target.device.ssh_host,
-            "cpu_model": host.get("cpu_model"), "threads": bench.get("n_threads")}
+            "cpu_model": host.get("cpu_model"), "threads": bench.get("n_threads"),
+            "at": _utc(bench.get("measured_at")), "loadavg": bench.get("loadavg"),
+            "reused_cached_measurement": bench.get("reused_cached_measurement"),
+            "remeasured_because": bench.get("remeasured_because")}
+
+
+def _utc(t: float | None) -> str | None:
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def quality_ok(state: RunState, it: dict) -> tuple[bool, float]:

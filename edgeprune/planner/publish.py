@@ -47,6 +47,15 @@ def artifact_name(state) -> str:
     return f"{stem}-L{final['layers']}.{final.get('quant', state.plan.recipe.export.quant)}.gguf"
 
 
+def front_section(manifest: dict, out: Path) -> str:
+    """The Pareto-front plot under --out/plots and its link for report.md (`edgeprune report` adds the rest)."""
+    from edgeprune.report.plots import front_plot
+
+    (out / "plots").mkdir(exist_ok=True)
+    png = front_plot(manifest["search"], manifest["iterations"], manifest["budget"], out / "plots" / "pareto_front.png")
+    return f"\n![pareto_front](plots/pareto_front.png)\n" if png else ""
+
+
 def publish(state, started: float) -> dict:
     out = state.plan.out
     artifact = None
@@ -57,6 +66,6 @@ def publish(state, started: float) -> dict:
         atomic_copy(src, artifact)
     manifest = build_manifest(state, state.model_hash, time.time() - started, artifact)
     write_json(out / "bench.json", {"records": llama_bench_records(manifest)})
-    atomic_write_text(out / "report.md", render_report(manifest))
+    atomic_write_text(out / "report.md", render_report(manifest) + front_section(manifest, out))
     write_json(out / "manifest.json", manifest)  # last: its presence marks a complete run
     return manifest

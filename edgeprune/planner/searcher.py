@@ -9,6 +9,7 @@ in execute.py; this module never prunes or benchmarks anything.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from edgeprune.planner.budget import Requirements, compile_budget
@@ -65,25 +66,27 @@ class Searcher:
     factors: Factors = field(default_factory=Factors)
     measured: dict = field(default_factory=dict)   # Candidate -> {"speed_ok", "quality_ok"}
     run_samples: list = field(default_factory=list)  # calibration samples measured by this run
+    history: Factors = field(default_factory=Factors)  # fitted on the samples earlier runs stored
 
     @classmethod
     def build(cls, base: ModelShape, target, recipe, max_removed: int, depth_cost: list[float],
               calib_path=None, fingerprint=None) -> "Searcher":
         s = cls(base, target, recipe, max_removed, QualityModel(depth_cost, recipe.export.quant),
                 DeviceSpec.from_target(target), calib_path, fingerprint, width_ok=bool(width_methods()))
+        if calib_path:  # read once, before this run adds samples: the file as the run started
+            s.history = cal.current_factors(calib_path, fingerprint)
         s.reload()
         return s
 
     def reload(self) -> None:
-        """Decisions use this run's own measurements only, so a rerun of the same plan makes the same
-        choices and hits the step cache; the stored samples of earlier runs only inform the
-        prediction made before the first measurement (and config-only / dry-run plans)."""
+        """Speed levels come from this run's own measurements (earlier runs ran under other loads);
+        earlier runs contribute only the per-quant-type efficiencies of types this run has not
+        measured, rescaled to this run's level (calibration.relevel). The stored file is the
+        snapshot taken when the run first started, so a resumed run decides as it did."""
         if self.run_samples:
-            self.factors = cal.fit(self.run_samples)
-        elif self.calib_path:
-            self.factors = cal.current_factors(self.calib_path, self.fingerprint)
+            self.factors = cal.relevel(self.history, cal.fit(self.run_samples))
         else:
-            self.factors = Factors()
+            self.factors = self.history
 
     def candidates(self, allow_unexecutable: bool = False) -> list[Candidate]:
         sr = self.recipe.search
@@ -127,7 +130,7 @@ class Searcher:
         if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
             # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
             self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
-        sample = cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner)
+        sample = cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner, cand.quant)
         self.run_samples.append(sample)
         if self.calib_path is not None:
             cal.add_sample(self.calib_path, dict(self.fingerprint or {}), sample)
@@ -145,8 +148,14 @@ class Searcher:
 def prediction_record(s: Searcher, cand: Candidate, pred: Prediction) -> dict:
     """What the manifest stores as 'predicted' for one candidate, labelled as such."""
     b = s.target.budget
-    return {"kind": "predicted", "by": f"cost model ({s.factors.samples} calibration samples of target "
-                                         f"'{s.target.name}', runner {s.target.device.runner})",
+    f = s.factors
+    measured_type = cand.quant in f.decode_quant
+    return {"kind": "predicted", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "by": f"cost model ({f.samples} calibration samples of target '{s.target.name}', runner "
+                  f"{s.target.device.runner}, {len(s.run_samples)} of them measured by this run; {cand.quant} "
+                  f"efficiency {'measured' if measured_type else 'prior: mean of the measured types'})",
+            "decode_efficiency": 1.0 / f.decode_theta(cand.quant)[0],
+            "quant_efficiency": "measured" if measured_type else "prior",
             "tg_tps": pred.tg_tps, "pp_tps": pred.pp_tps, "latency_s": pred.latency_s(b.prompt_tokens, b.answer_tokens),
             "file_bytes": pred.file_bytes, "ram_bytes": pred.ram_bytes, "kv_bytes": pred.kv_bytes,
             "ppl_ratio": s.quality.predict(cand, (cand.heads or s.base.heads) / s.base.heads,

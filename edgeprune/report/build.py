@@ -42,7 +42,9 @@ def make_plots(manifest: dict, records: list[dict], folder: Path) -> list[Path]:
             plots.depth_plot(manifest["iterations"], manifest["budget"], folder / "quality_latency_vs_depth.png",
                              accuracy_by_k(manifest, records)),
             plots.speed_size_plot(manifest["iterations"], manifest["budget"], folder / "speed_vs_size.png"),
-            plots.mmlu_subfield_plot(records, folder / "mmlu_subfields.png")]
+            plots.mmlu_subfield_plot(records, folder / "mmlu_subfields.png"),
+            plots.front_plot(manifest.get("search", []), manifest["iterations"], manifest["budget"],
+                             folder / "pareto_front.png")]
     return [p for p in made if p is not None]
 
 

@@ -1,4 +1,5 @@
-"""Matplotlib PNGs of a run: layer importance, quality/latency vs depth, speed vs size, MMLU subfields.
+"""Matplotlib PNGs of a run: layer importance, quality/latency vs depth, speed vs size, MMLU subfields,
+the planner's Pareto front.
 
 Each function takes plain data (from the manifest or eval records) and a path, writes one PNG and
 returns the path, or None when the data to draw it are absent.
@@ -123,4 +124,47 @@ def mmlu_subfield_plot(records: list[dict], path: Path) -> Path | None:
     ax.set_ylabel("accuracy")
     ax.set_title("MMLU subfields (reference study's choice)")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _speed_axis(budget: dict) -> tuple[str, str, float | None]:
+    """(key in a front row / prediction, axis label, budget line): latency when the budget has one."""
+    if budget.get("latency_s") or not budget.get("decode_tps"):
+        return "latency_s", f"latency s ({budget.get('prompt_tokens')}+{budget.get('answer_tokens')} tokens)", \
+            budget.get("latency_s")
+    return "tg_tps", "decode tok/s", budget.get("decode_tps")
+
+
+def front_plot(search: list[dict], iterations: list[dict], budget: dict, path: Path) -> Path | None:
+    """The planner's Pareto front (predicted speed vs predicted quality) at its last decision, the
+    budget line and quality floor, and every executed candidate: predicted (hollow) -> measured (filled)."""
+    fronts = [d for d in search if d.get("front")]
+    its = [it for it in iterations if it.get("predicted")]
+    if not fronts and not its:
+        return None
+    key, label, limit = _speed_axis(budget)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    shown = [(fronts[0], "--", "front, first decision"), (fronts[-1], "-", "front, last decision")] \
+        if len(fronts) > 1 else [(d, "-", "front (predicted)") for d in fronts]
+    for d, style, name in shown:
+        rows = sorted(d["front"], key=lambda r: r["ppl_ratio"])
+        ax.plot([r["ppl_ratio"] for r in rows], [r[key] for r in rows], style, marker=".", color="tab:blue",
+                alpha=0.5 if style == "--" else 1.0, label=name)
+    for i, it in enumerate(its):
+        p, ratio = it["predicted"], it.get("ppl_ratio", 1.0)
+        got = it["latency_s"] if key == "latency_s" else it["bench"]["tg_tps"]["median"]
+        ax.plot(p["ppl_ratio"], p[key], "o", mfc="none", color="tab:orange", label="predicted" if i == 0 else None)
+        ax.plot(ratio, got, "o", color="tab:red", label="measured" if i == 0 else None)
+        ax.annotate("", (ratio, got), (p["ppl_ratio"], p[key]), arrowprops={"arrowstyle": "->", "color": "grey"})
+        depth = f"-{it['k']}L" if it["k"] else "full"
+        ax.annotate(f"{i}: {depth} {it.get('quant', '')}", (ratio, got), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    if limit:
+        ax.axhline(limit, color="tab:green", ls=":", label=f"budget: {label.split(' (')[0]} {limit:g}")
+    if budget.get("max_ppl_ratio"):
+        ax.axvline(budget["max_ppl_ratio"], color="tab:purple", ls=":", label=f"quality floor x{budget['max_ppl_ratio']:g}")
+    ax.set_xlabel("perplexity ratio vs unpruned baseline (lower is better)")
+    ax.set_ylabel(label)
+    ax.set_title("Planner: Pareto front and executed candidates (number: iteration)")
+    ax.legend(fontsize=7)
     return _save(fig, path)

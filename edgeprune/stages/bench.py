@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 from edgeprune.config.target import Budget, Target
@@ -32,15 +34,20 @@ def check_budget(bench: dict, budget: Budget) -> dict:
     return out
 
 
-def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int) -> dict:
+def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int,
+              session: int | None = None) -> dict:
+    """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start."""
     spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads)
     runner = get_runner(target.device.runner, target.device)
 
     def build(out: Path) -> dict:
-        return runner(gguf, spec)
+        load = os.getloadavg()[0]  # before the run: the contention the measurement starts under
+        return runner(gguf, spec) | {"measured_at": time.time(), "loadavg": load}
 
     # protocol: bump when the worker's measurement changes, so stale numbers are not reused
     key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 2}
     if target.device.runner == "ssh":  # another remote is another device
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
+    if session is not None:
+        key["session"] = session
     return store.run("bench", key, build).meta

@@ -3,7 +3,10 @@
 Each measurement adds a sample (the cost model's features of the measured GGUF and what the
 device did). `fit` turns samples into Factors: with one sample the prior is scaled to match it;
 with several, theta is a least-squares fit of relative error, pulled gently towards the scaled
-prior (ridge) so two nearly collinear samples cannot produce a wild slope.
+prior (ridge) so two nearly collinear samples cannot produce a wild slope. The bandwidth (decode)
+and compute (prefill) terms are fitted per quant type, the dispatch terms shared; a type never
+measured on the target gets the samples' average efficiency (`fit_per_quant`). `relevel` carries
+per-type efficiencies from earlier runs into a run measured under another load.
 
 Stored as JSON in ~/.cache/edgeprune/calibration/<target>[.<runner>].json ($EDGEPRUNE_CALIBRATION
 overrides the folder). A sample from another machine fingerprint (CPU, threads, host) resets
@@ -13,6 +16,7 @@ the file: efficiency factors do not transfer between devices.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -74,10 +78,10 @@ def add_sample(path: Path, fp: dict, sample: dict) -> dict:
 
 def factors_dict(f: Factors) -> dict:
     return {"decode": list(f.decode), "prefill": list(f.prefill), "ram_overhead": f.ram_overhead,
-            "samples": f.samples}
+            "samples": f.samples, "decode_quant": dict(f.decode_quant), "prefill_quant": dict(f.prefill_quant)}
 
 
-def fit_theta(xs: list[tuple[float, float]], ys: list[float], prior: tuple[float, float]) -> tuple[float, float]:
+def fit_theta(xs: list[tuple[float, ...]], ys: list[float], prior: tuple[float, ...]) -> tuple[float, ...]:
     """theta minimising sum((theta.x - y)/y)^2 + RIDGE * sum((theta - s*prior)/(s*prior))^2,
     s being the single scale that best matches the samples."""
     x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
@@ -86,26 +90,79 @@ def fit_theta(xs: list[tuple[float, float]], ys: list[float], prior: tuple[float
     scale = float(np.exp(np.mean(np.log(y / base))))  # geometric mean of measured/prior
     anchor = scale * p
     if len(ys) < 2:
-        return tuple(anchor)
+        return tuple(float(a) for a in anchor)
     a = x / y[:, None]
     reg = np.diag(RIDGE / anchor**2)
     theta = np.linalg.solve(a.T @ a + reg, a.T @ np.ones(len(y)) + reg @ anchor)
     if (theta <= 0).any():  # an unphysical negative cost: keep the scaled prior
-        return tuple(anchor)
+        return tuple(float(a) for a in anchor)
     return tuple(float(t) for t in theta)
+
+
+def sample_quant(s: dict) -> str:
+    """A sample's quant type; samples stored before it was recorded carry it as their label's last word."""
+    return s.get("quant") or (str(s.get("label") or "").split() or ["?"])[-1]
+
+
+def fit_per_quant(samples: list[dict], kind: str, rate: str, prior: tuple[float, float]
+                  ) -> tuple[dict[str, float], float, float]:
+    """One bandwidth (or compute) theta per quant type, one shared dispatch theta.
+
+    The columns are the throughput feature split by quant type (zero for other types) and the
+    dispatch feature; the ridge holds a type with a single sample at the scaled prior's dispatch
+    share, so its theta absorbs what the type does differently. Returns ({quant: theta}, the
+    dispatch theta, the theta for unmeasured types): the geometric mean of the measured types',
+    weighted by samples, i.e. what a device-wide efficiency fitted on the same samples would say.
+    """
+    quants = sorted({sample_quant(s) for s in samples})
+    xs = [tuple(s["features"][kind][0] if sample_quant(s) == q else 0.0 for q in quants)
+          + (s["features"][kind][1],) for s in samples]
+    theta = fit_theta(xs, [1.0 / s[rate] for s in samples], tuple(prior[0] for _ in quants) + (prior[1],))
+    per = dict(zip(quants, theta[:-1]))
+    n = {q: sum(sample_quant(s) == q for s in samples) for q in quants}
+    default = math.exp(sum(n[q] * math.log(per[q]) for q in quants) / len(samples))
+    return per, theta[-1], default
 
 
 def fit(samples: list[dict], prior: Factors | None = None) -> Factors:
     prior = prior or Factors()
     if not samples:
         return prior
-    dec = fit_theta([tuple(s["features"]["decode"]) for s in samples], [1.0 / s["tg_tps"] for s in samples],
-                    prior.decode)
-    pre = fit_theta([tuple(s["features"]["prefill"]) for s in samples], [1.0 / s["pp_tps"] for s in samples],
-                    prior.prefill)
+    dec, dec_d, dec_default = fit_per_quant(samples, "decode", "tg_tps", prior.decode)
+    pre, pre_d, pre_default = fit_per_quant(samples, "prefill", "pp_tps", prior.prefill)
     resid = [s["peak_rss_bytes"] - s["ram_static"] for s in samples if s.get("peak_rss_bytes")]
     overhead = statistics.median(resid) if resid else prior.ram_overhead
-    return Factors(decode=dec, prefill=pre, ram_overhead=max(0.0, overhead), samples=len(samples))
+    return Factors(decode=(dec_default, dec_d), prefill=(pre_default, pre_d), ram_overhead=max(0.0, overhead),
+                   samples=len(samples), decode_quant=dec, prefill_quant=pre)
+
+
+def _level(now: dict, then: dict) -> float | None:
+    """How much slower (>1) the device runs now than when `then` was fitted, over the types both know."""
+    common = [q for q in now if q in then]
+    if not common:
+        return None
+    return math.exp(sum(math.log(now[q] / then[q]) for q in common) / len(common))
+
+
+def relevel(history: Factors, run: Factors) -> Factors:
+    """This run's fit, completed with the per-type efficiencies earlier runs measured.
+
+    Absolute speed drifts with the machine's load between runs, but the ratio between two quant
+    types' kernels is a property of the device. So a type this run has not measured takes its
+    historical theta times the run's level (run / history theta over the types both measured),
+    not the device-wide prior; the types the run measured keep the run's own numbers.
+    """
+    if not history.samples or not run.samples:
+        return run if run.samples else history
+    out = {}
+    for kind in ("decode", "prefill"):
+        now, then = getattr(run, f"{kind}_quant"), getattr(history, f"{kind}_quant")
+        level = _level(now, then) or getattr(run, kind)[0] / getattr(history, kind)[0]
+        merged = {q: t * level for q, t in then.items()} | now
+        default = math.exp(sum(math.log(t) for t in merged.values()) / len(merged))
+        out[kind] = (default, getattr(run, kind)[1])
+        out[f"{kind}_quant"] = merged
+    return Factors(ram_overhead=run.ram_overhead, samples=run.samples + history.samples, **out)
 
 
 def current_factors(path: Path, fp: dict | None = None) -> Factors:
@@ -115,9 +172,9 @@ def current_factors(path: Path, fp: dict | None = None) -> Factors:
     return fit(data["samples"])
 
 
-def sample_from(pred, bench: dict, label: str, runner: str) -> dict:
+def sample_from(pred, bench: dict, label: str, runner: str, quant: str | None = None) -> dict:
     """What to keep of one measurement: the features it was predicted from and what was measured."""
-    return {"label": label, "runner": runner, "features": pred.features,
+    return {"label": label, "runner": runner, "quant": quant or label.split()[-1], "features": pred.features,
             "tg_tps": bench["tg_tps"]["median"], "pp_tps": bench["pp_tps"]["median"],
             "peak_rss_bytes": bench.get("peak_rss_bytes"), "file_bytes": bench.get("model_bytes"),
             "ram_static": pred.ram_static}

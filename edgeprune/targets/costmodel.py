@@ -9,7 +9,8 @@ token plus attention over the prompt. Both are written as theta . x with two fea
     prefill s/token = p1 * flops_per_token / compute       + p2 * (layers * LAYER_S_PP + TOKEN_S_PP)
 
 theta = 1 is the uncalibrated prior (efficiency 1/t1 of the datasheet bandwidth); measured runs
-fit theta per target (calibration.py). Peak RAM = file (mmapped, resident) + KV cache at the
+fit theta per target (calibration.py), the
+bandwidth / compute term per quant type (t1, p1), the dispatch term shared. Peak RAM = file (mmapped, resident) + KV cache at the
 context + compute buffers + CPU-repacked copies (Q4_0) + a runtime overhead (the python +
 libllama process), the last one calibrated as the median residual of measured peak RSS.
 """
@@ -53,6 +54,18 @@ class Factors:
     prefill: tuple[float, float] = (1.0, 1.0)
     ram_overhead: float = RUNTIME_OVERHEAD_PRIOR
     samples: int = 0
+    # Per quant type (file type) multiplier of the bandwidth (decode) and compute (prefill) term,
+    # for the types measured on this target: kernels differ per type (ggml-cpu's repacked Q4_0
+    # decodes ~15 % faster per byte than SmolLM2's Q5_0-heavy Q4_K_M here), which one device-wide
+    # efficiency cannot express. Unmeasured types use decode[0] / prefill[0], the prior.
+    decode_quant: dict = field(default_factory=dict)
+    prefill_quant: dict = field(default_factory=dict)
+
+    def decode_theta(self, quant: str) -> tuple[float, float]:
+        return (self.decode_quant.get(quant, self.decode[0]), self.decode[1])
+
+    def prefill_theta(self, quant: str) -> tuple[float, float]:
+        return (self.prefill_quant.get(quant, self.prefill[0]), self.prefill[1])
 
 
 @dataclass(frozen=True)
@@ -146,8 +159,8 @@ def predict(base: ModelShape, cand: Candidate, dev: DeviceSpec, factors: Factors
             context: int | None = None, kv_bytes_meta: int | None = None) -> Prediction:
     s = cand.shape(base)
     x = features(s, cand.quant, dev, prompt, answer)
-    t_tg = sum(a * b for a, b in zip(factors.decode, x["decode"]))
-    t_pp = sum(a * b for a, b in zip(factors.prefill, x["prefill"]))
+    t_tg = sum(a * b for a, b in zip(factors.decode_theta(cand.quant), x["decode"]))
+    t_pp = sum(a * b for a, b in zip(factors.prefill_theta(cand.quant), x["prefill"]))
     ctx = context or prompt + answer
     file_b = gguf_bytes(s, cand.quant, kv_bytes_meta)
     kv = kv_cache_bytes(s, ctx)

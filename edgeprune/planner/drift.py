@@ -1,0 +1,82 @@
+"""When a cached benchmark may stand next to one measured now, and re-measuring when it may not.
+
+The planner calibrates its cost model on the ratio of a candidate's speed to the baseline's. On a
+shared CPU, absolute speed follows the machine's load: a baseline measured at 08:27 under load 12
+and a candidate at 08:40 under load 2 gave a "2.1x speed-up" for a model reading 17 % fewer bytes
+(bench/README, Planner). So a benchmark cached by an earlier run is reused only if it is recent
+(MAX_AGE_S) and, on the local runner, was taken under the same contention as now; otherwise this
+run measures that GGUF again, under a step key that names the run, so a resumed run reuses the
+re-measurement instead of measuring a third time.
+
+Why these rules: load changes on a time scale of minutes, so an age limit alone would have to be
+very short to be safe and would re-measure almost everything; a load check alone misses a device
+that was changed (thermal state, frequency governor, other tenants on a remote). Contention is
+compared as the expected slowdown of the benchmark's threads, max(1, (load + threads) / cores):
+a change of more than LOAD_TOLERANCE (the 10 % the cost model is asked to predict within) is
+another load state. Below `cores - threads` the benchmark has free cores and the load does not
+matter, which keeps an idle machine's small load wiggles from triggering re-measurements. The fake
+runner's numbers are synthetic and never drift; for ssh only the age rule applies (this host's
+load says nothing about the remote's).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from edgeprune.runner.resume import START
+from edgeprune.stages.bench import benchmark
+
+MAX_AGE_S = 900.0
+LOAD_TOLERANCE = 0.10
+
+
+def contention(load1: float, threads: int, cores: int) -> float:
+    """Expected slowdown of a `threads`-thread benchmark when `load1` other tasks are runnable."""
+    return max(1.0, (load1 + threads) / max(1, cores))
+
+
+def session_start(out: Path) -> float | None:
+    """When this run first started (its calibration snapshot survives kills, goes when it finishes)."""
+    marker = Path(out) / START
+    return marker.stat().st_mtime if marker.is_file() else None
+
+
+def stale_reason(meta: dict, runner: str, threads: int, now: float, load_now: float, cores: int,
+                 started: float | None) -> str | None:
+    """Why a cached measurement cannot be compared with measurements taken now (None: it can)."""
+    if runner == "fake":
+        return None
+    at = meta.get("measured_at")
+    if at is None:
+        return "cached without a measurement time"
+    if started is not None and at >= started - 1.0:
+        return None  # this run measured it (before a kill): keep it, so a resume decides the same
+    if now - at > MAX_AGE_S:
+        return f"measured {(now - at) / 60:.0f} min ago (limit {MAX_AGE_S / 60:.0f} min)"
+    then = meta.get("loadavg")
+    if runner == "local" and then is not None:
+        c_then, c_now = contention(then, threads, cores), contention(load_now, threads, cores)
+        if abs(c_then / c_now - 1.0) > LOAD_TOLERANCE:
+            return (f"load average {then:.1f} then vs {load_now:.1f} now on {cores} cores "
+                    f"(expected slowdown x{c_then:.2f} vs x{c_now:.2f})")
+    return None
+
+
+def fresh_benchmark(store, gguf: Path, gguf_key: str, target, reps: int, warmup: int, started: float | None) -> dict:
+    """The GGUF's benchmark, measured in this run's load state; says whether it was reused or re-measured."""
+    t0 = time.time()
+    bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup))
+    reused = bench.get("measured_at") is None or bench["measured_at"] < t0
+    reason = None
+    if reused:
+        threads = target.device.threads or os.cpu_count() or 1
+        reason = stale_reason(bench, target.device.runner, threads, time.time(), os.getloadavg()[0],
+                              os.cpu_count() or 1, started)
+        if reason is not None:
+            bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, session=round(started or t0)))
+            reused = bench["measured_at"] < t0
+    bench["reused_cached_measurement"] = reused
+    bench["remeasured_because"] = reason
+    return bench
