@@ -76,9 +76,21 @@ def _task_rows(names: list[str]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _cell(name: str, task: str, key: str, metric: str, base: str | None) -> str:
+def _diff(rec: dict, base: str, task: str, key: str, metric: str) -> str | None:
+    """Paired bootstrap of rec - base on the items both scored, as '+d [lo, hi]' in points."""
     from edgeprune.evaluation.metrics import paired_bootstrap
 
+    bf = OUT / base / f"{task}.json"
+    if not bf.is_file() or key not in rec["items"]:
+        return None
+    a, b = json.loads(bf.read_text())["items"].get(key, {}), rec["items"][key]
+    ids = [i for i in a if i in b and metric in a[i]]
+    r = paired_bootstrap([a[i][metric] for i in ids], [b[i][metric] for i in ids], iters=5000)
+    return f"{100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+
+
+def _cell(name: str, task: str, key: str, metric: str, bases: list[str]) -> str:
+    """Score, then the difference vs each earlier column in `bases` (first: plain, later: 'vs NAME')."""
     f = OUT / name / f"{task}.json"
     if not f.is_file():
         return "pending"
@@ -86,18 +98,13 @@ def _cell(name: str, task: str, key: str, metric: str, base: str | None) -> str:
     v = rec["scores"].get(key, {}).get(metric)
     if v is None:
         return ""
-    out = f"{100 * v:.1f}"
-    bf = OUT / base / f"{task}.json" if base else None
-    if bf and bf.is_file() and name != base and key in rec["items"]:
-        a, b = json.loads(bf.read_text())["items"].get(key, {}), rec["items"][key]
-        ids = [i for i in a if i in b and metric in a[i]]
-        r = paired_bootstrap([a[i][metric] for i in ids], [b[i][metric] for i in ids], iters=5000)
-        out += f" ({100 * r['diff']:+.1f} [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}])"
-    return out
+    diffs = [(j, base, _diff(rec, base, task, key, metric)) for j, base in enumerate(bases) if base != name]
+    parts = [d if j == 0 else f"vs {base} {d}" for j, base, d in diffs if d]
+    return f"{100 * v:.1f}" + (f" ({'; '.join(parts)})" if parts else "")
 
 
-def table(names: list[str]) -> str:
-    base = names[0] if names else None
+def table(names: list[str], vs: list[str] = ()) -> str:
+    """Columns in `names` order; every cell's CI is vs the first column, plus vs each of `vs` it follows."""
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     ppl = json.loads((OUT / "ppl.json").read_text()) if (OUT / "ppl.json").is_file() else {}
     pk = {n: next((k for k in ppl if k.startswith(n)), None) for n in names}
@@ -106,7 +113,8 @@ def table(names: list[str]) -> str:
     lines.append("| KLD vs parent (nats) | " + " | ".join(f"{ppl[pk[n]]['kld_mean']:.4f}" if pk[n] else "pending"
                                                          for n in names) + " |")
     for task, key, metric in _task_rows(names):
-        cells = [_cell(n, task, key, metric, base) for n in names]
+        cells = [_cell(n, task, key, metric, names[:1] + [v for v in vs if names.index(v) < names.index(n)])
+                 for n in names]
         if any(c not in ("", "pending") for c in cells):
             lines.append(f"| {key} {metric} | " + " | ".join(cells) + " |")
     lines.append("| wall time (s) per task file | " + " | ".join(
@@ -151,6 +159,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vs", action="append", default=[], help="table: also paired CIs vs this column (repeat)")
     args = ap.parse_args()
     models = _models(args.model)
     if args.phase == "tasks":
@@ -161,7 +170,7 @@ def main() -> None:
         for path in write_records(list(models)):
             print(path)
     else:
-        print(table(list(models)))
+        print(table(list(models), args.vs))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from edgeprune.config.evaluate import Evaluate
 from edgeprune.config.recovery import Recovery
 
 
@@ -43,6 +44,7 @@ class Quality(Strict):
     path: Path | None = None  # None: WikiText-2 test from the shared data folder
     ctx: PositiveInt = 512
     windows: PositiveInt = 8
+    kld: bool = True  # also KL(parent || candidate) on the same windows, parent = the unpruned HF import
 
 
 QuantName = Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"]
@@ -73,3 +75,4 @@ class Recipe(Strict):
     max_iterations: PositiveInt = 4
     search: Search = Search()
     recovery: Recovery | None = None  # None: no recovery stage between prune and export
+    evaluate: Evaluate | None = None  # None: no zero-shot tasks on the delivered GGUF

@@ -18,7 +18,7 @@ from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
 from edgeprune.planner.drift import fresh_benchmark, session_start
 from edgeprune.stages.bench import check_budget, latency_s
-from edgeprune.stages.evaluate import evaluate_ppl
+from edgeprune.stages.evaluate import evaluate_delivered, evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import import_model
 from edgeprune.stages.prune import prune_layers
@@ -39,6 +39,7 @@ class RunState:
     iterations: list[dict] = field(default_factory=list)
     outcome: dict = field(default_factory=dict)
     search_log: list[dict] = field(default_factory=list)
+    evaluation: dict = field(default_factory=dict)  # the evaluate stage's zero-shot records (recipe.evaluate)
 
 
 def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
@@ -51,10 +52,12 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     if cand.heads is not None or cand.ffn is not None:
         pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
                                                   cand.ffn, r.calibration)
+    recovery = None
     if r.recovery is not None and pruned_key != state.model_hash:  # recover only what was pruned
         from edgeprune.stages.recover import recover_stage
 
-        pruned_dir, pruned_key = recover_stage(store, pruned_dir, pruned_key, r.recovery, teacher_dir=ctx["hf_dir"])
+        pruned_dir, pruned_key, recovery = recover_stage(store, pruned_dir, pruned_key, r.recovery,
+                                                         teacher_dir=ctx["hf_dir"])
     export_cfg = r.export.model_copy(update={"quant": cand.quant})
     gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
     gguf_key = f"{pruned_key}:{cand.quant}"
@@ -67,6 +70,12 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
           "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
           "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
           "ppl": ppl, "checks": checks, "measured_where": measured_where(plan.target, bench)}
+    if recovery is not None:
+        it["recovery"] = recovery
+    if r.quality.kld:
+        it["kld"] = evaluate_kld(store, gguf, gguf_key, ctx["hf_dir"], state.model_hash, ctx["text"],
+                                 ctx["text_hash"], r.quality.ctx, r.quality.windows, plan.target.device.threads)
+    it["gguf_key"] = gguf_key
     state.iterations.append(it)
     return it
 
@@ -143,6 +152,10 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
             f"ppl x{decision['choice'].ppl_ratio:.2f} (front of {len(decision['front'])})")
         run_candidate(state, s, decision["choice"].cand, ctx, log)
     state.outcome = _outcome(state, decision, s)
+    if r.evaluate is not None:
+        delivered = state.outcome["final"] or state.iterations[-1]
+        state.evaluation = evaluate_delivered(store, state.iterations[0], delivered, r.evaluate,
+                                              plan.target.device.threads)
     return state
 
 

@@ -67,6 +67,12 @@ def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_conf
         f"{target.budget.max_ppl_ratio}) and depth limit is predicted to meet it",
         "publish: final GGUF, manifest.json, bench.json, report.md",
     ]
+    if recipe.recovery is not None:  # measure() recovers every pruned candidate before its export
+        rc = recipe.recovery
+        steps.insert(-1, f"recover (every pruned candidate, before its export): {rc.mode} on {rc.data.source}, "
+                         f"LoRA r{rc.lora.rank}, lr {rc.train.lr}, budget "
+                         + ", ".join(f"{v} {k}" for k in ("minutes", "steps", "epochs")
+                                     if (v := getattr(rc.train, k)) is not None))
     plan = Plan(model, target, recipe, out, model_config, steps)
     if plan.num_layers is not None and plan.num_layers < 2 and _has_speed_budget(target):
         raise ConfigError(f"model has {plan.num_layers} layer(s); depth pruning needs at least 2",

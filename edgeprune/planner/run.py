@@ -46,6 +46,7 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
     for text_file in (r.calibration.path, r.quality.path):
         if text_file:  # empty, non-UTF-8 or malformed text fails here, before any step runs
             read_texts(Path(text_file))
+    check_recipe_stages(r)
     if t.device.runner == "ssh":
         check_ssh_reachable(t.device.ssh_host, t.device.ssh_port, t.device.connect_timeout_s)
     model_path = resolve_model(model, allow_pickle)
@@ -55,6 +56,18 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
     plan = make_plan(model_path, t, r, out_dir, model_config)
     plan.allow_pickle = allow_pickle
     return plan
+
+
+def check_recipe_stages(r: Recipe) -> None:
+    """A recovery without a budget or an unknown evaluate task fails before any step runs."""
+    if r.recovery is not None:
+        from edgeprune.stages.recover import check_budget
+
+        check_budget(r.recovery, "recipe recovery.train")
+    if r.evaluate is not None:
+        from edgeprune.stages.evaluate import check_tasks
+
+        check_tasks(r.evaluate)
 
 
 def store_root(store: str | None) -> Path:

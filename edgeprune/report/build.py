@@ -1,7 +1,8 @@
 """`edgeprune report RUN_DIR`: plots, report.md, a self-contained report.html and the model card.
 
-Inputs: RUN_DIR/manifest.json (written by `plan`) and, when present, RUN_DIR/eval/*.json records
-written by `edgeprune eval --out RUN_DIR/eval/NAME.json` (quality table, MMLU subfield bars).
+Inputs: RUN_DIR/manifest.json (written by `plan`; its `evaluation` records when the recipe has an
+`evaluate:` section) and, when present, RUN_DIR/eval/*.json records written by
+`edgeprune eval --out RUN_DIR/eval/NAME.json` (quality table, MMLU subfield bars).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def render_markdown(manifest: dict, quality_md: str, plot_paths: list[str]) -> s
     checks = chosen_iteration(manifest)["checks"]
     budget_rows = "\n".join(f"| {name} | {c['required']} | {c['measured']:.4g} | {'met' if c['met'] else 'MISSED'} |"
                             for name, c in checks.items())
-    parts = [render_report(manifest), "## Plan", "", steps or "(no steps recorded)", "",
+    parts = [render_report(manifest, with_evaluation=False), "## Plan", "", steps or "(no steps recorded)", "",
              "## Budget vs measured (delivered iteration)", "", "| check | required | measured | |",
              "|---|---|---|---|", budget_rows, ""]
     if quality_md:
@@ -123,6 +124,9 @@ def build_report(run_dir: Path) -> list[Path]:
     manifest = load_manifest(run_dir)
     eval_dir = run_dir / "eval"
     records = load_eval_records(eval_dir) if eval_dir.is_dir() else []
+    # the plan's own evaluate stage (recipe `evaluate:`), unless the same GGUF was also evaluated by hand
+    seen = {r["model"] for r in records}
+    records += [r for r in (manifest.get("evaluation") or {}).get("records", []) if r["model"] not in seen]
     parent = find_parent(records)
     records = ([parent] if parent else []) + [r for r in records if r is not parent]
     pngs = [p.relative_to(run_dir).as_posix() for p in make_plots(manifest, records, run_dir / "plots")]

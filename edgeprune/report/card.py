@@ -46,7 +46,12 @@ def _recovery_line(manifest: dict) -> str:
     if not rec:
         return "none (the layers were removed without fine-tuning afterwards)"
     data = rec.get("data") or rec.get("dataset") or "unrecorded data"
-    return f"{rec.get('mode', 'fine-tuning')} on {data}" + (f", {rec['steps']} steps" if rec.get("steps") else "")
+    line = f"{rec.get('mode', 'fine-tuning')} on {data}" + (f", {rec['steps']} steps" if rec.get("steps") else "")
+    if rec.get("seconds") is not None:
+        line += f" in {rec['seconds'] / 60:.1f} min"
+    if rec.get("initial_val_ppl") and rec.get("best_val_ppl"):
+        line += f" (held-out {data} ppl {rec['initial_val_ppl']:.2f} -> {rec['best_val_ppl']:.2f})"
+    return line
 
 
 def render_card(manifest: dict, quality_md: str = "", plots: list[str] = ()) -> str:
@@ -78,7 +83,9 @@ def render_card(manifest: dict, quality_md: str = "", plots: list[str] = ()) -> 
              f"{it['gguf_bytes'] / 1e6:.1f} MB (median ± sd of {b['repetitions']} repetitions).", "",
              "## Evaluation", "",
              f"WikiText-2 test perplexity ({it['ppl']['windows']} × {it['ppl']['ctx']}-token windows): "
-             f"{it['ppl']['ppl']:.2f} (unpruned {manifest['iterations'][0]['ppl']['ppl']:.2f})."]
+             f"{it['ppl']['ppl']:.2f} (unpruned {manifest['iterations'][0]['ppl']['ppl']:.2f})"
+             + (f"; mean KL divergence from the unpruned model's next-token distribution {it['kld']['kld_mean']:.3f} "
+                f"nats, top-1 agreement {100 * it['kld']['top1_agree']:.1f} %." if it.get("kld") else ".")]
     if quality_md:
         lines += ["", quality_md]
     if plots:

@@ -81,9 +81,17 @@ def build_manifest(state, model_hash: str, wall_s: float, artifact: Path | None)
         "result": {k: v for k, v in state.outcome.items() if k != "final"} | {
             "artifact": artifact.name if artifact else None,
             "measured_vs_required": state.outcome["final"]["checks"] if state.outcome.get("final") else None},
+        "recovery": delivered_recovery(state),
+        "evaluation": getattr(state, "evaluation", None) or None,
         "steps": state.store.log,
         "wall_time_s": round(wall_s, 1),
     }
+
+
+def delivered_recovery(state) -> dict | None:
+    """The recovery record of the delivered iteration (the last measured one when the budget was missed)."""
+    final = state.outcome.get("final") or (state.iterations[-1] if state.iterations else {})
+    return final.get("recovery")
 
 
 def write_json(path: Path, data: dict) -> None:

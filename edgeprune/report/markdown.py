@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 
+KLD_NOTE = ("KLD vs parent: mean KL(parent || GGUF) of next-token distributions on the perplexity windows, "
+            "parent = the unpruned HF checkpoint (nats).")
+
+
+def _kld_cell(it: dict) -> str:
+    cell = f"{it['kld']['kld_mean']:.3f}" if it.get("kld") else "—"
+    return cell + (" (recovered)" if it.get("recovery") else "")
+
+
 def iteration_table(iterations: list[dict], budget: dict) -> str:
     rows = ["| layers removed | layers | GGUF MB | pp tok/s | tg tok/s (± sd) | latency s | peak RSS MB | "
-            "ppl | ppl ratio | budget |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "ppl | ppl ratio | KLD vs parent | budget |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for it in iterations:
         b = it["bench"]
         ok = all(c["met"] for c in it["checks"].values()) and it.get("ppl_ratio", 1) <= budget["max_ppl_ratio"]
@@ -13,11 +22,43 @@ def iteration_table(iterations: list[dict], budget: dict) -> str:
             f"| {it['k']} | {it['layers']} | {it['gguf_bytes'] / 1e6:.1f} | {b['pp_tps']['median']:.1f} | "
             f"{b['tg_tps']['median']:.1f} ± {b['tg_tps']['stdev']:.1f} | {it['latency_s']:.3f} | "
             f"{b['peak_rss_bytes'] / 1e6:.0f} | {it['ppl']['ppl']:.2f} | {it.get('ppl_ratio', 1):.3f} | "
+            f"{_kld_cell(it)} | "
             f"{'met' if ok else 'missed'} |")
     return "\n".join(rows)
 
 
-def render_report(manifest: dict) -> str:
+def _budget(b: dict) -> str:
+    return ", ".join(f"{v} {k}" for k, v in b.items() if v is not None) or "none"
+
+
+def recovery_lines(iterations: list[dict]) -> list[str]:
+    """One line per recovered iteration: what trained, on what, for how long, and the held-out ppl."""
+    out = []
+    for it in iterations:
+        r = it.get("recovery")
+        if r:
+            out.append(f"Recovery of -{it['k']} layers: {r['mode']} on {r['data']}, {r['steps']} steps "
+                       f"({r['tokens']} tokens) in {r['seconds'] / 60:.1f} min of training "
+                       f"(budget {_budget(r['budget'])}; stopped by {r['stopped_by']}), held-out val ppl "
+                       f"{r['initial_val_ppl']:.2f} -> {r['best_val_ppl']:.2f}"
+                       f"{' (cached)' if r.get('cache_hit') else ''}.")
+    return out + ([""] if out else [])
+
+
+def evaluation_lines(manifest: dict) -> list[str]:
+    """The evaluate stage's zero-shot table (recipe `evaluate:`), parent column first with paired CIs."""
+    from edgeprune.report.quality import quality_table
+
+    ev = manifest.get("evaluation")
+    if not ev or not ev.get("records"):
+        return []
+    cfg = ev["config"]
+    return ["", f"## Zero-shot tasks (evaluate stage: {', '.join(cfg['tasks'])}, "
+                f"{'first ' + str(cfg['limit']) + ' items each' if cfg['limit'] else 'full sets'}, lm-eval on the GGUF)",
+            "", quality_table(ev["records"])]
+
+
+def render_report(manifest: dict, with_evaluation: bool = True) -> str:
     res = manifest["result"]
     budget = manifest["budget"]
     its = manifest["iterations"]
@@ -35,9 +76,12 @@ def render_report(manifest: dict) -> str:
              f"{first['bench']['repetitions']} repetitions after {first['bench']['warmup']} warm-up, "
              f"{first['bench']['n_threads']} threads on {first['bench']['host'].get('cpu_model')} "
              f"({'measured' if first['bench']['measured'] else 'NOT measured: fake runner'}).",
-             f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).", "",
+             f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).", *([KLD_NOTE] if first.get("kld") else []), "",
+             *recovery_lines(its),
              f"Artifact: `{res['artifact']}`. Wall time {manifest['wall_time_s']} s. "
              f"Cache hits: {sum(s['cache_hit'] for s in manifest['steps'])}/{len(manifest['steps'])} steps."]
+    if with_evaluation:
+        lines += evaluation_lines(manifest)
     return "\n".join(lines) + "\n"
 
 

@@ -9,11 +9,13 @@ first ones, so two models always see the same tokens).
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from edgeprune.config.evaluate import Evaluate
 from edgeprune.errors import DataError
 from edgeprune.runner import StepStore
 from edgeprune.toolchain import llamacpp
@@ -52,3 +54,65 @@ def evaluate_ppl(store: StepStore, gguf: Path, gguf_key: str, text: str, text_ha
     """`threads` changes only the speed (not part of the key): the planner passes the target's."""
     key = {"gguf": gguf_key, "text": text_hash, "ctx": ctx, "windows": windows}
     return store.run("ppl", key, lambda out: gguf_perplexity(gguf, text, ctx, windows, threads)).meta
+
+
+KLD_KEYS = ("kld_mean", "kld_median", "kld_p99", "kld_max", "top1_agree", "positions", "parent_ppl",
+            "parent_tokenizer_mismatches")
+
+
+def evaluate_kld(store: StepStore, gguf: Path, gguf_key: str, parent: Path, parent_hash: str, text: str,
+                 text_hash: str, ctx: int, windows: int | None, threads: int | None = None) -> dict:
+    """KL(parent || GGUF) of next-token distributions on the ppl windows (stages/quality.py's protocol).
+
+    The parent is the unpruned HF checkpoint, so the baseline row shows what quantizing alone costs and
+    every other row what pruning (+ recovery) + quantizing cost; cached like the ppl step."""
+    from edgeprune.stages.quality import compare_to_parent
+
+    key = {"gguf": gguf_key, "parent": parent_hash, "text": text_hash, "ctx": ctx, "windows": windows}
+
+    def build(out: Path) -> dict:
+        res = compare_to_parent(gguf, parent, text, ctx, windows, threads)
+        return {k: res[k] for k in KLD_KEYS}
+
+    return store.run("kld", key, build).meta
+
+
+def check_tasks(cfg: Evaluate) -> None:
+    """Unknown task names fail when the plan is built, not after an hour of search."""
+    from edgeprune.toolchain.lmeval import check_task_names, task_manager
+
+    check_task_names(cfg.tasks, task_manager(cfg.data_dir))
+
+
+def task_record(store: StepStore, gguf: Path, gguf_key: str, cfg: Evaluate, threads: int | None,
+                label: str) -> dict:
+    """One `edgeprune eval`-shaped record (schema edgeprune.eval/1) of lm-eval tasks on a GGUF, cached."""
+    from importlib.metadata import version
+
+    from edgeprune.toolchain.lmeval import run_tasks
+
+    key = {"gguf": gguf_key, "tasks": cfg.tasks, "limit": cfg.limit, "data": str(cfg.data_dir or ""),
+           "lm_eval": version("lm-eval")}
+
+    def build(out: Path) -> dict:
+        t0 = time.perf_counter()
+        res = run_tasks(gguf, cfg.tasks, cfg.limit, cfg.data_dir, threads)
+        return res | {"limit": cfg.limit, "wall_s": round(time.perf_counter() - t0, 1)}
+
+    tasks = store.run("tasks", key, build).meta
+    return {"schema": "edgeprune.eval/1", "label": label, "model": str(gguf), "kind": "gguf", "tasks": tasks}
+
+
+def evaluate_delivered(store: StepStore, baseline: dict, delivered: dict, cfg: Evaluate,
+                       threads: int | None = None) -> dict:
+    """The planner's evaluate stage: `cfg.tasks` on the delivered iteration's GGUF and, with
+    compare_parent, on the unpruned baseline's (same items, for paired CIs in the report)."""
+    rows = [(delivered, f"delivered (-{delivered['k']} layers, {delivered['quant']})", None)]
+    if cfg.compare_parent and delivered is not baseline:
+        rows.insert(0, (baseline, f"unpruned ({baseline['quant']})", "parent"))
+    records = []
+    for it, label, role in rows:
+        rec = task_record(store, Path(it["gguf"]), it["gguf_key"], cfg, threads, label)
+        rec["ppl"] = it["ppl"] | (it.get("kld") or {})
+        records.append(rec | ({"role": role} if role else {}))
+    return {"config": cfg.model_dump(mode="json"), "records": records}

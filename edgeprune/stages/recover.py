@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -135,27 +136,45 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
     return summary
 
 
+RECORD_KEYS = ("mode", "data", "steps", "tokens", "seconds", "stopped_by", "best_step", "initial_val_ppl",
+               "best_val_ppl", "train_tokens_per_s", "train_blocks", "val_blocks", "block_tokens", "teacher")
+
+
+def recovery_record(summary: dict, cfg: Recovery, stage_seconds: float) -> dict:
+    """What the manifest and the card say about a recovery: data, budget, what it used, val ppl before/after.
+
+    `seconds` is the training loop (validation included; what `train.minutes` bounds); `stage_seconds`
+    adds loading student and teacher, building the data and merging the adapter."""
+    t = cfg.train
+    return {k: summary.get(k) for k in RECORD_KEYS} | {
+        "budget": {"minutes": t.minutes, "steps": t.steps, "epochs": t.epochs},
+        "lora_rank": cfg.lora.rank, "lr": t.lr, "trainer": t.trainer, "stage_seconds": round(stage_seconds, 1)}
+
+
 def recover_stage(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Recovery,
-                  teacher_dir: Path | None = None) -> tuple[Path, str]:
-    """Planner hook between prune and export: (pruned hf_dir, hash) -> (recovered hf_dir, hash).
+                  teacher_dir: Path | None = None) -> tuple[Path, str, dict]:
+    """Planner hook between prune and export: (pruned hf_dir, hash) -> (recovered hf_dir, hash, record).
 
     `teacher_dir` is the unpruned checkpoint for KD modes (cfg.teacher wins when set). Training
     checkpoints live in a work dir named by the step key, so a killed plan resumes training.
+    The record (recovery_record) is the step's cached meta, so a rerun reports the same numbers.
     """
+    check_budget(cfg, "recipe recovery.train")
     teacher = Path(cfg.teacher) if cfg.teacher else teacher_dir
     key = {"model": hf_hash, "teacher": tree_hash(teacher) if teacher and cfg.mode != "sft" else None,
            "recovery": cfg.model_dump(mode="json")}
     work = store.root / f".work-recover-{key_hash({'step': 'recover', **key})[:16]}"
 
     def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
         summary = run_recovery(hf_dir, cfg, work, teacher)
         for item in work.iterdir():
             shutil.move(str(item), tmp / item.name)
         shutil.rmtree(work, ignore_errors=True)
-        return {k: summary[k] for k in ("mode", "steps", "tokens", "seconds", "best_val_ppl", "initial_val_ppl")}
+        return recovery_record(summary, cfg, time.perf_counter() - t0)
 
     res = store.run("recover", key, build)
-    return res.path, res.path.name
+    return res.path, res.path.name, res.meta | {"cache_hit": res.hit}
 
 
 def recover_command(model: Path, teacher: str | None, data: str | None, mode: str | None, minutes: float | None,
