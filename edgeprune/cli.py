@@ -82,7 +82,12 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @click.option("--max-ppl-ratio", type=float, help="Quality floor: max perplexity ratio vs the unpruned model.")
 @click.option("--threads", type=int, help="Benchmark threads (default: the target's).")
 @click.option("--runner", type=click.Choice(["local", "fake", "ssh"]), help="Override the target's benchmark runner.")
-@click.option("--method", default=None, help="Depth method (see `edgeprune methods`).")
+@click.option("--method", default=None, help="Depth method: the order layers are removed in (see `edgeprune methods`).")
+@click.option("--width-method", default=None,
+              help="Width method for --heads-keep/--ffn-keep candidates: heads | ffn | taylor (both, one Taylor pass).")
+@click.option("--stream/--no-stream", default=None,
+              help="Score depth layer by layer from the safetensors (default: when the weights exceed 30 % of "
+                   "available RAM).")
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text (.jsonl with 'text', or .txt).")
 @click.option("--store", default=None, help="Step store dir (default ~/.cache/edgeprune/steps).")
 @click.option("--force", is_flag=True, help="Recompute every step instead of reusing cached ones.")
@@ -97,14 +102,15 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @click.option("--dry-run", is_flag=True, help="Print the plan (and the predicted front) and exit.")
 @friendly
 def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
-         max_ppl_ratio, threads, runner, method, calib, store, force, redo_from, allow_pickle, quants, heads_keep,
-         ffn_keep, model_config, dry_run):
+         max_ppl_ratio, threads, runner, method, width_method, stream, calib, store, force, redo_from, allow_pickle,
+         quants, heads_keep, ffn_keep, model_config, dry_run):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
     t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
                                max_ppl_ratio, threads, runner)
-    r_over = {k: v for k, v in {"depth.method": method, "calibration.path": calib}.items() if v is not None}
+    r_over = {k: v for k, v in {"depth.method": method, "width.method": width_method, "calibration.path": calib,
+                                "calibration.stream": stream}.items() if v is not None}
     r_over |= _search_overrides(quants, heads_keep, ffn_keep)
     if model_config:
         from edgeprune.planner.predict_only import plan_from_config
@@ -137,14 +143,19 @@ def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps,
 @click.option("--sparsity", type=float, default=None, help="Sparsity: unstructured fraction of zeros, e.g. 0.5.")
 @click.option("--nm", default=None, help="Sparsity: N:M pattern, e.g. 2:4 (N non-zeros in every M).")
 @click.option("--calib", type=click.Path(), default=None)
+@click.option("--stream/--no-stream", default=None,
+              help="Depth: score and cut layer by layer from the safetensors, never loading the model "
+                   "(default: stream when the weights exceed 30 % of available RAM).")
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
 @friendly
-def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, out):
+def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, out):
     """Prune by any registered method and write a HF checkpoint."""
     from edgeprune.stages.prune_methods import prune_by_name
 
     info = prune_by_name(model, method, calib, Path(out), n_remove=n_remove, sparsity=sparsity, nm=nm,
-                         fraction=fraction, head_mode=head_mode, importance=importance)
+                         fraction=fraction, head_mode=head_mode, importance=importance, stream=stream)
+    if "scoring" in info:
+        click.echo(info["scoring"], err=True)
     click.echo(json.dumps(info, indent=2))
 
 

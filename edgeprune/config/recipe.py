@@ -20,11 +20,22 @@ class Calibration(Strict):
     samples: PositiveInt = 32
     seq_len: PositiveInt = 256
     seed: int = 0
+    # Depth scoring reads one layer at a time from the safetensors (stages/stream.py) when True,
+    # loads the model when False; None: decide from the model's size vs available RAM.
+    # Excluded from dumps, hence from every step's cache key: both paths give the same scores.
+    stream: bool | None = Field(None, exclude=True)
 
 
 class Depth(Strict):
     method: str = "block-influence"
     max_removed_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class Width(Strict):
+    # Registered width method that shrinks the planner's heads/FFN candidates: heads (heads only),
+    # ffn (FFN only), taylor (both, from one Taylor pass). None: heads by head output norm and FFN
+    # by activation, each through its own method (planner/methods.py).
+    method: str | None = None
 
 
 class Export(Strict):
@@ -69,6 +80,7 @@ class Recipe(Strict):
     seed: int = 0
     calibration: Calibration = Calibration()
     depth: Depth = Depth()
+    width: Width = Width()
     export: Export = Export()
     bench: Bench = Bench()
     quality: Quality = Quality()

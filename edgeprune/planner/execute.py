@@ -51,7 +51,7 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     pruned_dir, pruned_key = prune_layers(store, ctx["hf_dir"], state.model_hash, remove)
     if cand.heads is not None or cand.ffn is not None:
         pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
-                                                  cand.ffn, r.calibration)
+                                                  cand.ffn, r.calibration, r.width.method)
     recovery = None
     if r.recovery is not None and pruned_key != state.model_hash:  # recover only what was pruned
         from edgeprune.stages.recover import recover_stage
@@ -69,6 +69,7 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
           "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
           "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
+          "width_method": (r.width.method or "heads+ffn") if cand.heads or cand.ffn else None,
           "ppl": ppl, "checks": checks, "measured_where": measured_where(plan.target, bench)}
     if recovery is not None:
         it["recovery"] = recovery
@@ -132,7 +133,7 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     r = plan.recipe
     hf_dir, state.model_hash = import_model(store, plan.model, plan.allow_pickle)
     stats, score_res = score_depth(store, hf_dir, state.model_hash, r.depth.method, r.calibration,
-                                   max_remove=plan.max_removed)
+                                   max_remove=plan.max_removed, stream=plan.methods.get("stream", False))
     state.scores = score_res.meta["layer_scores"]
     text = eval_text(r.quality.path)
     ctx = {"hf_dir": hf_dir, "stats": stats, "text": text, "text_hash": hashlib.sha256(text.encode()).hexdigest()}

@@ -21,6 +21,7 @@ class Plan:
     model_config: dict | None = None
     steps: list[str] = field(default_factory=list)
     allow_pickle: bool = False  # --allow-pickle: the import stage may load .bin weights
+    methods: dict = field(default_factory=dict)  # names and the scoring decision (planner/methods.py)
 
     @property
     def num_layers(self) -> int | None:
@@ -38,6 +39,7 @@ class Plan:
                  "budget:  " + ", ".join(f"{k}={v}" for k, v in b.model_dump().items() if v is not None),
                  f"recipe:  {self.recipe.name} (depth={self.recipe.depth.method}, quant={self.recipe.export.quant})",
                  f"out:     {self.out}"]
+        lines += self.methods.get("lines", [])
         if self.num_layers:
             lines.append(f"layers:  {self.num_layers} (at most {self.max_removed} may be removed; "
                          f"one layer ~ {100 * layer_cost_share(self.model_config):.1f} % of per-token weights)")
@@ -47,7 +49,8 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {"model": str(self.model), "target": self.target.model_dump(mode="json"),
-                "recipe": self.recipe.model_dump(mode="json"), "out": str(self.out), "steps": self.steps}
+                "recipe": self.recipe.model_dump(mode="json"), "out": str(self.out), "steps": self.steps,
+                "methods": {k: v for k, v in self.methods.items() if k != "lines"}}
 
 
 def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_config: dict | None) -> Plan:

@@ -67,7 +67,9 @@ def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_ov
 
     cfg, name = load_model_config(name_or_path)
     target = load_target(target_name, t_over, flags)
-    recipe = load_recipe(recipe_name, r_over)
+    from edgeprune.planner.methods import resolve_methods
+
+    recipe = resolve_methods(load_recipe(recipe_name, r_over))
     s = searcher_for(cfg, target, recipe)
     return "\n".join(describe_prediction(s, name, cfg))
 

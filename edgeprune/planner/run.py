@@ -12,6 +12,7 @@ from edgeprune.data.texts import read_texts
 from edgeprune.errors import ConfigError
 from edgeprune.paths import cache_dir, repo_dir
 from edgeprune.planner.execute import execute
+from edgeprune.planner.methods import plan_methods, resolve_methods
 from edgeprune.planner.plan import Plan, make_plan, read_model_config
 from edgeprune.planner.publish import out_lock, prepare_out, publish
 from edgeprune.config.checks import check_budget_fits_model
@@ -20,6 +21,7 @@ from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
 from edgeprune.runner.store import stages_from
+from edgeprune.stages.stream_policy import decide_stream, weight_bytes
 from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model
@@ -39,10 +41,7 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
                recipe_overrides: dict, flags: dict[str, str] | None = None, allow_pickle: bool = False) -> Plan:
     """`flags`: which command-line flag set each override, so an error names the flag."""
     t = load_target(target, target_overrides, flags)
-    r = load_recipe(recipe, recipe_overrides)
-    from edgeprune import registry
-
-    registry.get("depth", r.depth.method)
+    r = resolve_methods(load_recipe(recipe, recipe_overrides))
     for text_file in (r.calibration.path, r.quality.path):
         if text_file:  # empty, non-UTF-8 or malformed text fails here, before any step runs
             read_texts(Path(text_file))
@@ -55,6 +54,8 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
     out_dir = Path(out) if out else Path("runs") / f"{t.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = make_plan(model_path, t, r, out_dir, model_config)
     plan.allow_pickle = allow_pickle
+    scoring = decide_stream(r.calibration.stream, r.depth.method, weight_bytes(model_path, model_config))
+    plan.methods = plan_methods(r, scoring)
     return plan
 
 

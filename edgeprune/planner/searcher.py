@@ -93,7 +93,10 @@ class Searcher:
         width = self.width_ok or allow_unexecutable
         heads = head_options(self.base, sr.heads_keep) if width else [(None, None)]
         ffns = ffn_options(self.base, sr.ffn_keep) if width else [None]
-        return grid(self.base.layers, self.max_removed, list(sr.quants), heads, ffns)
+        from edgeprune.planner.methods import candidate_allowed  # the width method decides which shapes exist
+
+        return [c for c in grid(self.base.layers, self.max_removed, list(sr.quants), heads, ffns)
+                if candidate_allowed(self.recipe, c.heads, c.ffn)]
 
     def predict(self, c: Candidate) -> Prediction:
         b = self.target.budget

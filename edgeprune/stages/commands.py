@@ -16,10 +16,12 @@ from edgeprune.runner import StepStore
 from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.evaluate import gguf_perplexity
 from edgeprune.stages.export import export_gguf
-from edgeprune.stages.load import import_model
-from edgeprune.stages.prune_methods import publish_model
+from edgeprune.stages.load import CHECKPOINT_FILES, import_model
+from edgeprune.stages.prune_methods import publish_model, publish_with
 from edgeprune.stages.score import score_depth
+from edgeprune.stages.stream_policy import check_streamable, decide_stream, weight_bytes
 from edgeprune.surgery.layers import remove_layers
+from edgeprune.surgery.layers_disk import remove_layers_on_disk
 from edgeprune.toolchain.hf import load_model, resolve_model
 
 
@@ -29,24 +31,33 @@ def _scratch_store() -> StepStore:
     return StepStore(store_root(None))
 
 
-def prune_command(model: str | None, method: str, n_remove: int, calib: str | None, out: Path) -> dict:
+def prune_command(model: str | None, method: str, n_remove: int, calib: str | None, out: Path,
+                  stream: bool | None = None) -> dict:
+    """`stream`: None decides from the model size (stages/stream_policy.py). Streamed, neither the
+    scoring nor the surgery loads the model: layers are dropped from the safetensors on disk."""
     registry.get("depth", method)
     if n_remove < 1:
         raise ConfigError(f"--remove must be >= 1, got {n_remove}", where="--remove", fix="give a positive count")
+    if stream:
+        check_streamable(method)
     model_path = resolve_model(model)
-    check_layer_count(_num_layers(model_path), n_remove)
+    n_layers = _num_layers(model_path)  # ppl-greedy searches half the depth unless asked for more
+    check_layer_count(n_layers, n_remove)
     check_writable_dir(out.parent, "--out")
     store = _scratch_store()
     hf_dir, digest = import_model(store, model_path)
-    model_obj, tok = load_model(hf_dir)
-    n_layers = model_obj.config.num_hidden_layers  # ppl-greedy searches half the depth unless asked for more
+    decision = decide_stream(stream, method, weight_bytes(hf_dir))
     stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib),
-                             max_remove=n_remove if n_remove > n_layers // 2 else None)
+                             max_remove=n_remove if n_remove > n_layers // 2 else None, stream=decision.stream)
     remove = registry.get("depth", method).select(stats, n_remove)
-    remove_layers(model_obj, remove)
-    publish_model(model_obj, tok, out)
-    return {"removed": remove, "layers": model_obj.config.num_hidden_layers, "scores": res.meta["layer_scores"],
-            "out": str(out)}
+    if decision.stream:
+        publish_with(out, lambda tmp: remove_layers_on_disk(hf_dir, tmp, remove, CHECKPOINT_FILES))
+    else:
+        model_obj, tok = load_model(hf_dir)
+        remove_layers(model_obj, remove)
+        publish_model(model_obj, tok, out)
+    return {"removed": remove, "layers": n_layers - len(set(remove)), "scores": res.meta["layer_scores"],
+            "scoring": decision.line(), "out": str(out)}
 
 
 def _num_layers(model_path: Path) -> int:

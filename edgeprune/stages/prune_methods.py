@@ -22,7 +22,7 @@ from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 PRUNE_KINDS = ("depth", "width", "sparsity")
 
 
-def method_kind(name: str) -> str:
+def method_kind(name: str, where: str = "--method") -> str:
     """The kind that registers `name`; a typo answers with the closest name of any kind."""
     for kind in PRUNE_KINDS:
         if name in registry.names(kind):
@@ -30,14 +30,19 @@ def method_kind(name: str) -> str:
     every = [n for kind in PRUNE_KINDS for n in registry.names(kind)]
     close = difflib.get_close_matches(name, every, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(sorted(every))}"
-    raise ConfigError(f"unknown pruning method '{name}'", where="--method", fix=hint)
+    raise ConfigError(f"unknown pruning method '{name}'", where=where, fix=hint)
 
 
 def publish_model(model, tok, out: Path) -> None:
+    publish_with(out, lambda tmp: save_model(model, tok, tmp))
+
+
+def publish_with(out: Path, write) -> None:
+    """`write(tmp_dir)` fills a temp dir next to `out`, which is then renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".prune-"))
     try:
-        save_model(model, tok, tmp)
+        write(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -64,13 +69,17 @@ def _check_options(kind: str, n_remove, sparsity, nm, fraction) -> None:
 
 def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, n_remove: int | None = None,
                   sparsity: float | None = None, nm: str | None = None, fraction: float | None = None,
-                  head_mode: str = "groups", importance: str | None = None) -> dict:
+                  head_mode: str = "groups", importance: str | None = None, stream: bool | None = None) -> dict:
     kind = method_kind(method)
     _check_options(kind, n_remove, sparsity, nm, fraction)
     if kind == "depth":
         from edgeprune.stages.commands import prune_command
 
-        return prune_command(model, method, n_remove, calib, out)
+        return prune_command(model, method, n_remove, calib, out, stream)
+    if stream:  # these hook or back-propagate through the loaded model; only depth scoring streams
+        raise ConfigError(f"{method} cannot stream: {kind} methods work on the loaded model", where="--stream",
+                          fix="drop --stream (streaming applies to depth methods: block-influence, angular, "
+                              "attention-norm)")
     nm_t = parse_nm(nm) if nm else None
     if sparsity is not None:
         check_sparsity(sparsity)

@@ -106,19 +106,29 @@ def depth_stats(model, windows: torch.Tensor, method_name: str, batch_size: int 
 
 
 def score_depth(store: StepStore, hf_dir: Path, hf_hash: str, method_name: str, calib: Calibration,
-                max_remove: int | None = None):
+                max_remove: int | None = None, stream: bool = False):
     """Step: per-layer scores on calibration data, cached by (model, method, calibration).
-    `max_remove` only matters to methods that search (ppl-greedy; default half the layers)."""
+    `max_remove` only matters to methods that search (ppl-greedy; default half the layers).
+    `stream` reads one layer at a time (stages/stream.py); it is not in the key because both
+    paths give the same scores (tests/test_stream_wiring.py)."""
     registry.get("depth", method_name)  # fail on a typo before loading anything
 
     def build(out: Path) -> dict:
-        model, tok = load_model(hf_dir)
-        windows = calibration_windows(tok, calib)
-        stats = depth_stats(model, windows, method_name, max_remove=max_remove)
+        if stream:
+            from transformers import AutoTokenizer
+
+            from edgeprune.stages.stream import streamed_depth_stats
+
+            windows = calibration_windows(AutoTokenizer.from_pretrained(hf_dir), calib)
+            stats = streamed_depth_stats(hf_dir, windows, method_name)
+        else:
+            model, tok = load_model(hf_dir)
+            windows = calibration_windows(tok, calib)
+            stats = depth_stats(model, windows, method_name, max_remove=max_remove)
         torch.save(stats, out / "stats.pt")
         scores = registry.get("depth", method_name).layer_scores(stats)
         (out / "scores.json").write_text(json.dumps(scores))
-        return {"method": method_name, "windows": list(windows.shape), "layer_scores": scores}
+        return {"method": method_name, "windows": list(windows.shape), "layer_scores": scores, "streamed": stream}
 
     key = {"model": hf_hash, "method": method_name, "calibration": calib.model_dump(mode="json")}
     if registry.get("depth", method_name).inputs == "model":

@@ -25,7 +25,9 @@ def width_fractions(cfg: dict, heads: int | None, kv_heads: int | None, ffn: int
 
 
 def prune_width_step(store: StepStore, hf_dir: Path, key: str, heads: int | None, kv_heads: int | None,
-                     ffn: int | None, calib: Calibration) -> tuple[Path, str]:
+                     ffn: int | None, calib: Calibration, method: str | None = None) -> tuple[Path, str]:
+    """`method`: the recipe's width method (planner/methods.py). heads / ffn / None run the heads
+    method on heads and the ffn method on FFN channels; taylor scores both in one Taylor pass."""
     cfg = json.loads((Path(hf_dir) / "config.json").read_text())
     head_frac, ffn_frac = width_fractions(cfg, heads, kv_heads, ffn)
 
@@ -37,16 +39,45 @@ def prune_width_step(store: StepStore, hf_dir: Path, key: str, heads: int | None
         model, tok = load_model(hf_dir)
         windows = calibration_windows(tok, calib)
         info = {}
-        if head_frac > 0:
-            info["heads"] = _summary(prune_width(model, windows, "heads", head_frac, "groups"))
-        if ffn_frac > 0:
-            info["ffn"] = _summary(prune_width(model, windows, "ffn", ffn_frac))
+        if method == "taylor":
+            n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+            info["taylor"] = taylor_to_shape(model, windows, round(head_frac * n_kv), ffn if ffn_frac > 0 else None)
+        else:
+            if head_frac > 0:
+                info["heads"] = _summary(prune_width(model, windows, "heads", head_frac, "groups"))
+            if ffn_frac > 0:
+                info["ffn"] = _summary(prune_width(model, windows, "ffn", ffn_frac))
         save_model(model, tok, out)
-        return info
+        return {"method": method or "heads+ffn", **info}
 
-    res = store.run("width", {"model": key, "heads": heads, "kv_heads": kv_heads, "ffn": ffn,
-                              "calibration": calib.model_dump(mode="json")}, build)
+    step_key = {"model": key, "heads": heads, "kv_heads": kv_heads, "ffn": ffn,
+                "calibration": calib.model_dump(mode="json")}
+    if method == "taylor":  # heads / ffn / None compute exactly the same thing: same key, shared cache
+        step_key["method"] = method
+    res = store.run("width", step_key, build)
     return res.path, res.path.name
+
+
+def taylor_to_shape(model, windows, kv_groups_removed: int, ffn_keep: int | None) -> dict:
+    """LLM-Pruner-style coupled pruning at a shape the cost model priced: one first-order Taylor pass
+    scores query heads, KV heads and MLP channels; whole GQA groups (query heads + KV head) and
+    MLP channels then go by those scores, in place."""
+    from edgeprune.methods.width import keep_channels, keep_kv_groups
+    from edgeprune.stages.width import taylor_scores
+    from edgeprune.surgery.ffn import keep_ffn_channels
+    from edgeprune.surgery.heads import keep_heads
+
+    before = sum(p.numel() for p in model.model.layers.parameters())
+    scores = taylor_scores(model, windows)
+    if kv_groups_removed:
+        keep_heads(model, keep_kv_groups(scores["heads"], scores["kv"], kv_groups_removed))
+    if ffn_keep is not None:
+        keep_ffn_channels(model, keep_channels(scores["ffn"], ffn_keep))
+    after = sum(p.numel() for p in model.model.layers.parameters())
+    cfg = model.config
+    return {"importance": "taylor", "kv_groups_removed": kv_groups_removed, "removed_fraction": 1 - after / before,
+            "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+            "intermediate_size": cfg.intermediate_size}
 
 
 def _summary(info: dict) -> dict:

@@ -1,0 +1,116 @@
+"""Which registered methods a plan runs, checked before anything loads.
+
+* depth order: `--method` / recipe `depth.method`, any registered depth method;
+* width importance: `--width-method` / recipe `width.method`, any registered width method, and it
+  must cover the structures the search shrinks (heads: heads only, ffn: FFN only, taylor: both
+  from one Taylor pass). None keeps the historical pairing: heads by head output norm, FFN by
+  activation, each through its own method.
+
+Sparsity methods are refused here: masks leave the GGUF as large and as slow in llama.cpp, so the
+planner, which prunes for a speed / size budget, has nothing to gain from them.
+"""
+
+from __future__ import annotations
+
+from edgeprune import registry
+from edgeprune.config.recipe import Recipe
+from edgeprune.errors import ConfigError
+from edgeprune.stages.prune_methods import method_kind
+
+WIDTH_FLAGS = {"heads": "--heads-keep", "ffn": "--ffn-keep"}
+
+
+def _sparsity_refusal(name: str, flag: str) -> ConfigError:
+    return ConfigError(f"'{name}' is a sparsity method: llama.cpp stores and runs the masked weights dense, so the "
+                       "GGUF gets no smaller or faster and the planner cannot use it", where=flag,
+                       fix=f"prune with masks outside the planner: `edgeprune prune --method {name} --sparsity 0.5`")
+
+
+def check_depth_method(name: str, flag: str = "--method") -> None:
+    kind = method_kind(name, where=flag)  # unknown: did you mean, across every kind
+    if kind == "sparsity":
+        raise _sparsity_refusal(name, flag)
+    if kind == "width":
+        raise ConfigError(f"'{name}' is a width method; {flag} sets the depth order", where=flag,
+                          fix=f"use --width-method {name} with --heads-keep / --ffn-keep, and a depth method "
+                              f"({', '.join(registry.names('depth'))}) for {flag}")
+
+
+def width_structures(name: str | None) -> tuple[str, ...]:
+    return ("heads", "ffn") if name is None else registry.get("width", name).structures
+
+
+def check_width_method(recipe: Recipe, flag: str = "--width-method") -> None:
+    name = recipe.width.method
+    if name is None:
+        return
+    kind = method_kind(name, where=flag)
+    if kind == "sparsity":
+        raise _sparsity_refusal(name, flag)
+    if kind == "depth":
+        raise ConfigError(f"'{name}' is a depth method; {flag} sets the width importance", where=flag,
+                          fix=f"use --method {name}, and a width method ({', '.join(registry.names('width'))}) "
+                              f"for {flag}")
+    covered = width_structures(name)
+    for structure, keep in (("heads", recipe.search.heads_keep), ("ffn", recipe.search.ffn_keep)):
+        if structure not in covered and min(keep) < 1.0:
+            raise ConfigError(f"width method '{name}' does not shrink {structure}, but {WIDTH_FLAGS[structure]} "
+                              f"asks for {keep}", where=flag,
+                              fix=f"drop {WIDTH_FLAGS[structure]}, or use a method that covers both (taylor)")
+
+
+def resolve_methods(recipe: Recipe) -> Recipe:
+    """Check the names; for a coupled method (taylor) given fractions for one structure only, the
+    other follows the same fractions, so every width candidate shrinks heads and FFN together."""
+    check_depth_method(recipe.depth.method)
+    check_width_method(recipe)
+    sr = recipe.search
+    # the unpruned width is always measured first (the baseline), so it is always in the grid
+    heads, ffn = sorted(set(sr.heads_keep) | {1.0}), sorted(set(sr.ffn_keep) | {1.0})
+    if recipe.width.method is not None and width_structures(recipe.width.method) == ("heads", "ffn"):
+        if min(ffn) >= 1.0:
+            ffn = list(heads)
+        elif min(heads) >= 1.0:
+            heads = list(ffn)
+    return recipe.model_copy(update={"search": sr.model_copy(update={"heads_keep": heads, "ffn_keep": ffn})})
+
+
+def candidate_allowed(recipe: Recipe, heads: int | None, ffn: int | None) -> bool:
+    """A width candidate the recipe's method can build: a coupled method shrinks both structures
+    or neither; a single-structure method only its own."""
+    name = recipe.width.method
+    if name is None:
+        return True
+    covered = width_structures(name)
+    if covered == ("heads", "ffn"):
+        return (heads is None) == (ffn is None)
+    return (heads is None or "heads" in covered) and (ffn is None or "ffn" in covered)
+
+
+def width_label(recipe: Recipe) -> str:
+    sr = recipe.search
+    if min(sr.heads_keep + sr.ffn_keep) >= 1.0:
+        return "none (no --heads-keep / --ffn-keep fraction below 1.0)"
+    name = recipe.width.method
+    if name is None:
+        return "heads by head output norm + ffn by activation (default; --width-method picks one)"
+    m = registry.get("width", name)
+    what = " + ".join(m.structures)
+    return f"{name} ({what}, {m.importance} importance{', one pass for both' if len(m.structures) > 1 else ''})"
+
+
+def plan_methods(recipe: Recipe, decision) -> dict:
+    """What the plan records (manifest plan.methods) and `--dry-run` prints about its methods;
+    `decision`: the scoring StreamDecision (stages/stream_policy.py)."""
+    from edgeprune.stages.stream_policy import width_stream_note
+
+    sr = recipe.search
+    width_on = min(sr.heads_keep + sr.ffn_keep) < 1.0
+    lines = [f"methods: depth order by {recipe.depth.method}; width by {width_label(recipe)}",
+             f"         {decision.line()}"]
+    note = width_stream_note(recipe.width.method or "heads+ffn", decision) if width_on else None
+    if note:
+        lines.append(f"         {note}")
+    return {"depth": recipe.depth.method, "width": (recipe.width.method or "heads+ffn") if width_on else None,
+            "heads_keep": list(sr.heads_keep), "ffn_keep": list(sr.ffn_keep), "stream": decision.stream,
+            "scoring": decision.reason, "lines": lines}

@@ -1,0 +1,85 @@
+"""Whether depth scoring streams (stages/stream.py) or loads the model, and why.
+
+Default (auto): stream when the model's weights exceed STREAM_SHARE of the RAM available now.
+In-memory block-influence scoring of SmolLM2 peaked at 2.5x the weight bytes (1,262 MB for
+513 MB of float32 weights, bench/README "The streaming question"), so at 30 % the in-memory
+pass would already want ~75 % of what is free; the streamed one needs one layer + activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune import registry
+from edgeprune.errors import ConfigError
+
+STREAM_SHARE = 0.3
+STREAMABLE = "block-influence, angular, attention-norm"
+
+
+@dataclass(frozen=True)
+class StreamDecision:
+    stream: bool
+    reason: str
+
+    def line(self) -> str:
+        return f"scoring: {'streamed layer by layer' if self.stream else 'in memory'} ({self.reason})"
+
+
+def can_stream(depth_method: str) -> bool:
+    """Layer-local methods stream; ppl-greedy ('model' inputs) re-runs the whole model per trial."""
+    return registry.get("depth", depth_method).inputs != "model"
+
+
+def check_streamable(depth_method: str, where: str = "--stream") -> None:
+    if not can_stream(depth_method):
+        raise ConfigError(f"{depth_method} cannot stream: it re-runs the whole model for every trial removal",
+                          where=where, fix=f"use --no-stream, or a streamable method ({STREAMABLE})")
+
+
+def weight_bytes(model_path: Path, model_config: dict | None = None) -> int:
+    """Bytes the scoring pass would hold as weights: the safetensors of a HF folder, or a GGUF's
+    parameters in float32 (the import step dequantizes it)."""
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        return sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
+    from edgeprune.targets.gguf_size import ModelShape
+
+    try:
+        return 4 * ModelShape.from_config(model_config or {}).params
+    except (KeyError, TypeError, ValueError):  # a GGUF header without every shape field
+        return model_path.stat().st_size * 8  # a 4-bit file dequantized to float32, at most
+
+
+def available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def decide_stream(forced: bool | None, depth_method: str, weights: int, available: int | None = None,
+                  where: str = "--stream") -> StreamDecision:
+    """`forced`: True/False from --stream/--no-stream (or calibration.stream), None for auto.
+    A forced stream of a method that cannot stream is an error, not a silent in-memory run: the
+    user asked for bounded memory and would get the whole model."""
+    if forced is True:
+        check_streamable(depth_method, where)
+        return StreamDecision(True, "forced by --stream / calibration.stream")
+    if forced is False:
+        return StreamDecision(False, "forced by --no-stream / calibration.stream")
+    available = available_bytes() if available is None else available
+    big = weights > STREAM_SHARE * available
+    size = f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of {available / 1e9:.1f} GB available RAM"
+    if big and not can_stream(depth_method):
+        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream")
+    return StreamDecision(big, f"auto: {size}")
+
+
+def width_stream_note(width_method: str | None, decision: StreamDecision) -> str | None:
+    """One line when scoring streams but the width step cannot: it loads the (depth-pruned) model."""
+    if not decision.stream or width_method is None:
+        return None
+    return (f"note: width method {width_method} cannot stream (it slices every layer's matrices and "
+            f"{'back-propagates through the whole model' if width_method == 'taylor' else 'hooks the whole model'}); "
+            "only depth scoring streams, the width step loads the depth-pruned model")
