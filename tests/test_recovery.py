@@ -111,6 +111,35 @@ def test_training_lowers_validation_loss_and_merge_matches_adapter(tmp_path, tin
     assert not (out / "checkpoint").exists()
 
 
+def test_minutes_budget_is_not_overrun_by_the_last_step(tmp_path, tiny_llama, text_jsonl, monkeypatch):
+    """A fake clock: every step costs 7 s, every evaluation 2 s, the budget is 60 s. The old rule
+    (start a step while under budget) started one at 54 s and ended at 63 s + its evaluation."""
+    from types import SimpleNamespace
+
+    from edgeprune.recovery import loop as loop_mod
+    from edgeprune.stages.recover import run_recovery
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(loop_mod, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    step, val = loop_mod.Loop.train_step, loop_mod.validation_ppl
+
+    def slow_step(self):
+        clock.now += 7.0
+        return step(self)
+
+    def slow_val(*a):
+        clock.now += 2.0
+        return val(*a)
+
+    monkeypatch.setattr(loop_mod.Loop, "train_step", slow_step)
+    monkeypatch.setattr(loop_mod, "validation_ppl", slow_val)
+    summary = run_recovery(tiny_llama, tiny_cfg(text_jsonl, minutes=1.0, eval_every=3), tmp_path / "rec")
+    assert summary["stopped_by"] == "minutes"
+    # initial eval 2 s; steps 1-3 end at 23 s (+2 eval = 25); 4-6 at 46 (+2 = 48); 7 ends at 55, and
+    # step 8 would end at 62 > 60: stop, then the final evaluation of step 7 -> 57 s
+    assert summary["steps"] == 7 and summary["seconds"] == pytest.approx(57.0)
+
+
 def test_killed_run_resumes_from_checkpoint_and_matches_uninterrupted(tmp_path, tiny_llama, text_jsonl):
     from edgeprune.stages.recover import run_recovery
 

@@ -87,7 +87,8 @@ def test_two_runs_sharing_a_store_build_each_step_once(tmp_path):
 
 
 def test_from_stage_rebuilds_that_stage_and_later_ones_once_per_run(tmp_path):
-    assert stages_from("export") == {"export", "bench", "ppl"}
+    assert stages_from("export") == {"export", "bench", "ppl", "kld", "tasks"}
+    assert stages_from("recover") == {"recover", "export", "bench", "ppl", "kld", "tasks"}
     assert stages_from(None) == set()
     builds = []
 

@@ -1,7 +1,9 @@
 """The lean training loop: LoRA on a CPU without trainer overhead, the same code under
 `accelerate launch` (DDP; each process takes its slice of the global batch).
 
-Budget: steps, epochs or minutes (wall clock of the loop, evaluations included). Validation
+Budget: steps, epochs or minutes (wall clock of the loop, evaluations included; a step is only
+started when the mean step and evaluation times so far say it and the evaluation after it still
+fit, so a minutes budget is not overrun by a slow last step on a loaded CPU). Validation
 perplexity every `eval_every` steps; the best adapter is kept; `patience` evaluations
 without improvement stop the run. A checkpoint every `checkpoint_every` steps makes a killed
 run resume where it stopped, with the same data order and RNG state.
@@ -31,6 +33,8 @@ class LoopState:
     step: int = 0
     elapsed: float = 0.0
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    evals: int = 0
     tokens: int = 0
     best_ppl: float = math.inf
     best_step: int = 0
@@ -158,7 +162,9 @@ class Loop:
     def evaluate(self) -> bool:
         """Validation ppl; returns True when it is a new best (and keeps that adapter)."""
         s = self.state
+        t0 = time.perf_counter()
         ppl = validation_ppl(self.inner, self.val, self.t.batch_size)
+        s.eval_seconds, s.evals = s.eval_seconds + time.perf_counter() - t0, s.evals + 1
         s.history.append({"step": s.step, "val_ppl": ppl, "train_loss": s.last_loss, "elapsed": s.elapsed})
         if ppl < s.best_ppl:
             s.best_ppl, s.best_step, s.bad_evals = ppl, s.step, 0
@@ -173,13 +179,22 @@ class Loop:
         reason = None
         if self.limit is not None and s.step >= self.limit:
             reason = "steps"
-        elif t.minutes is not None and now_elapsed >= t.minutes * 60:
+        elif t.minutes is not None and now_elapsed + self.next_step_cost() > t.minutes * 60:
             reason = "minutes"
         elif s.bad_evals >= t.patience:
             reason = "early-stop"
         # Every process must stop on the same step, or DDP would hang in the next all-reduce.
         flag = self.acc.reduce(torch.tensor(0.0 if reason is None else 1.0, device=self.acc.device), "sum")
         return reason or ("peer" if float(flag) > 0 else None)
+
+    def next_step_cost(self) -> float:
+        """Expected seconds of one more step and the evaluation that follows it (periodic or final),
+        from the means so far; 0 before the first step (nothing to go on)."""
+        s = self.state
+        if s.step == 0:
+            return 0.0
+        per_eval = s.eval_seconds / s.evals if s.evals else 0.0
+        return (s.elapsed - s.eval_seconds) / s.step + per_eval  # steps incl. checkpoint saves, then an eval
 
     def _bar(self):
         t = self.t
@@ -212,6 +227,7 @@ class Loop:
         bar.close()
         if s.history[-1]["step"] != s.step:
             self.save(self.evaluate())
+            s.elapsed = base + time.perf_counter() - t0  # the budget covers this last evaluation too
         else:
             self.save(False)
         load_trainable(self.inner, self.best["adapter"])
