@@ -244,9 +244,11 @@ def test_recover_stage_is_a_cached_step_the_export_stage_can_read(tmp_path, tiny
 
     store = StepStore(tmp_path / "store")
     cfg = tiny_cfg(text_jsonl, steps=2)
-    out, key = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    out, key, record = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
     assert check_hf_folder(out)["num_hidden_layers"] == 4 and (out / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((out / "step.json").read_text())["meta"]["steps"] == 2
-    again, key2 = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    assert json.loads((out / "step.json").read_text())["meta"]["steps"] == record["steps"] == 2
+    assert not record["cache_hit"] and record["budget"]["steps"] == 2 and record["stage_seconds"] >= record["seconds"]
+    again, key2, record2 = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
     assert (again, key2) == (out, key) and store.log[-1]["cache_hit"]
+    assert record2 == record | {"cache_hit": True}  # a rerun reports the first run's numbers
     assert not list(store.root.glob(".work-recover-*"))  # the training work dir is cleaned up
