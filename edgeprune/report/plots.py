@@ -163,6 +163,8 @@ def front_plot(search: list[dict], iterations: list[dict], budget: dict, path: P
         ax.axhline(limit, color="tab:green", ls=":", label=f"budget: {label.split(' (')[0]} {limit:g}")
     if budget.get("max_ppl_ratio"):
         ax.axvline(budget["max_ppl_ratio"], color="tab:purple", ls=":", label=f"quality floor x{budget['max_ppl_ratio']:g}")
+    if ax.get_xlim()[1] > 4:  # a front reaching ppl x40 would squeeze the candidates near x1-3 together
+        ax.set_xscale("log")
     ax.set_xlabel("perplexity ratio vs unpruned baseline (lower is better)")
     ax.set_ylabel(label)
     ax.set_title("Planner: Pareto front and executed candidates (number: iteration)")
