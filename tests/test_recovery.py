@@ -237,6 +237,31 @@ def test_recipe_without_budget_and_unknown_key_fail_at_load(tmp_path):
     assert load_recovery("sft-reference", {}).train.lr == 5e-5
 
 
+def test_rebuilt_recovery_with_other_weights_gets_a_new_downstream_key(tmp_path, tiny_llama, text_jsonl,
+                                                                       monkeypatch):
+    """Bug: export was keyed by the recover step's *name*; a minutes-bound recovery rebuilt under the
+    same key (step evicted or deleted) trains to other weights, and export reused the stale GGUF."""
+    import shutil
+
+    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.stages import recover as rec
+
+    store = StepStore(tmp_path / "store")
+    cfg = tiny_cfg(text_jsonl, steps=1)
+    out, key, _ = rec.recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    shutil.rmtree(out)
+    train = rec.run_recovery
+
+    def other_weights(student, cfg, work, *a, **kw):  # stands in for a run that got fewer steps in
+        summary = train(student, cfg, work, *a, **kw)
+        (work / "note.txt").write_text("another run")
+        return summary
+
+    monkeypatch.setattr(rec, "run_recovery", other_weights)
+    again, key2, _ = rec.recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
+    assert again == out and key2 != key and key2 == f"recover-{tree_hash(again)[:16]}"
+
+
 def test_recover_stage_is_a_cached_step_the_export_stage_can_read(tmp_path, tiny_llama, text_jsonl):
     from edgeprune.runner import StepStore, tree_hash
     from edgeprune.stages.recover import recover_stage
@@ -251,4 +276,5 @@ def test_recover_stage_is_a_cached_step_the_export_stage_can_read(tmp_path, tiny
     again, key2, record2 = recover_stage(store, tiny_llama, tree_hash(tiny_llama), cfg)
     assert (again, key2) == (out, key) and store.log[-1]["cache_hit"]
     assert record2 == record | {"cache_hit": True}  # a rerun reports the first run's numbers
+    assert key == f"recover-{tree_hash(out)[:16]}"  # later steps are keyed by the weights themselves
     assert not list(store.root.glob(".work-recover-*"))  # the training work dir is cleaned up

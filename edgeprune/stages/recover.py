@@ -158,6 +158,7 @@ def recover_stage(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Recovery,
     `teacher_dir` is the unpruned checkpoint for KD modes (cfg.teacher wins when set). Training
     checkpoints live in a work dir named by the step key, so a killed plan resumes training.
     The record (recovery_record) is the step's cached meta, so a rerun reports the same numbers.
+    The returned hash is the content hash of the recovered checkpoint (see below).
     """
     check_budget(cfg, "recipe recovery.train")
     teacher = Path(cfg.teacher) if cfg.teacher else teacher_dir
@@ -171,10 +172,13 @@ def recover_stage(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Recovery,
         for item in work.iterdir():
             shutil.move(str(item), tmp / item.name)
         shutil.rmtree(work, ignore_errors=True)
-        return recovery_record(summary, cfg, time.perf_counter() - t0)
+        return recovery_record(summary, cfg, time.perf_counter() - t0) | {"output_sha256": tree_hash(tmp)}
 
     res = store.run("recover", key, build)
-    return res.path, res.path.name, res.meta | {"cache_hit": res.hit}
+    # Downstream steps are keyed by the recovered weights, not by this step's name: a minutes budget
+    # makes training non-deterministic, so a rebuilt step (evicted, --from recover) is a new model.
+    out_key = f"recover-{res.meta['output_sha256'][:16]}" if "output_sha256" in res.meta else res.path.name
+    return res.path, out_key, res.meta | {"cache_hit": res.hit}
 
 
 def recover_command(model: Path, teacher: str | None, data: str | None, mode: str | None, minutes: float | None,
