@@ -53,8 +53,8 @@ def evaluation_lines(manifest: dict) -> list[str]:
     if not ev or not ev.get("records"):
         return []
     cfg = ev["config"]
-    return ["", f"## Zero-shot tasks (evaluate stage: {', '.join(cfg['tasks'])}, "
-                f"{'first ' + str(cfg['limit']) + ' items each' if cfg['limit'] else 'full sets'}, lm-eval on the GGUF)",
+    items = f"first {cfg['limit']} items each" if cfg["limit"] else "full sets"
+    return ["", f"## Zero-shot tasks (evaluate stage: {', '.join(cfg['tasks'])}, {items}, lm-eval on the GGUF)",
             "", quality_table(ev["records"])]
 
 
@@ -76,7 +76,8 @@ def render_report(manifest: dict, with_evaluation: bool = True) -> str:
              f"{first['bench']['repetitions']} repetitions after {first['bench']['warmup']} warm-up, "
              f"{first['bench']['n_threads']} threads on {first['bench']['host'].get('cpu_model')} "
              f"({'measured' if first['bench']['measured'] else 'NOT measured: fake runner'}).",
-             f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).", *([KLD_NOTE] if first.get("kld") else []), "",
+             f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).",
+             *([KLD_NOTE] if first.get("kld") else []), "",
              *recovery_lines(its),
              f"Artifact: `{res['artifact']}`. Wall time {manifest['wall_time_s']} s. "
              f"Cache hits: {sum(s['cache_hit'] for s in manifest['steps'])}/{len(manifest['steps'])} steps."]
