@@ -109,9 +109,11 @@ def pct(v) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: one row per executed candidate; iteration 0 is the run's baseline (predicted from earlier runs)."""
+    """Markdown: one row per executed candidate; iteration 0 is the run's baseline (predicted from earlier runs).
+    'cached' on a candidate: its benchmark is an earlier run's (e.g. a calibration point), which its
+    prediction was calibrated on, so its error says nothing about the model."""
     lines = ["| budget | iter | candidate | tg tok/s measured [min-max] | tg predicted (err) | pp tok/s measured / "
-             "predicted (err) | latency s measured / predicted (err) | type eff. | ppl ratio (pred) | baseline reuse | speed met |",
+             "predicted (err) | latency s measured / predicted (err) | type eff. | ppl ratio (pred) | benchmark | speed met |",
              "|" + "---|" * 11]
     for r in results:
         for row in r["rows"]:
@@ -123,12 +125,13 @@ def table(results: list[dict]) -> str:
                 f"{row['tg_predicted']:.1f} ({pct(row['tg_err_pct'])}) | {row['pp_measured']:.0f} / "
                 f"{row['pp_predicted']:.0f} ({pct(row['pp_err_pct'])}) | {row['latency_measured']:.3f} / "
                 f"{row['latency_predicted']:.3f} ({pct(row['latency_err_pct'])}) | {row['quant_efficiency']} | "
-                f"{row['ppl_ratio']:.3f} ({row['ppl_ratio_predicted']:.2f}) | {reuse if row['iteration'] == 0 else ''} | "
+                f"{row['ppl_ratio']:.3f} ({row['ppl_ratio_predicted']:.2f}) | {reuse} | "
                 f"{'yes' if row['met'] else 'no'} |")
-    lines += ["", "| budget | met | measured iterations | final | final ppl ratio | max abs tg error, candidates | "
-              "max abs latency error, candidates |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| budget | met | measured iterations | final | final ppl ratio | max abs tg error, fresh candidates | "
+              "max abs latency error, fresh candidates |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        cands = [row for row in r["rows"] if row["iteration"] > 0]
+        # candidates measured in this run: a cached one was a calibration point of its own prediction
+        cands = [row for row in r["rows"] if row["iteration"] > 0 and not row["reused_cached_measurement"]]
         tg = max((abs(row["tg_err_pct"]) for row in cands), default=None)
         lat = max((abs(row["latency_err_pct"]) for row in cands), default=None)
         final = (f"-{r['chosen_k']}L" if r["chosen_k"] else "full") + f" {r['final_quant']}" if r["met"] else "—"
