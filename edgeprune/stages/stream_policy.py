@@ -70,7 +70,8 @@ def decide_stream(forced: bool | None, depth_method: str, weights: int, availabl
         return StreamDecision(False, "forced by --no-stream / calibration.stream")
     available = available_bytes() if available is None else available
     big = weights > STREAM_SHARE * available
-    size = f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of {available / 1e9:.1f} GB available RAM"
+    size = (f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of "
+            f"{available / 1e9:.1f} GB available RAM")
     if big and not can_stream(depth_method):
         return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream")
     return StreamDecision(big, f"auto: {size}")
