@@ -77,7 +77,7 @@ def plot(rows: list[dict], base_ppl: float, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(partial: Path, out: Path) -> None:
+def report(partial: Path, out: Path, protocol: dict) -> None:
     rows = load_rows(partial)
     base = next((r for r in rows if r["family"] == "baseline"), None)
     if base is None:
@@ -87,7 +87,7 @@ def report(partial: Path, out: Path) -> None:
     rows.sort(key=lambda r: (order[r["family"]], r.get("method", ""), r["removed"], r["label"]))
     mem = [r for r in rows if r["family"] == "memory"]
     rows = [r for r in rows if r["family"] != "memory"]
-    (out / "methods.json").write_text(json.dumps({"machine": _machine(), "results": rows, "memory": mem}, indent=2))
+    (out / "methods.json").write_text(json.dumps({"machine": _machine(), "protocol": protocol, "results": rows, "memory": mem}, indent=2))
     plot(rows, base["ppl"], out / "methods.png")
     print(table(rows, base["ppl"]))
     if mem:

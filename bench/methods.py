@@ -4,7 +4,7 @@ Every job runs in its own subprocess (so peak RSS is per job): load the model, r
 pruning pass (wall time and peak RSS of that pass alone: VmHWM is reset through
 /proc/self/clear_refs just before it), then WikiText-2 test perplexity of the pruned HF model.
 
-Perplexity protocol: wiki.test.raw tokenized whole (first 200k characters, no BOS), cut into
+Perplexity protocol: wiki.test.raw tokenized (first 400k characters, no BOS), cut into
 non-overlapping windows of CTX tokens, the first WINDOWS windows scored; every token after the
 first of a window is predicted from its in-window prefix; ppl = exp(mean NLL).
 Results go to bench/out/methods.jsonl (one line per result, a rerun skips finished jobs),
@@ -24,11 +24,13 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
 PARTIAL = OUT / "methods.jsonl"
-# Sized for a 2-core machine shared with other jobs (a 1024-token forward took ~35 s under load).
-CTX, WINDOWS = 512, 4
+# Standard protocol: non-overlapping 2048-token windows (SmolLM2's training context), the first
+# WINDOWS of them; WINDOWS is sized so every row fits a 2-core machine shared with other jobs.
+CTX, WINDOWS = 2048, 2
 CALIB = dict(samples=8, seq_len=256)             # every scoring pass except the two below: 2048 tokens
 CALIB_TAYLOR = dict(samples=4, seq_len=256)      # forward + backward: 1024 tokens
 CALIB_GREEDY = dict(samples=2, seq_len=64)       # ~L^2/2 partial forward passes: 128 tokens
+CALIB_8K = dict(samples=16, seq_len=512)         # the sparsity calibration-size rows: 8,192 tokens
 DEPTH_KS = (2, 4, 6, 8)
 
 JOBS = {
@@ -42,6 +44,9 @@ JOBS = {
     "width:taylor-20%": ("width", {"method": "taylor", "fraction": 0.2}),
     **{f"sparsity:{m}-{t}": ("sparsity", {"method": m, "target": t}) for m in ("magnitude", "wanda", "sparsegpt")
        for t in ("50%", "2:4")},
+    # calibration-size study: SparseGPT's Hessian from 2,048 tokens overfits (bench/methods_checks.py)
+    **{f"sparsity:{m}-50%-calib8k": ("sparsity", {"method": m, "target": "50%", "calib": CALIB_8K})
+       for m in ("wanda", "sparsegpt")},
     # the streaming question: whole-process peak RSS of a BI scoring pass, model in memory vs streamed
     "memory:in-memory": ("memory", {"method": "block-influence", "stream": False}),
     "memory:streamed": ("memory", {"method": "block-influence", "stream": True}),
@@ -71,7 +76,7 @@ class Pass:
 
     def record(self) -> dict:
         return {"wall_s": round(self.wall_s, 1), "rss_before_mb": round(self.rss_before / 2**20),
-                "peak_rss_mb": round(self.peak_rss / 2**20)}
+                "peak_rss_mb": round(self.peak_rss / 2**20), "load_avg_1m": os.getloadavg()[0]}
 
 
 def hf_ppl(model, ids: list[int]) -> float:
@@ -90,7 +95,7 @@ def hf_ppl(model, ids: list[int]) -> float:
 def eval_ids(tok) -> list[int]:
     from edgeprune.data import eval_text
 
-    ids = tok(eval_text()[:200_000], add_special_tokens=False)["input_ids"]
+    ids = tok(eval_text()[:400_000], add_special_tokens=False)["input_ids"]
     assert len(ids) >= CTX * WINDOWS
     return ids
 
@@ -115,7 +120,8 @@ def run_job(name: str, hf_dir: Path) -> list[dict]:
     base_params = layer_params(model)
     if family == "none":
         return [{"job": name, "family": "baseline", "label": "unpruned", "removed": 0.0, "ppl": hf_ppl(model, ids)}]
-    calib = CALIB_GREEDY if cfg["method"] == "ppl-greedy" else CALIB_TAYLOR if "taylor" in name else CALIB
+    calib = cfg.get("calib") or (CALIB_GREEDY if cfg["method"] == "ppl-greedy"
+                                 else CALIB_TAYLOR if "taylor" in name else CALIB)
     windows = calibration_windows(tok, Calibration(**calib))
     common = {"job": name, "family": family, "method": cfg["method"], "calib_tokens": windows.numel()}
     if family == "depth":
@@ -186,6 +192,11 @@ def memory_job(name: str, hf_dir: Path, cfg: dict) -> list[dict]:
              "bi": [round(float(x), 6) for x in stats]}]
 
 
+def _selects(pattern: str, name: str) -> bool:
+    """Exact job name, or a family prefix ending in ':' (e.g. 'depth:')."""
+    return name == pattern or (pattern.endswith(":") and name.startswith(pattern))
+
+
 def done_jobs() -> set[str]:
     if not PARTIAL.is_file():
         return set()
@@ -205,7 +216,7 @@ def ensure_hf(path: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--job", help="run one job in this process (internal)")
-    ap.add_argument("--only", nargs="*", help="job name prefixes to run (default: all)")
+    ap.add_argument("--only", nargs="*", help="job names or family prefixes like 'depth:' (default: all)")
     ap.add_argument("--hf", default=str(OUT / "smollm2-hf"), help="cached float32 HF copy of SmolLM2")
     ap.add_argument("--report", action="store_true", help="only aggregate finished jobs")
     args = ap.parse_args()
@@ -219,14 +230,15 @@ def main() -> None:
     if not args.report:
         ensure_hf(Path(args.hf))
         for name in JOBS:
-            if name in done_jobs() or (args.only and not any(name.startswith(o) for o in args.only)):
+            if name in done_jobs() or (args.only and not any(_selects(o, name) for o in args.only)):
                 continue
             print(f"== {name}", flush=True)
             subprocess.run([sys.executable, __file__, "--job", name, "--hf", args.hf], check=False,
                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     from bench_methods_report import report  # noqa: E402  (same folder)
 
-    report(PARTIAL, OUT)
+    report(PARTIAL, OUT, {"ctx": CTX, "windows": WINDOWS, "scored_tokens": WINDOWS * (CTX - 1),
+                          "text": "wiki.test.raw, first 400k characters, no BOS, non-overlapping windows"})
 
 
 if __name__ == "__main__":

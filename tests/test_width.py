@@ -8,10 +8,11 @@ from edgeprune import registry
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ConfigError
 from edgeprune.methods.width import (aligned_keep, channel_contribution_sq, coupled_counts, head_contribution_sq,
-                                     keep_heads_per_group, keep_kv_groups, taylor_saliency)
+                                     keep_heads_per_group, keep_kv_groups, taylor_saliency,
+                                     taylor_second_order)
 from edgeprune.runner import StepStore
 from edgeprune.stages.export import export_gguf
-from edgeprune.stages.width import prune_width
+from edgeprune.stages.width import prune_width, taylor_scores
 from edgeprune.surgery.ffn import keep_ffn_channels
 from edgeprune.surgery.heads import keep_heads
 from edgeprune.toolchain import llamacpp
@@ -35,6 +36,33 @@ def test_taylor_saliency_sums_slices():
     g = torch.tensor([[1.0, 1.0], [1.0, -1.0], [2.0, 0.0], [5.0, 5.0]])
     assert taylor_saliency(w, g, 0, 2).tolist() == pytest.approx([1 + 2 + 3 + 4, 2 + 0 + 0 + 5])
     assert taylor_saliency(w, g, 1, 1).tolist() == pytest.approx([1 + 3 + 2 + 0, 2 + 4 + 0 + 5])
+
+
+def test_taylor_second_order_squares_then_sums_slices():
+    w = torch.tensor([[1.0, -2.0], [3.0, 4.0], [1.0, 1.0], [0.0, 1.0]])
+    g = torch.tensor([[1.0, 1.0], [1.0, -1.0], [2.0, 0.0], [5.0, 5.0]])
+    assert taylor_second_order(w, g, 0, 2).tolist() == pytest.approx([1 + 4 + 9 + 16, 4 + 0 + 0 + 25])
+    assert taylor_second_order(w, g, 1, 1).tolist() == pytest.approx([1 + 9 + 4 + 0, 4 + 16 + 0 + 25])
+
+
+def test_taylor_scores_sum_per_window_squares_not_the_square_of_the_sum(tiny_llama):
+    model, _ = load_model(tiny_llama)
+    torch.manual_seed(0)
+    windows = torch.randint(0, 2000, (3, 16))
+    scores = taylor_scores(model, windows)
+    o = model.model.layers[2].self_attn.o_proj.weight
+    q = model.model.layers[2].self_attn.q_proj.weight
+    hd = model.config.head_dim
+    expected = 0.0
+    q.requires_grad_(True)
+    o.requires_grad_(True)
+    for w in range(3):  # by hand: head 1 of layer 2, one backward per window
+        ids = windows[w:w + 1]
+        gq, go = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, [q, o])
+        expected += float(((q * gq)[hd:2 * hd] ** 2).sum() + ((o * go)[:, hd:2 * hd] ** 2).sum())
+    # the square of the summed gradient would differ: each window is its own Fisher sample
+    assert float(scores["heads"][2, 1]) == pytest.approx(expected, rel=1e-4)
+    assert torch.all(scores["kv"] == 0) and torch.all(scores["ffn"] > 0)
 
 
 def test_gqa_choices_keep_whole_groups_or_equal_heads_per_group():
