@@ -32,6 +32,15 @@ def test_auto_streams_only_when_the_weights_are_a_large_share_of_free_ram():
         decide_stream(True, "ppl-greedy", 1, available=10 * gb)
 
 
+def test_weight_bytes_are_what_scoring_would_hold(tiny_llama):
+    from edgeprune.stages.stream_policy import weight_bytes
+    from edgeprune.toolchain.hf import default_model_path
+
+    assert weight_bytes(tiny_llama) == (tiny_llama / "model.safetensors").stat().st_size
+    # the default Q4_1 GGUF is dequantized to float32 by the import: SmolLM2-135M's 134,515,008 params
+    assert weight_bytes(default_model_path()) == 4 * 134_515_008
+
+
 def test_layer_renames_drop_and_renumber():
     names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight",
              "model.layers.2.mlp.up_proj.weight", "model.layers.10.input_layernorm.weight", "lm_head.weight"]

@@ -54,7 +54,8 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
     out_dir = Path(out) if out else Path("runs") / f"{t.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = make_plan(model_path, t, r, out_dir, model_config)
     plan.allow_pickle = allow_pickle
-    scoring = decide_stream(r.calibration.stream, r.depth.method, weight_bytes(model_path, model_config))
+    weights = weight_bytes(model_path, model_config) if r.calibration.stream is None else 0  # auto needs it
+    scoring = decide_stream(r.calibration.stream, r.depth.method, weights)
     plan.methods = plan_methods(r, scoring)
     return plan
 

@@ -40,16 +40,21 @@ def check_streamable(depth_method: str, where: str = "--stream") -> None:
 
 def weight_bytes(model_path: Path, model_config: dict | None = None) -> int:
     """Bytes the scoring pass would hold as weights: the safetensors of a HF folder, or a GGUF's
-    parameters in float32 (the import step dequantizes it)."""
+    tensor elements in float32 (the import step dequantizes it to float32)."""
     model_path = Path(model_path)
     if model_path.is_dir():
         return sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
-    from edgeprune.targets.gguf_size import ModelShape
-
     try:
-        return 4 * ModelShape.from_config(model_config or {}).params
-    except (KeyError, TypeError, ValueError):  # a GGUF header without every shape field
-        return model_path.stat().st_size * 8  # a 4-bit file dequantized to float32, at most
+        from gguf import GGUFReader
+
+        return 4 * sum(int(t.n_elements) for t in GGUFReader(model_path).tensors)
+    except (OSError, ValueError, KeyError):  # unreadable here: the import step will say why
+        from edgeprune.targets.gguf_size import ModelShape
+
+        try:
+            return 4 * ModelShape.from_config(model_config or {}).params
+        except (KeyError, TypeError, ValueError):
+            return model_path.stat().st_size * 8  # a 4-bit file dequantized to float32, at most
 
 
 def available_bytes() -> int:
