@@ -45,6 +45,13 @@ def test_taylor_couples_heads_and_ffn_fractions():
     assert candidate_allowed(legacy, 2, None) and candidate_allowed(legacy, 2, 128)
 
 
+def test_from_prune_or_width_rebuilds_the_width_step():
+    from edgeprune.runner.store import stages_from
+
+    assert "width" in stages_from("prune") and "width" in stages_from("width")
+    assert "width" not in stages_from("export")
+
+
 @pytest.mark.parametrize("update, match", [
     ({"width": {"method": "wanda"}}, "sparsity method.*no smaller or faster.*edgeprune prune --method wanda"),
     ({"depth": {"method": "sparsegpt"}}, "sparsity method"),
