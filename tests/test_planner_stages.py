@@ -80,10 +80,13 @@ def test_recovery_runs_between_prune_and_export_and_is_recorded(runs):
     steps = [s["step"] for s in m["steps"]]
     i = steps.index("recover")
     assert steps[i - 1] == "prune" and steps[i + 1] == "export"
-    rec_dir = m["steps"][i]["dir"]
-    export_key = json.loads((Path(cand["gguf"]).parent / "step.json").read_text())["key"]
-    assert export_key["model"] == rec_dir  # the GGUF was made from the recovered checkpoint
+    from edgeprune.runner import tree_hash
+
     r = cand["recovery"]
+    rec_dir = Path(cand["gguf"]).parent.parent / m["steps"][i]["dir"]
+    assert tree_hash(rec_dir) == r["output_sha256"]
+    export_key = json.loads((Path(cand["gguf"]).parent / "step.json").read_text())["key"]
+    assert export_key["model"] == f"recover-{r['output_sha256'][:16]}"  # the GGUF was made from these weights
     assert r["mode"] == "kd+sft" and r["data"].endswith("text.jsonl") and r["steps"] == 2
     assert r["budget"]["steps"] == 2 and r["stopped_by"] == "steps" and r["tokens"] == 2 * 2 * 32
     assert r["initial_val_ppl"] > 1 and r["best_val_ppl"] <= r["initial_val_ppl"] and r["seconds"] > 0
