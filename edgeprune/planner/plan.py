@@ -70,17 +70,30 @@ def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_conf
         f"{target.budget.max_ppl_ratio}) and depth limit is predicted to meet it",
         "publish: final GGUF, manifest.json, bench.json, report.md",
     ]
-    if recipe.recovery is not None:  # measure() recovers every pruned candidate before its export
-        rc = recipe.recovery
-        steps.insert(-1, f"recover (every pruned candidate, before its export): {rc.mode} on {rc.data.source}, "
-                         f"LoRA r{rc.lora.rank}, lr {rc.train.lr}, budget "
-                         + ", ".join(f"{v} {k}" for k in ("minutes", "steps", "epochs")
-                                     if (v := getattr(rc.train, k)) is not None))
+    steps[-1:-1] = optional_steps(recipe)
     plan = Plan(model, target, recipe, out, model_config, steps)
     if plan.num_layers is not None and plan.num_layers < 2 and _has_speed_budget(target):
         raise ConfigError(f"model has {plan.num_layers} layer(s); depth pruning needs at least 2",
                           where=str(model), fix="use a deeper model")
     return plan
+
+
+def optional_steps(recipe: Recipe) -> list[str]:
+    """Plan lines for the recipe's optional stages (measure() recovers; execute() evaluates)."""
+    out = []
+    if recipe.quality.kld:
+        out.append("kld: every measured GGUF vs the unpruned HF model on the perplexity windows")
+    if recipe.recovery is not None:
+        rc, t = recipe.recovery, recipe.recovery.train
+        budget = ", ".join(f"{v} {k}" for k in ("minutes", "steps", "epochs") if (v := getattr(t, k)) is not None)
+        out.append(f"recover (every pruned candidate, before its export): {rc.mode} on {rc.data.source}, "
+                   f"LoRA r{rc.lora.rank}, lr {t.lr}, budget {budget}")
+    if recipe.evaluate is not None:
+        ev = recipe.evaluate
+        items = f"first {ev.limit} items" if ev.limit else "full sets"
+        parent = " and the unpruned baseline (paired CIs)" if ev.compare_parent else ""
+        out.append(f"evaluate: lm-eval {', '.join(ev.tasks)} ({items}) on the delivered GGUF{parent}")
+    return out
 
 
 def _has_speed_budget(target: Target) -> bool:
