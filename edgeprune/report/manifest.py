@@ -17,7 +17,9 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "llama-cpp-python", "gguf", 
 
 
 def versions() -> dict:
-    out = {"edgeprune": __version__, "python": sys.version.split()[0]}
+    from edgeprune.runner.store import code_fingerprint
+
+    out = {"edgeprune": __version__, "edgeprune_code": code_fingerprint(), "python": sys.version.split()[0]}
     for name in PACKAGES:
         try:
             out[name] = version(name)

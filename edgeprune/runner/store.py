@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -49,8 +50,21 @@ def tree_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the package's own source. The version alone is not enough: a fixed method or stage
+    must not be masked by a step cached before the fix (it happened: a rebuilt recovery was
+    exported from a stale cached GGUF). The price is a cold cache after any code change."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def key_hash(key: dict) -> str:
-    blob = json.dumps({"edgeprune": __version__, **key}, sort_keys=True, default=str)
+    blob = json.dumps({"edgeprune": __version__, "code": code_fingerprint(), **key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
