@@ -28,13 +28,18 @@ def load_rows(partial: Path) -> list[dict]:
     return list(rows.values())
 
 
+def _load(scoring: dict) -> str:
+    """1-minute load average when the scoring pass ended (2 cores): how shared the machine was."""
+    return f"{scoring['load_avg_1m']:.1f}" if "load_avg_1m" in scoring else ""
+
+
 def table(rows: list[dict], base_ppl: float) -> str:
     out = ["| family | configuration | layer params removed | WikiText-2 ppl | x baseline | scoring wall s | "
-           "scoring peak RSS MB | calib tokens |", "|---|---|---|---|---|---|---|---|"]
+           "load avg | scoring peak RSS MB | calib tokens |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sc = r.get("scoring", {})
         out.append(f"| {r['family']} | {r['label']} | {r['removed']:.1%} | {r['ppl']:.2f} | {r['ppl'] / base_ppl:.2f} | "
-                   f"{sc.get('wall_s', '')} | {sc.get('peak_rss_mb', '')} | {r.get('calib_tokens', '')} |")
+                   f"{sc.get('wall_s', '')} | {_load(sc)} | {sc.get('peak_rss_mb', '')} | {r.get('calib_tokens', '')} |")
     return "\n".join(out)
 
 
@@ -56,6 +61,7 @@ def plot(rows: list[dict], base_ppl: float, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for ax, family in zip(axes, ("depth", "width", "sparsity")):
         fam = [r for r in rows if r["family"] == family]
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # sparsity has > 10 series
         series: dict[str, list] = {}
         for r in fam:
             # one line per method; width sizes ("ffn-20%", "ffn-40%") join one line
@@ -84,7 +90,8 @@ def report(partial: Path, out: Path, protocol: dict) -> None:
         print("no baseline yet")
         return
     order = {"baseline": 0, "depth": 1, "width": 2, "sparsity": 3, "memory": 4}
-    rows.sort(key=lambda r: (order[r["family"]], r.get("method", ""), r["removed"], r["label"]))
+    rows.sort(key=lambda r: (order[r["family"]], r.get("method", ""), r["removed"], r.get("calib_tokens", 0),
+                             r["label"]))
     mem = [r for r in rows if r["family"] == "memory"]
     rows = [r for r in rows if r["family"] != "memory"]
     (out / "methods.json").write_text(json.dumps({"machine": _machine(), "protocol": protocol, "results": rows, "memory": mem}, indent=2))

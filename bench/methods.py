@@ -31,6 +31,7 @@ CALIB = dict(samples=8, seq_len=256)             # every scoring pass except the
 CALIB_TAYLOR = dict(samples=4, seq_len=256)      # forward + backward: 1024 tokens
 CALIB_GREEDY = dict(samples=2, seq_len=64)       # ~L^2/2 partial forward passes: 128 tokens
 CALIB_8K = dict(samples=16, seq_len=512)         # the sparsity calibration-size rows: 8,192 tokens
+CALIB_32K = dict(samples=64, seq_len=512)        # and 32,768 tokens (SparseGPT paper: 128 x 2048)
 DEPTH_KS = (2, 4, 6, 8)
 
 JOBS = {
@@ -42,10 +43,15 @@ JOBS = {
     "width:ffn-20%": ("width", {"method": "ffn", "fraction": 0.2}),
     "width:ffn-40%": ("width", {"method": "ffn", "fraction": 0.4}),
     "width:taylor-20%": ("width", {"method": "taylor", "fraction": 0.2}),
+    # separate the importance from the structure: channels alone by Taylor, coupled cut by norms
+    "width:ffn-20%-taylor": ("width", {"method": "ffn", "fraction": 0.2, "importance": "taylor"}),
+    "width:taylor-20%-by-activation": ("width", {"method": "taylor", "fraction": 0.2, "importance": "activation"}),
     **{f"sparsity:{m}-{t}": ("sparsity", {"method": m, "target": t}) for m in ("magnitude", "wanda", "sparsegpt")
        for t in ("50%", "2:4")},
     # calibration-size study: SparseGPT's Hessian from 2,048 tokens overfits (bench/methods_checks.py)
-    **{f"sparsity:{m}-50%-calib8k": ("sparsity", {"method": m, "target": "50%", "calib": CALIB_8K})
+    **{f"sparsity:{m}-{t}-calib8k": ("sparsity", {"method": m, "target": t, "calib": CALIB_8K})
+       for t in ("50%", "2:4") for m in ("wanda", "sparsegpt")},
+    **{f"sparsity:{m}-50%-calib32k": ("sparsity", {"method": m, "target": "50%", "calib": CALIB_32K})
        for m in ("wanda", "sparsegpt")},
     # the streaming question: whole-process peak RSS of a BI scoring pass, model in memory vs streamed
     "memory:in-memory": ("memory", {"method": "block-influence", "stream": False}),
@@ -120,8 +126,8 @@ def run_job(name: str, hf_dir: Path) -> list[dict]:
     base_params = layer_params(model)
     if family == "none":
         return [{"job": name, "family": "baseline", "label": "unpruned", "removed": 0.0, "ppl": hf_ppl(model, ids)}]
-    calib = cfg.get("calib") or (CALIB_GREEDY if cfg["method"] == "ppl-greedy"
-                                 else CALIB_TAYLOR if "taylor" in name else CALIB)
+    gradients = cfg.get("importance", "taylor" if cfg["method"] == "taylor" else None) == "taylor"
+    calib = cfg.get("calib") or (CALIB_GREEDY if cfg["method"] == "ppl-greedy" else CALIB_TAYLOR if gradients else CALIB)
     windows = calibration_windows(tok, Calibration(**calib))
     common = {"job": name, "family": family, "method": cfg["method"], "calib_tokens": windows.numel()}
     if family == "depth":
@@ -219,6 +225,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="job names or family prefixes like 'depth:' (default: all)")
     ap.add_argument("--hf", default=str(OUT / "smollm2-hf"), help="cached float32 HF copy of SmolLM2")
     ap.add_argument("--report", action="store_true", help="only aggregate finished jobs")
+    ap.add_argument("--rerun", action="store_true", help="run the --only jobs even if finished (last row wins)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.job:
@@ -230,7 +237,7 @@ def main() -> None:
     if not args.report:
         ensure_hf(Path(args.hf))
         for name in JOBS:
-            if name in done_jobs() or (args.only and not any(_selects(o, name) for o in args.only)):
+            if (name in done_jobs() and not args.rerun) or (args.only and not any(_selects(o, name) for o in args.only)):
                 continue
             print(f"== {name}", flush=True)
             subprocess.run([sys.executable, __file__, "--job", name, "--hf", args.hf], check=False,
