@@ -6,9 +6,13 @@ estimate is a predicted perplexity ratio vs the unpruned baseline:
     log(ppl ratio) = beta * depth_cost(k) + gamma_h * (1 - heads kept) + gamma_f * (1 - ffn kept)
                      + quant_term(quant) - quant_term(baseline quant)
 
-depth_cost(k) is the share of the depth method's layer scores that the k removed layers carry
-(scores normalised to sum 1; with no scores, k / layers). beta, gamma and the quant terms start
-at priors and are refitted from measured perplexity (QualityModel.fit) after every iteration.
+depth_cost(k) is the fraction of layers removed, k / layers (the method sets *which* layers). The
+first version used the removed layers' share of the method's scores: on SmolLM2 BI puts half its
+mass on layer 0, so the share compressed every k and the prior predicted -8L at x1.39 where x4.2 was
+measured (bench/README, Planner). In k / n, SmolLM2's measured ln(ppl ratio) is 5.5-6.9 x k/n for BI,
+4.8-4.9 for ppl-greedy, 4.9-5.6 for angular up to -6 (bench/README, methods table): one slope fits
+methods and k. beta, gamma and the quant terms start at priors and are refitted from measured
+perplexity (QualityModel.fit) after every iteration.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from edgeprune.targets.costmodel import Candidate, Prediction
 # (Q8_0 +0.0004, Q5_K_M +0.0142, Q4_K_M +0.0535, Q4_0 +0.2166, Q3_K_M +0.2437 on 5.9066),
 # doubled because small models lose more to quantization; replaced by measurements.
 QUANT_PRIOR = {"Q8_0": 0.0001, "Q5_K_M": 0.005, "Q4_K_M": 0.018, "Q4_0": 0.072, "Q3_K_M": 0.080}
-BETA_PRIOR = 3.0    # removing layers that carry 10 % of the score mass: ppl x1.35
+BETA_PRIOR = 5.5    # ln(ppl ratio) per fraction of layers removed: -8 of 30 layers -> x4.3
 GAMMA_PRIOR = (1.5, 1.0)  # heads, ffn: ln ratio per fraction removed
 
 
@@ -58,13 +62,9 @@ class QualityModel:
             self.beta = max(0.0, (log_r - q) / cost)
 
 
-def depth_costs(scores: list[float] | None, removal_order: list[list[int]], n_layers: int) -> list[float]:
-    """depth_cost[k]: score share of the layers the method removes at k (k / n without scores)."""
-    if not scores:
-        return [k / n_layers for k in range(len(removal_order))]
-    pos = [max(0.0, float(s)) for s in scores]
-    total = sum(pos) or 1.0
-    return [sum(pos[i] for i in removed) / total for removed in removal_order]
+def depth_costs(removal_order: list[list[int]], n_layers: int) -> list[float]:
+    """depth_cost[k] = k / n_layers for each k the method's removal order offers."""
+    return [len(removed) / n_layers for removed in removal_order]
 
 
 @dataclass

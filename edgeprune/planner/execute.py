@@ -108,7 +108,7 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     method = registry.get("depth", r.depth.method)
     max_k = plan.max_removed if plan.max_removed is not None else base_layers - 1
     order = [method.select(stats, k) if k else [] for k in range(max_k + 1)]
-    dcost = depth_costs(state.scores, order, base.layers)
+    dcost = depth_costs(order, base.layers)
     t = plan.target
     fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if t.device.runner == "local" else None)
     # a private copy in --out, so a resumed run decides with what the first attempt knew

@@ -57,7 +57,7 @@ def searcher_for(cfg: dict, target, recipe) -> Searcher:
     order = [list(range(k)) for k in range(max_k + 1)]
     path = cal.calibration_path(target.name, target.device.runner)
     fp = cal.load(path).get("fingerprint")
-    return Searcher.build(base, target, recipe, max_k, depth_costs(None, order, base.layers), path, fp)
+    return Searcher.build(base, target, recipe, max_k, depth_costs(order, base.layers), path, fp)
 
 
 def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_over: dict, r_over: dict,

@@ -53,7 +53,7 @@ def front_section(manifest: dict, out: Path) -> str:
 
     (out / "plots").mkdir(exist_ok=True)
     png = front_plot(manifest["search"], manifest["iterations"], manifest["budget"], out / "plots" / "pareto_front.png")
-    return f"\n![pareto_front](plots/pareto_front.png)\n" if png else ""
+    return "\n![pareto_front](plots/pareto_front.png)\n" if png else ""
 
 
 def publish(state, started: float) -> dict:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgeprune.planner.budget import Requirements, compile_budget
-from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, depth_costs, grid,
+from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid,
                                           pareto_front, score_all)
 from edgeprune.targets import calibration as cal
 from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, Prediction, predict
