@@ -132,5 +132,6 @@ FFN = register("width", "ffn", family="width")(WidthMethod(
     "ffn", "MLP channel pruning (gate/up rows, down columns) by activation contribution (or taylor)",
     ("ffn",), "activation"))
 TAYLOR = register("width", "taylor", family="width")(WidthMethod(
-    "taylor", "LLM-Pruner-style coupled heads + MLP channels, first-order Taylor of the calibration loss",
+    "taylor", "LLM-Pruner-style coupled heads + MLP channels by second-order Taylor importance, "
+              "sum over windows of (w * dL/dw)^2 on the calibration loss",
     ("heads", "ffn"), "taylor"))
