@@ -217,3 +217,22 @@ def test_config_only_dry_run_prints_prediction_front_and_reference(tmp_path, mon
     assert "reference case study" in out and "claimed" in out
     res = CliRunner().invoke(main, ["plan", "--model-config", "llama-3.1-8bb", "--dry-run"])
     assert res.exit_code == 2 and "did you mean 'llama-3.1-8b'" in res.output
+
+
+def test_a_candidate_failing_its_export_gate_is_rejected_and_the_search_goes_on(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgeprune.errors import ExportError
+    from edgeprune.planner import execute as ex
+
+    def gate_fails(state, s, cand, ctx, log):
+        raise ExportError("Q4_0 GGUF drifts from F16: mean KL 0.603 > 0.6", where="export", fix="raise kld_max")
+
+    monkeypatch.setattr(ex, "run_candidate", gate_fails)
+    base = ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152, tied=True)
+    s, state, lines = SimpleNamespace(measured={}, base=base), SimpleNamespace(search_log=[]), []
+    ex.try_candidate(state, s, Candidate(8, quant="Q4_0"), {}, lines.append)
+    rec = s.measured[Candidate(8, quant="Q4_0")]
+    assert rec["speed_ok"] is False and rec["quality_ok"] is False and "0.603" in rec["rejected"]
+    assert state.search_log[0]["rejected"] == Candidate(8, quant="Q4_0").label(base)
+    assert lines and lines[0].startswith("rejected ")

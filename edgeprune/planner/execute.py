@@ -11,6 +11,7 @@ from pathlib import Path
 from edgeprune import registry
 from edgeprune.data import eval_text
 from edgeprune.devices.runners import cpu_model
+from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
 from edgeprune.planner.candidates import depth_costs
 from edgeprune.planner.searcher import Searcher, errors_pct, prediction_record
@@ -128,6 +129,18 @@ def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
     return it
 
 
+def try_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> None:
+    """Build and measure a searched candidate. Its export gate failing (e.g. a -8L Q4_0 drifting
+    0.603 nats from its F16) rejects that one candidate, not the whole plan: the search goes on
+    without it and the rejection is in the manifest's search log."""
+    try:
+        run_candidate(state, s, cand, ctx, log)
+    except ExportError as exc:
+        s.measured[cand] = {"speed_ok": False, "quality_ok": False, "rejected": str(exc)}
+        state.search_log.append({"rejected": cand.label(s.base), "why": str(exc)})
+        log(f"rejected {cand.label(s.base)}: {exc}")
+
+
 def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     state = RunState(plan, store)
     r = plan.recipe
@@ -151,7 +164,7 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
             break
         log(f"search: {decision['choice'].label} predicted latency {decision['choice'].latency_s:.3f}s, "
             f"ppl x{decision['choice'].ppl_ratio:.2f} (front of {len(decision['front'])})")
-        run_candidate(state, s, decision["choice"].cand, ctx, log)
+        try_candidate(state, s, decision["choice"].cand, ctx, log)
     state.outcome = _outcome(state, decision, s)
     if r.evaluate is not None:
         delivered = state.outcome["final"] or state.iterations[-1]
