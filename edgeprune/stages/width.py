@@ -55,21 +55,40 @@ def activation_scores(model, windows: torch.Tensor, batch_size: int = 4) -> dict
     return {k: v.sqrt() for k, v in scores.items()}
 
 
-def _taylor_hooks(model, scores: dict, s: dict) -> list:
-    hd = s["hd"]
+def _weight_parts(layer, hd: int, with_kv: bool) -> list:
+    """(linear, score key, slice dim, slice size) of the weights that remove each structure."""
+    a, m = layer.self_attn, layer.mlp
+    kv = [(a.k_proj, "kv", 0, hd), (a.v_proj, "kv", 0, hd)] if with_kv else []
+    return [(a.q_proj, "heads", 0, hd), (a.o_proj, "heads", 1, hd), *kv,
+            (m.gate_proj, "ffn", 0, 1), (m.up_proj, "ffn", 0, 1), (m.down_proj, "ffn", 1, 1)]
+
+
+def _backward_scores(model, batches: list[torch.Tensor], saliency, with_kv: bool, unit: str) -> dict:
+    """One backward of the calibration loss per batch; a post-accumulate hook folds each weight's
+    saliency(w, grad, dim, size) into its structure scores and frees the gradient at once, so one
+    weight's gradient is alive at a time."""
+    s = _shape(model.config)
+    scores = _zeros(s)
+    for p in model.parameters():
+        p.requires_grad_(False)
     handles = []
     for i, layer in enumerate(model.model.layers):
-        a, m = layer.self_attn, layer.mlp
-        parts = [(a.q_proj, "heads", 0, hd), (a.o_proj, "heads", 1, hd), (a.k_proj, "kv", 0, hd),
-                 (a.v_proj, "kv", 0, hd), (m.gate_proj, "ffn", 0, 1), (m.up_proj, "ffn", 0, 1),
-                 (m.down_proj, "ffn", 1, 1)]
-        for lin, key, dim, size in parts:
+        for lin, key, dim, size in _weight_parts(layer, s["hd"], with_kv):
             def hook(p, i=i, key=key, dim=dim, size=size):
-                scores[key][i] += taylor_saliency(p.data, p.grad, dim, size)
+                scores[key][i] += saliency(p.data, p.grad, dim, size)
                 p.grad = None
             lin.weight.requires_grad_(True)
             handles.append(lin.weight.register_post_accumulate_grad_hook(hook))
-    return handles
+    try:
+        for ids in tqdm(batches, desc="taylor importance", unit=unit):
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+    return scores
 
 
 def elementwise_taylor_scores(model, windows: torch.Tensor, batch_size: int = 2) -> dict[str, torch.Tensor]:
@@ -77,22 +96,8 @@ def elementwise_taylor_scores(model, windows: torch.Tensor, batch_size: int = 2)
     Not the default: on SmolLM2 the KV groups it removes (one per layer) cost +3.04 nats of
     calibration loss when removed one at a time, vs +0.37 for the second-order choice and +0.13 for
     the oracle (bench/methods_checks.py taylor)."""
-    s = _shape(model.config)
-    scores = _zeros(s)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    handles = _taylor_hooks(model, scores, s)
-    try:
-        for start in tqdm(range(0, len(windows), batch_size), desc="taylor importance", unit="batch"):
-            ids = windows[start:start + batch_size]
-            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-    return scores
+    batches = [windows[i:i + batch_size] for i in range(0, len(windows), batch_size)]
+    return _backward_scores(model, batches, taylor_saliency, with_kv=True, unit="batch")
 
 
 def taylor_scores(model, windows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -100,32 +105,9 @@ def taylor_scores(model, windows: torch.Tensor) -> dict[str, torch.Tensor]:
     window, sum_windows sum_structure (w * dL_window/dw)^2, from the weights that remove the
     structure: q rows + o_proj columns per query head, gate/up rows + down columns per MLP channel.
     'kv' stays 0: a KV group's score is its query heads' (the check that chose this criterion
-    measured q + o only). One weight's gradient alive at a time (freed in its hook)."""
-    s = _shape(model.config)
-    scores = _zeros(s)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    handles = []
-    for i, layer in enumerate(model.model.layers):
-        a, m = layer.self_attn, layer.mlp
-        for lin, key, dim, size in [(a.q_proj, "heads", 0, s["hd"]), (a.o_proj, "heads", 1, s["hd"]),
-                                    (m.gate_proj, "ffn", 0, 1), (m.up_proj, "ffn", 0, 1), (m.down_proj, "ffn", 1, 1)]:
-            def hook(p, i=i, key=key, dim=dim, size=size):
-                scores[key][i] += taylor_second_order(p.data, p.grad, dim, size)
-                p.grad = None
-            lin.weight.requires_grad_(True)
-            handles.append(lin.weight.register_post_accumulate_grad_hook(hook))
-    try:
-        for w in tqdm(range(len(windows)), desc="taylor importance", unit="window"):
-            ids = windows[w:w + 1]  # one window per backward: the squares need per-sample gradients
-            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-    return scores
+    measured q + o only). One window per backward: the squares need per-sample gradients."""
+    batches = [windows[w:w + 1] for w in range(len(windows))]
+    return _backward_scores(model, batches, taylor_second_order, with_kv=False, unit="window")
 
 
 def decide(cfg, method: WidthMethod, scores: dict, fraction: float, head_mode: HeadMode) -> dict:
