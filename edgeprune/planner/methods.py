@@ -26,14 +26,18 @@ def _sparsity_refusal(name: str, flag: str) -> ConfigError:
                        fix=f"prune with masks outside the planner: `edgeprune prune --method {name} --sparsity 0.5`")
 
 
-def check_depth_method(name: str, flag: str = "--method") -> None:
+def _check_kind(name: str, flag: str, own: str, role: str, other_use: str) -> None:
+    """`name` must be a method of kind `own` for `flag`; say which flag takes it otherwise."""
     kind = method_kind(name, where=flag)  # unknown: did you mean, across every kind
     if kind == "sparsity":
         raise _sparsity_refusal(name, flag)
-    if kind == "width":
-        raise ConfigError(f"'{name}' is a width method; {flag} sets the depth order", where=flag,
-                          fix=f"use --width-method {name} with --heads-keep / --ffn-keep, and a depth method "
-                              f"({', '.join(registry.names('depth'))}) for {flag}")
+    if kind != own:
+        raise ConfigError(f"'{name}' is a {kind} method; {flag} sets the {role}", where=flag,
+                          fix=f"use {other_use}, and a {own} method ({', '.join(registry.names(own))}) for {flag}")
+
+
+def check_depth_method(name: str, flag: str = "--method") -> None:
+    _check_kind(name, flag, "depth", "depth order", f"--width-method {name} with --heads-keep / --ffn-keep")
 
 
 def width_structures(name: str | None) -> tuple[str, ...]:
@@ -44,13 +48,7 @@ def check_width_method(recipe: Recipe, flag: str = "--width-method") -> None:
     name = recipe.width.method
     if name is None:
         return
-    kind = method_kind(name, where=flag)
-    if kind == "sparsity":
-        raise _sparsity_refusal(name, flag)
-    if kind == "depth":
-        raise ConfigError(f"'{name}' is a depth method; {flag} sets the width importance", where=flag,
-                          fix=f"use --method {name}, and a width method ({', '.join(registry.names('width'))}) "
-                              f"for {flag}")
+    _check_kind(name, flag, "width", "width importance", f"--method {name}")
     covered = width_structures(name)
     for structure, keep in (("heads", recipe.search.heads_keep), ("ffn", recipe.search.ffn_keep)):
         if structure not in covered and min(keep) < 1.0:
