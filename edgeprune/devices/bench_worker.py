@@ -2,7 +2,8 @@
 
 Shaped like llama-bench: a prompt-processing test (pp) and a token-generation test (tg), each
 repeated, with warm-up. Prompt tokens are fixed pseudo-random ids (seeded), as llama-bench does.
-Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS (0: all cores)
+Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS [REFERENCE]
+(THREADS 0: all cores; REFERENCE: measure MODEL interleaved with that GGUF, see run_paired)
 Standalone (stdlib + llama_cpp): the ssh runner copies this file to the remote and runs it there.
 """
 
@@ -35,39 +36,95 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: int) -> dict:
+def _load(model: str, n_ctx: int, threads: int):
     from llama_cpp import Llama
 
-    t0 = time.perf_counter()
-    llm = Llama(model_path=model, n_ctx=n_prompt + n_gen + 8, n_threads=threads, n_threads_batch=threads,
-                n_batch=512, verbose=False)
-    load_s = time.perf_counter() - t0
-    rng = random.Random(0)
+    return Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                 verbose=False)
+
+
+def _prompt(llm, n_prompt: int) -> list[int]:
+    rng = random.Random(0)  # the same ids for every model of one vocabulary: pairs compare like with like
     vocab = llm.n_vocab()
-    prompt = [rng.randrange(3, vocab) for _ in range(n_prompt)]
-    pp, tg = [], []
+    return [rng.randrange(3, vocab) for _ in range(n_prompt)]
+
+
+def _one_rep(llm, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """(pp tok/s, tg tok/s) of one repetition."""
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    t_pp = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n_gen):
+        llm.eval([prompt[-1]])  # fixed token, as llama-bench's tg test: timing, not text
+    t_tg = time.perf_counter() - t
+    return len(prompt) / t_pp, n_gen / t_tg
+
+
+def _progress(n: int):
     try:
         from tqdm import tqdm  # on stderr, which the parent passes through
     except ImportError:  # a bare remote (ssh runner) may have llama-cpp-python only
-        def tqdm(it, **_kw):
-            return it
+        return range(n)
+    return tqdm(range(n), desc="benchmark", unit="rep", leave=False)
 
-    for rep in tqdm(range(warmup + reps), desc="benchmark", unit="rep", leave=False):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(prompt)
-        t_pp = time.perf_counter() - t
-        t = time.perf_counter()
-        for _ in range(n_gen):
-            llm.eval([prompt[-1]])  # fixed token, as llama-bench's tg test: timing, not text
-        t_tg = time.perf_counter() - t
+
+def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: int) -> dict:
+    t0 = time.perf_counter()
+    llm = _load(model, n_prompt + n_gen + 8, threads)
+    load_s = time.perf_counter() - t0
+    prompt = _prompt(llm, n_prompt)
+    pp, tg = [], []
+    for rep in _progress(warmup + reps):
+        s_pp, s_tg = _one_rep(llm, prompt, n_gen)
         if rep >= warmup:
-            pp.append(n_prompt / t_pp)
-            tg.append(n_gen / t_tg)
+            pp.append(s_pp)
+            tg.append(s_tg)
     peak_kb = _peak_rss_kb()
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
             "load_s": load_s, "pp_tps": _stats(pp), "tg_tps": _stats(tg), "peak_rss_bytes": peak_kb * 1024,
             "model_bytes": os.path.getsize(model), "host": _host()}
+
+
+def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: int) -> dict:
+    """`model` and `reference` loaded in this one process and measured alternately, so both see the
+    same machine state: this VM's speed drifts 10-25 % within minutes, which separate runs cannot
+    tell from a model's speed. Pair i is reference then candidate for even i, the reverse for odd i
+    (ABBA), so a drift that is linear across two pairs cancels in the ratios. Returns the candidate's
+    numbers as `run` does, the reference's under "reference" and the per-pair candidate/reference
+    ratios under "paired". peak_rss_bytes is the candidate's own peak, read before the reference
+    is loaded (after at least one warm-up, so its weights and compute buffers are resident)."""
+    n_ctx = n_prompt + n_gen + 8
+    t0 = time.perf_counter()
+    cand = _load(model, n_ctx, threads)
+    load_s = time.perf_counter() - t0
+    c_prompt = _prompt(cand, n_prompt)
+    for _ in range(max(1, warmup)):
+        _one_rep(cand, c_prompt, n_gen)
+    peak_kb = _peak_rss_kb()
+    ref = _load(reference, n_ctx, threads)
+    r_prompt = _prompt(ref, n_prompt)
+    for _ in range(warmup):
+        _one_rep(ref, r_prompt, n_gen)
+    c, r = [], []  # (pp, tg) per pair
+    for i in _progress(reps):
+        if i % 2 == 0:
+            r.append(_one_rep(ref, r_prompt, n_gen))
+            c.append(_one_rep(cand, c_prompt, n_gen))
+        else:
+            c.append(_one_rep(cand, c_prompt, n_gen))
+            r.append(_one_rep(ref, r_prompt, n_gen))
+    col = lambda rows, j: [row[j] for row in rows]  # noqa: E731
+    return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
+            "load_s": load_s, "pp_tps": _stats(col(c, 0)), "tg_tps": _stats(col(c, 1)),
+            "peak_rss_bytes": peak_kb * 1024, "peak_rss_both_bytes": _peak_rss_kb() * 1024,
+            "model_bytes": os.path.getsize(model), "host": _host(),
+            "reference": {"model": os.path.basename(reference), "model_bytes": os.path.getsize(reference),
+                          "pp_tps": _stats(col(r, 0)), "tg_tps": _stats(col(r, 1))},
+            "paired": {"order": "ABBA", "pairs": reps,
+                       "pp_ratio": _stats([a[0] / b[0] for a, b in zip(c, r)]),
+                       "tg_ratio": _stats([a[1] / b[1] for a, b in zip(c, r)])}}
 
 
 def _host() -> dict:
@@ -87,4 +144,6 @@ def _host() -> dict:
 
 if __name__ == "__main__":
     m, p, n, r, w, th = sys.argv[1:7]
-    print(json.dumps(run(m, int(p), int(n), int(r), int(w), int(th) or os.cpu_count() or 1)))
+    nums = (int(p), int(n), int(r), int(w), int(th) or os.cpu_count() or 1)
+    ref_path = sys.argv[7] if len(sys.argv) > 7 else None
+    print(json.dumps(run_paired(m, ref_path, *nums) if ref_path else run(m, *nums)))

@@ -1,4 +1,9 @@
-"""Runners measure a GGUF on a device and return llama-bench-shaped JSON."""
+"""Runners measure a GGUF on a device and return llama-bench-shaped JSON.
+
+Every runner takes an optional `reference` GGUF: the two are then measured interleaved in one
+process (bench_worker.run_paired), and the result carries the reference's numbers and the
+per-pair candidate/reference ratios, which the machine's speed drift does not move.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +44,12 @@ def host_info() -> dict:
 
 
 @register("runner", "local")
-def run_local(gguf: Path, spec: BenchSpec) -> dict:
+def run_local(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict:
     threads = spec.threads or os.cpu_count() or 1
     cmd = [sys.executable, "-m", "edgeprune.devices.bench_worker", str(gguf), str(spec.prompt_tokens),
            str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(threads)]
+    if reference is not None:
+        cmd.append(str(reference))
     # stderr passes through so the worker's progress bar shows; stdout carries the JSON
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0 or not res.stdout.strip():
@@ -54,34 +61,47 @@ def run_local(gguf: Path, spec: BenchSpec) -> dict:
 
 
 @register("runner", "fake")
-def run_fake(gguf: Path, spec: BenchSpec) -> dict:
-    """Deterministic numbers from file size, for tests: speed ~ 1 / bytes, like a memory-bound decode."""
+def run_fake(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict:
+    """Deterministic numbers from file size, for tests: speed ~ 1 / bytes, like a memory-bound decode.
+    With a reference: the reference's numbers by the same law and exact ratios (a machine that never drifts)."""
+    out = _fake_numbers(gguf, spec)
+    if reference is not None:
+        ref = _fake_numbers(reference, spec)
+        out["reference"] = {"model": reference.name, "model_bytes": ref["model_bytes"], "pp_tps": ref["pp_tps"],
+                            "tg_tps": ref["tg_tps"]}
+        out["paired"] = {"order": "ABBA", "pairs": spec.repetitions,
+                         **{f"{k}_ratio": _fake_stat(out[f"{k}_tps"]["median"] / ref[f"{k}_tps"]["median"],
+                                                     spec.repetitions) for k in ("pp", "tg")}}
+    return out
+
+
+def _fake_stat(v: float, n: int) -> dict:
+    return {"median": v, "mean": v, "stdev": 0.0, "min": v, "max": v, "samples": [v] * n}
+
+
+def _fake_numbers(gguf: Path, spec: BenchSpec) -> dict:
     size = gguf.stat().st_size
     tg = 2.0e9 / size
-    pp = 10 * tg
-
-    def stat(v: float) -> dict:
-        return {"median": v, "mean": v, "stdev": 0.0, "min": v, "max": v, "samples": [v] * spec.repetitions}
-
     return {"n_prompt": spec.prompt_tokens, "n_gen": spec.gen_tokens, "repetitions": spec.repetitions,
-            "warmup": spec.warmup, "n_threads": spec.threads or 1, "load_s": 0.0, "pp_tps": stat(pp),
-            "tg_tps": stat(tg), "peak_rss_bytes": int(size * 1.2), "model_bytes": size,
+            "warmup": spec.warmup, "n_threads": spec.threads or 1, "load_s": 0.0,
+            "pp_tps": _fake_stat(10 * tg, spec.repetitions), "tg_tps": _fake_stat(tg, spec.repetitions),
+            "peak_rss_bytes": int(size * 1.2), "model_bytes": size,
             "runner": "fake", "measured": False, "host": {"cpu_model": "fake"}}
 
 
 @register("runner", "ssh")
-def run_ssh(gguf: Path, spec: BenchSpec, device=None) -> dict:
+def run_ssh(gguf: Path, spec: BenchSpec, device=None, reference: Path | None = None) -> dict:
     """Benchmark on a remote over ssh (devices/ssh.py); `device` is the target's device section."""
     from edgeprune.devices.ssh import run_ssh as _run_ssh
     from edgeprune.errors import ConfigError
 
     if device is None or not getattr(device, "ssh_host", None):
         raise ConfigError("the ssh runner needs device.ssh_host", where="target device", fix="set ssh_host: user@host")
-    return _run_ssh(gguf, spec, device)
+    return _run_ssh(gguf, spec, device, reference)
 
 
 def get_runner(name: str, device=None):
-    """The runner callable (gguf, spec) -> dict; ssh is bound to the target's device section."""
+    """The runner callable (gguf, spec, reference=None) -> dict; ssh is bound to the target's device section."""
     import functools
 
     from edgeprune import registry

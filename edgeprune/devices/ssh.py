@@ -51,7 +51,8 @@ def _run(argv: list[str], what: str, where: str, timeout: float) -> str:
     return res.stdout
 
 
-def run_ssh(gguf: Path, spec, device) -> dict:
+def run_ssh(gguf: Path, spec, device, reference: Path | None = None) -> dict:
+    """`reference`: a second GGUF copied along and measured interleaved with `gguf` (bench_worker.run_paired)."""
     ssh, scp, host = ssh_base(device)
     where = f"ssh {host}"
     connect = device.connect_timeout_s + 20
@@ -60,9 +61,15 @@ def run_ssh(gguf: Path, spec, device) -> dict:
     try:
         _run([*scp, str(gguf), str(WORKER), f"{host}:{remote}/"], "copying the GGUF", where,
              connect + gguf.stat().st_size / 5e6)  # >= 5 MB/s, or it is not worth waiting
-        cmd = " ".join(shlex.quote(x) for x in [
-            device.ssh_python, f"{remote}/bench_worker.py", f"{remote}/{gguf.name}", str(spec.prompt_tokens),
-            str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(spec.threads or 0)])
+        if reference is not None:  # in its own folder: a pruned GGUF and its baseline may share a file name
+            _run([*ssh, host, f"mkdir {shlex.quote(remote)}/ref"], "creating a remote temp dir", where, connect)
+            _run([*scp, str(reference), f"{host}:{remote}/ref/"], "copying the reference GGUF", where,
+                 connect + reference.stat().st_size / 5e6)
+        argv = [device.ssh_python, f"{remote}/bench_worker.py", f"{remote}/{gguf.name}", str(spec.prompt_tokens),
+                str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(spec.threads or 0)]
+        if reference is not None:
+            argv.append(f"{remote}/ref/{reference.name}")
+        cmd = " ".join(shlex.quote(x) for x in argv)
         out = _run([*ssh, host, cmd], "the remote benchmark", where, RUN_TIMEOUT_S)
     finally:
         subprocess.run([*ssh, host, f"rm -rf {shlex.quote(remote)}"], capture_output=True, timeout=connect)

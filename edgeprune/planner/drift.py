@@ -17,12 +17,20 @@ another load state. Below `cores - threads` the benchmark has free cores and the
 matter, which keeps an idle machine's small load wiggles from triggering re-measurements. The fake
 runner's numbers are synthetic and never drift; for ssh only the age rule applies (this host's
 load says nothing about the remote's).
+
+Pairing (`paired_drift`, `at_drift`): the rules above cannot make two benchmarks taken minutes apart
+comparable when the machine itself drifts 10-25 % while idle (bench/README, Planner). So every
+searched candidate is measured interleaved with the run's baseline GGUF in one process; the
+baseline's own measurement is the run's speed *level*, and drift = reference-now / level says how
+fast the machine ran in the candidate's minute. The calibration sees measured / drift (the speed
+at the level), predictions are made at the level and scaled by the latest drift.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from edgeprune.runner.resume import START
@@ -64,10 +72,31 @@ def stale_reason(meta: dict, runner: str, threads: int, now: float, load_now: fl
     return None
 
 
-def fresh_benchmark(store, gguf: Path, gguf_key: str, target, reps: int, warmup: int, started: float | None) -> dict:
-    """The GGUF's benchmark, measured in this run's load state; says whether it was reused or re-measured."""
+NO_DRIFT = {"tg_tps": 1.0, "pp_tps": 1.0}
+
+
+def paired_drift(bench: dict, level: dict) -> dict:
+    """Speed of the machine during `bench` over its speed when `level` (the run's baseline
+    benchmark) was taken, per test: the paired reference's median / the level's median. An
+    unpaired benchmark (the baseline itself) defines the level: no drift."""
+    ref = bench.get("reference")
+    if ref is None:
+        return dict(NO_DRIFT)
+    return {k: ref[k]["median"] / level[k]["median"] for k in NO_DRIFT}
+
+
+def at_drift(pred, drift: dict):
+    """A level-scale Prediction as it would be measured at `drift` (speeds scaled, sizes unchanged)."""
+    return replace(pred, tg_tps=pred.tg_tps * drift["tg_tps"], pp_tps=pred.pp_tps * drift["pp_tps"])
+
+
+def fresh_benchmark(store, gguf: Path, gguf_key: str, target, reps: int, warmup: int, started: float | None,
+                    reference: tuple[Path, str] | None = None) -> dict:
+    """The GGUF's benchmark, measured in this run's load state; says whether it was reused or re-measured.
+    `reference`: (GGUF, key) to measure interleaved with it (see paired_drift). A cached paired benchmark
+    keeps its ratio whatever its age, but its absolute numbers (which the budget checks) follow the rules above."""
     t0 = time.time()
-    bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup))
+    bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, reference=reference))
     reused = bench.get("measured_at") is None or bench["measured_at"] < t0
     reason = None
     if reused:
@@ -75,7 +104,8 @@ def fresh_benchmark(store, gguf: Path, gguf_key: str, target, reps: int, warmup:
         reason = stale_reason(bench, target.device.runner, threads, time.time(), os.getloadavg()[0],
                               os.cpu_count() or 1, started)
         if reason is not None:
-            bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, session=round(started or t0)))
+            bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, session=round(started or t0),
+                                   reference=reference))
             reused = bench["measured_at"] < t0
     bench["reused_cached_measurement"] = reused
     bench["remeasured_because"] = reason

@@ -1,4 +1,12 @@
-"""Run a Plan: baseline, then search -> measure -> recalibrate until the budget is met (searcher.py)."""
+"""Run a Plan: baseline, then search -> measure -> recalibrate until the budget is met (searcher.py).
+
+Every searched candidate is benchmarked paired with the baseline GGUF (planner/drift.py): the
+manifest keeps per candidate the reference's numbers (`bench.reference`, `bench.paired`), the
+drift, and two errors: `prediction_error_pct` (the prediction at the candidate's own measured
+drift: the cost model's error) and `absolute_prediction_error_pct` (the prediction the decision
+used, made before the measurement: model + the machine's drift since). Budget checks use the
+absolute measured numbers: the budget is absolute.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +22,10 @@ from edgeprune.devices.runners import cpu_model
 from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
 from edgeprune.planner.candidates import depth_costs
-from edgeprune.planner.searcher import Searcher, errors_pct, prediction_record
+from edgeprune.planner.searcher import Searcher, at_measured_drift, errors_pct, prediction_record
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
-from edgeprune.planner.drift import fresh_benchmark, session_start
+from edgeprune.planner.drift import fresh_benchmark, paired_drift, session_start
 from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_delivered, evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -63,7 +71,7 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
     gguf_key = f"{pruned_key}:{cand.quant}"
     bench = fresh_benchmark(store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup,
-                            session_start(plan.out))
+                            session_start(plan.out), reference=_reference(state, gguf))
     ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
                        plan.target.device.threads)
     checks = check_budget(bench, plan.target.budget)
@@ -80,6 +88,13 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     it["gguf_key"] = gguf_key
     state.iterations.append(it)
     return it
+
+
+def _reference(state: RunState, gguf: Path) -> tuple[Path, str] | None:
+    """The baseline GGUF a candidate is measured with (none for the baseline itself)."""
+    if not state.iterations or Path(state.iterations[0]["gguf"]) == Path(gguf):
+        return None
+    return Path(state.iterations[0]["gguf"]), state.iterations[0]["gguf_key"]
 
 
 def measured_where(target, bench: dict) -> dict:
@@ -118,12 +133,14 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
 
 
 def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> dict:
-    pred = s.predict(cand)
+    pred = s.predict_level(cand)
     predicted = prediction_record(s, cand, pred)
     it = measure(state, cand, ctx)
     ok, _ = quality_ok(state, it)
     it["predicted"] = predicted
-    it["prediction_error_pct"] = errors_pct(predicted, it)
+    it["drift"] = paired_drift(it["bench"], state.iterations[0]["bench"])
+    it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], state.plan.target.budget), it)
+    it["absolute_prediction_error_pct"] = errors_pct(predicted, it)
     s.observe(cand, pred, it, (it["bench"].get("host") or {}))
     log(_line(it))
     return it
@@ -222,7 +239,9 @@ def _line(it: dict) -> str:
     checks = ", ".join(f"{n} {c['measured']:.3g}/{c['required']:.3g} {'ok' if c['met'] else 'MISS'}"
                        for n, c in it["checks"].items())
     err = it.get("prediction_error_pct", {})
-    pred = f" [pred err tg {err['tg_tps']:+.1f}%]" if "tg_tps" in err else ""
+    absolute, drift = it.get("absolute_prediction_error_pct", {}), it.get("drift", {}).get("tg_tps", 1.0)
+    pred = (f" [pred err tg {err['tg_tps']:+.1f}% at drift x{drift:.2f}, absolute {absolute['tg_tps']:+.1f}%]"
+            if "tg_tps" in err and "tg_tps" in absolute else "")
     return (f"k={it['k']:>2} {it.get('quant', '')} layers={it['layers']:>2} size={it['gguf_bytes'] / 1e6:.1f} MB "
             f"tg={it['bench']['tg_tps']['median']:.1f} tok/s pp={it['bench']['pp_tps']['median']:.1f} tok/s "
             f"latency={it['latency_s']:.3f}s ppl={it['ppl']['ppl']:.2f} (x{it.get('ppl_ratio', 1):.3f}){pred} | {checks}")

@@ -4,6 +4,10 @@
 Pareto front and picks the best-quality candidate predicted to meet the budget; `observe()`
 feeds a measurement back (calibration sample for the target, quality refit). Execution lives
 in execute.py; this module never prunes or benchmarks anything.
+
+Speeds live at two scales (planner/drift.py): the calibration is fitted at the run's *level* (its
+baseline's measurement; paired samples are divided by their drift), and a decision predicts
+level x the latest measured drift, since the budget is absolute and the machine runs at that drift now.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from edgeprune.planner.budget import Requirements, compile_budget
 from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid,
                                           pareto_front, score_all)
+from edgeprune.planner.drift import NO_DRIFT, at_drift
 from edgeprune.targets import calibration as cal
 from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, Prediction, predict
 from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
@@ -67,6 +72,7 @@ class Searcher:
     measured: dict = field(default_factory=dict)   # Candidate -> {"speed_ok", "quality_ok"}
     run_samples: list = field(default_factory=list)  # calibration samples measured by this run
     history: Factors = field(default_factory=Factors)  # fitted on the samples earlier runs stored
+    drift: dict = field(default_factory=lambda: dict(NO_DRIFT))  # the latest measurement's, vs the run's level
 
     @classmethod
     def build(cls, base: ModelShape, target, recipe, max_removed: int, depth_cost: list[float],
@@ -98,10 +104,15 @@ class Searcher:
         return [c for c in grid(self.base.layers, self.max_removed, list(sr.quants), heads, ffns)
                 if candidate_allowed(self.recipe, c.heads, c.ffn)]
 
-    def predict(self, c: Candidate) -> Prediction:
+    def predict_level(self, c: Candidate) -> Prediction:
+        """At the run's speed level: what the calibration was fitted on."""
         b = self.target.budget
         return predict(self.base, c, self.device, self.factors, b.prompt_tokens, b.answer_tokens,
                        b.context_tokens, self.kv_bytes_meta)
+
+    def predict(self, c: Candidate) -> Prediction:
+        """As the machine would measure it now: the level scaled by the latest drift."""
+        return at_drift(self.predict_level(c), self.drift)
 
     def requirements(self) -> Requirements:
         p = self.predict(Candidate(quant=self.recipe.export.quant))
@@ -128,13 +139,17 @@ class Searcher:
                 "requirements": self.requirements()}
 
     def observe(self, cand: Candidate, pred: Prediction, it: dict, host: dict | None) -> None:
-        """A measurement of `cand`: calibrate the cost model and the quality model."""
+        """A measurement of `cand` (`it["drift"]`: the machine's, vs the level): calibrate the cost model
+        at the level and the quality model; later decisions predict at this drift."""
         bench = it["bench"]
         if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
             # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
             self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
-        sample = cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner, cand.quant)
+        drift = it.get("drift", NO_DRIFT)
+        sample = cal.normalized(cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner,
+                                                cand.quant), drift)
         self.run_samples.append(sample)
+        self.drift = dict(drift)
         if self.calib_path is not None:
             cal.add_sample(self.calib_path, dict(self.fingerprint or {}), sample)
         self.reload()
@@ -148,10 +163,12 @@ class Searcher:
                                "quality_ok": ratio is None or ratio <= self.target.budget.max_ppl_ratio}
 
 
-def prediction_record(s: Searcher, cand: Candidate, pred: Prediction) -> dict:
-    """What the manifest stores as 'predicted' for one candidate, labelled as such."""
+def prediction_record(s: Searcher, cand: Candidate, level: Prediction) -> dict:
+    """What the manifest stores as 'predicted' for one candidate, labelled as such: the speeds the
+    decision used (`level` x the drift then), and the level-scale ones the drift-corrected error uses."""
     b = s.target.budget
     f = s.factors
+    pred = at_drift(level, s.drift)
     measured_type = cand.quant in f.decode_quant
     return {"kind": "predicted", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "by": f"cost model ({f.samples} calibration samples of target '{s.target.name}', runner "
@@ -160,9 +177,18 @@ def prediction_record(s: Searcher, cand: Candidate, pred: Prediction) -> dict:
             "decode_efficiency": 1.0 / f.decode_theta(cand.quant)[0],
             "quant_efficiency": "measured" if measured_type else "prior",
             "tg_tps": pred.tg_tps, "pp_tps": pred.pp_tps, "latency_s": pred.latency_s(b.prompt_tokens, b.answer_tokens),
+            "drift_applied": dict(s.drift), "level": {"tg_tps": level.tg_tps, "pp_tps": level.pp_tps},
             "file_bytes": pred.file_bytes, "ram_bytes": pred.ram_bytes, "kv_bytes": pred.kv_bytes,
             "ppl_ratio": s.quality.predict(cand, (cand.heads or s.base.heads) / s.base.heads,
                                            (cand.ffn or s.base.ffn) / s.base.ffn)}
+
+
+def at_measured_drift(predicted: dict, drift: dict, budget) -> dict:
+    """The level-scale prediction scaled by the drift measured with the candidate (its same-minute
+    reference): what it leaves of the error is the cost model's own, not the machine's drift."""
+    tg, pp = predicted["level"]["tg_tps"] * drift["tg_tps"], predicted["level"]["pp_tps"] * drift["pp_tps"]
+    return {**predicted, "tg_tps": tg, "pp_tps": pp,
+            "latency_s": budget.prompt_tokens / pp + budget.answer_tokens / tg}
 
 
 def errors_pct(predicted: dict, it: dict) -> dict:

@@ -35,14 +35,16 @@ def check_budget(bench: dict, budget: Budget) -> dict:
 
 
 def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int,
-              session: int | None = None) -> dict:
-    """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start."""
+              session: int | None = None, reference: tuple[Path, str] | None = None) -> dict:
+    """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start.
+    `reference`: (GGUF, its key) measured interleaved with `gguf` in the same process (devices/runners.py)."""
     spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads)
     runner = get_runner(target.device.runner, target.device)
 
     def build(out: Path) -> dict:
         load = os.getloadavg()[0]  # before the run: the contention the measurement starts under
-        return runner(gguf, spec) | {"measured_at": time.time(), "loadavg": load}
+        paired = {"reference": reference[0]} if reference else {}
+        return runner(gguf, spec, **paired) | {"measured_at": time.time(), "loadavg": load}
 
     # protocol: bump when the worker's measurement changes, so stale numbers are not reused
     key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 2}
@@ -50,4 +52,6 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     if session is not None:
         key["session"] = session
+    if reference is not None:
+        key["reference"] = reference[1]
     return store.run("bench", key, build).meta

@@ -6,7 +6,9 @@ with several, theta is a least-squares fit of relative error, pulled gently towa
 prior (ridge) so two nearly collinear samples cannot produce a wild slope. The bandwidth (decode)
 and compute (prefill) terms are fitted per quant type, the dispatch terms shared; a type never
 measured on the target gets the samples' average efficiency (`fit_per_quant`). `relevel` carries
-per-type efficiencies from earlier runs into a run measured under another load.
+per-type efficiencies from earlier runs into a run measured under another load. A sample measured
+paired with the run's baseline is stored at the run's speed level (`normalized`), so one run's
+samples are fitted as if taken in the same minute.
 
 Stored as JSON in ~/.cache/edgeprune/calibration/<target>[.<runner>].json ($EDGEPRUNE_CALIBRATION
 overrides the folder). A sample from another machine fingerprint (CPU, threads, host) resets
@@ -178,3 +180,13 @@ def sample_from(pred, bench: dict, label: str, runner: str, quant: str | None = 
             "tg_tps": bench["tg_tps"]["median"], "pp_tps": bench["pp_tps"]["median"],
             "peak_rss_bytes": bench.get("peak_rss_bytes"), "file_bytes": bench.get("model_bytes"),
             "ram_static": pred.ram_static}
+
+
+def normalized(sample: dict, drift: dict) -> dict:
+    """The sample at the run's speed level: measured speed / the machine's drift in its minute
+    (planner/drift.py). Fitting measured speeds instead would read a 20 % slower minute as a 20 %
+    less efficient quant type. The measured numbers and the drift stay in the sample, for the record."""
+    if all(v == 1.0 for v in drift.values()):
+        return sample
+    return {**sample, "tg_tps": sample["tg_tps"] / drift["tg_tps"], "pp_tps": sample["pp_tps"] / drift["pp_tps"],
+            "measured_tg_tps": sample["tg_tps"], "measured_pp_tps": sample["pp_tps"], "drift": dict(drift)}
