@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.planner.drift import NO_DRIFT, at_drift, paired_drift
-from edgeprune.targets.calibration import fit, normalized
+from edgeprune.targets.calibration import common_level, fit, normalized
 from edgeprune.targets.costmodel import Candidate, Factors, predict
 
 from test_planner_calibration import DEV, SMOL, measure
@@ -95,8 +95,37 @@ def test_a_drifting_device_is_fitted_within_1_percent_when_paired_and_not_when_u
     _, tg_now, _ = measure(Candidate(8, quant="Q4_0"), level=1 / 0.8)
     now = at_drift(predict(SMOL, Candidate(8, quant="Q4_0"), DEV, paired_fit, 64, 100), {"tg_tps": 0.8, "pp_tps": 0.8})
     assert now.tg_tps == pytest.approx(tg_now, rel=0.01)
-    assert normalized(base_sample, dict(NO_DRIFT)) is base_sample  # an unpaired sample is stored as measured
+    assert normalized(base_sample, dict(NO_DRIFT)) == base_sample  # an unpaired sample is stored as measured
     assert fit([base_sample]).samples == 1 and Factors().samples == 0
+
+
+def _run_samples(cands: list[Candidate], speed: float) -> list[dict]:
+    """One run's samples at its own level: a baseline (Q4_K_M, unpaired) and paired candidates, all
+    measured while the machine runs at `speed` x the first run's speed."""
+    base, tg0, pp0 = measure(Candidate(0, quant="Q4_K_M"), level=1 / speed)
+    lv = {"baseline": "smol:Q4_K_M", "tg_tps": tg0, "pp_tps": pp0}
+    out = [normalized(base, dict(NO_DRIFT), lv)]
+    for c in cands:
+        sample, bench = _paired_bench(c, speed * 0.9)  # and a further drift inside the run
+        out.append(normalized(sample, paired_drift(bench, {k: {"median": lv[k]} for k in NO_DRIFT}), lv))
+    return out
+
+
+def test_samples_of_two_runs_are_put_on_the_latest_runs_level():
+    first = _run_samples([Candidate(0, quant="Q4_0"), Candidate(3, quant="Q4_0")], speed=1.0)
+    later = _run_samples([Candidate(5, quant="Q4_K_M")], speed=0.75)  # the machine 25 % slower since
+    joined = common_level(first + later)
+    assert [s["tg_tps"] for s in joined[3:]] == [s["tg_tps"] for s in later]  # the latest level is the scale
+    assert joined[0]["tg_tps"] == pytest.approx(later[0]["tg_tps"])  # the first run's baseline, rescaled
+    f, mixed = fit(joined), fit(first + later)
+    worst_mixed = 0.0
+    for c in (Candidate(8, quant="Q4_0"), Candidate(8, quant="Q4_K_M")):
+        _, tg, pp = measure(c, level=1 / 0.75)
+        p = predict(SMOL, c, DEV, f, 64, 100)
+        assert p.tg_tps == pytest.approx(tg, rel=0.01) and p.pp_tps == pytest.approx(pp, rel=0.01), c
+        worst_mixed = max(worst_mixed, abs(predict(SMOL, c, DEV, mixed, 64, 100).tg_tps / tg - 1))
+    assert worst_mixed > 0.10  # fitted as stored, Q4_0 keeps the first run's faster minute
+    assert common_level([{"tg_tps": 5.0, "pp_tps": 9.0}]) == [{"tg_tps": 5.0, "pp_tps": 9.0}]  # no level: as is
 
 
 def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_calib, tmp_path, monkeypatch):

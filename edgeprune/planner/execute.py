@@ -138,7 +138,10 @@ def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
     it = measure(state, cand, ctx)
     ok, _ = quality_ok(state, it)
     it["predicted"] = predicted
-    it["drift"] = paired_drift(it["bench"], state.iterations[0]["bench"])
+    base = state.iterations[0]
+    it["drift"] = paired_drift(it["bench"], base["bench"])
+    it["speed_level"] = {"baseline": base["gguf_key"], "tg_tps": base["bench"]["tg_tps"]["median"],
+                         "pp_tps": base["bench"]["pp_tps"]["median"]}
     it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], state.plan.target.budget), it)
     it["absolute_prediction_error_pct"] = errors_pct(predicted, it)
     s.observe(cand, pred, it, (it["bench"].get("host") or {}))

@@ -147,7 +147,7 @@ class Searcher:
             self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
         drift = it.get("drift", NO_DRIFT)
         sample = cal.normalized(cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner,
-                                                cand.quant), drift)
+                                                cand.quant), drift, it.get("speed_level"))
         self.run_samples.append(sample)
         self.drift = dict(drift)
         if self.calib_path is not None:

@@ -8,7 +8,8 @@ and compute (prefill) terms are fitted per quant type, the dispatch terms shared
 measured on the target gets the samples' average efficiency (`fit_per_quant`). `relevel` carries
 per-type efficiencies from earlier runs into a run measured under another load. A sample measured
 paired with the run's baseline is stored at the run's speed level (`normalized`), so one run's
-samples are fitted as if taken in the same minute.
+samples are fitted as if taken in the same minute, and samples of several runs are put on the
+latest run's level through the baseline every run measures (`common_level`).
 
 Stored as JSON in ~/.cache/edgeprune/calibration/<target>[.<runner>].json ($EDGEPRUNE_CALIBRATION
 overrides the folder). A sample from another machine fingerprint (CPU, threads, host) resets
@@ -71,7 +72,7 @@ def add_sample(path: Path, fp: dict, sample: dict) -> dict:
     same = json.loads(json.dumps(sample, default=str))
     kept = [s for s in data["samples"] if {k: v for k, v in s.items() if k != "time"} != same]
     data["samples"] = (kept + [{**sample, "time": time.time()}])[-MAX_SAMPLES:]
-    data["factors"] = factors_dict(fit(data["samples"]))
+    data["factors"] = factors_dict(fit(common_level(data["samples"])))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
@@ -171,7 +172,7 @@ def current_factors(path: Path, fp: dict | None = None) -> Factors:
     data = load(path)
     if fp is not None and data.get("fingerprint") not in (None, fp):
         return Factors()
-    return fit(data["samples"])
+    return fit(common_level(data["samples"]))
 
 
 def sample_from(pred, bench: dict, label: str, runner: str, quant: str | None = None) -> dict:
@@ -182,11 +183,36 @@ def sample_from(pred, bench: dict, label: str, runner: str, quant: str | None = 
             "ram_static": pred.ram_static}
 
 
-def normalized(sample: dict, drift: dict) -> dict:
+def normalized(sample: dict, drift: dict, level: dict | None = None) -> dict:
     """The sample at the run's speed level: measured speed / the machine's drift in its minute
     (planner/drift.py). Fitting measured speeds instead would read a 20 % slower minute as a 20 %
-    less efficient quant type. The measured numbers and the drift stay in the sample, for the record."""
+    less efficient quant type. The measured numbers and the drift stay in the sample, for the record.
+    `level`: {"baseline": its GGUF key, "tg_tps", "pp_tps"}, the run's level, kept so that samples
+    of several runs can be put on one level later (`common_level`)."""
+    out = dict(sample) if level is None else {**sample, "level": dict(level)}
     if all(v == 1.0 for v in drift.values()):
-        return sample
-    return {**sample, "tg_tps": sample["tg_tps"] / drift["tg_tps"], "pp_tps": sample["pp_tps"] / drift["pp_tps"],
+        return out
+    return {**out, "tg_tps": sample["tg_tps"] / drift["tg_tps"], "pp_tps": sample["pp_tps"] / drift["pp_tps"],
             "measured_tg_tps": sample["tg_tps"], "measured_pp_tps": sample["pp_tps"], "drift": dict(drift)}
+
+
+def common_level(samples: list[dict]) -> list[dict]:
+    """Samples of several runs, each stored at its own run's level, rescaled to the level of the
+    latest run that measured the same baseline GGUF. Every run measures its baseline, so the ratio of
+    two runs' levels is a measured number, not a guess; without this, a run's per-type efficiencies
+    would mix with another run's minute (a 20 % slower run pulls the types it measured 20 % down).
+    Samples without a level (older files, other baselines' runs with no link) stay as they are."""
+    latest: dict[str, dict] = {}
+    for smp in samples:
+        if smp.get("level"):
+            latest[smp["level"]["baseline"]] = smp["level"]
+    out = []
+    for smp in samples:
+        lv = smp.get("level")
+        if not lv:
+            out.append(smp)
+            continue
+        to = latest[lv["baseline"]]
+        out.append({**smp, "tg_tps": smp["tg_tps"] * to["tg_tps"] / lv["tg_tps"],
+                    "pp_tps": smp["pp_tps"] * to["pp_tps"] / lv["pp_tps"]})
+    return out
