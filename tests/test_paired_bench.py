@@ -16,6 +16,7 @@ from edgeprune.targets.calibration import common_level, fit, normalized
 from edgeprune.targets.costmodel import Candidate, Factors, predict
 
 from test_planner_calibration import DEV, SMOL, measure
+from test_ssh_runner import needs_sshd, sshd  # noqa: F401  (sshd: the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +172,14 @@ def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_cali
     assert stored["tg_tps"] == pytest.approx(stored["measured_tg_tps"] / 0.8)
     if len(m["iterations"]) > 2:  # a later decision predicted at the latest drift
         assert m["iterations"][2]["predicted"]["drift_applied"]["tg_tps"] == pytest.approx(0.8)
+
+
+@needs_sshd
+def test_ssh_runner_copies_the_reference_and_pairs(sshd):
+    from edgeprune.toolchain.hf import default_model_path
+
+    gguf = default_model_path()  # candidate and reference share a name: the reference goes in its own folder
+    res = get_runner("ssh", sshd)(gguf, BenchSpec(8, 4, repetitions=2, warmup=0, threads=1), reference=gguf)
+    assert res["runner"] == "ssh" and res["reference"]["model"] == gguf.name
+    assert res["reference"]["model_bytes"] == res["model_bytes"] == gguf.stat().st_size
+    assert len(res["paired"]["tg_ratio"]["samples"]) == 2 and res["paired"]["tg_ratio"]["median"] > 0
