@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,21 +30,24 @@ def _models(pairs: list[str]) -> dict[str, Path]:
     return {p.split("=", 1)[0]: Path(p.split("=", 1)[1]) if "=" in p else None for p in pairs}
 
 
-def run_task_phase(models: dict[str, Path], tasks: list[str], limit: int, mmlu_limit: int, threads: int) -> None:
-    from edgeprune.toolchain.lmeval import run_tasks
+def run_task_phase(models: dict[str, Path], tasks: list[str], limit: int, mmlu_limit: int, threads: int,
+                   backend: str = "llama.cpp", task_limits: dict[str, int] | None = None) -> None:
+    """One JSON per model and task under OUT; limit 0 = the full set. The model is loaded once per model."""
+    from edgeprune.toolchain.lmeval import model_for, run_tasks
 
     for name, path in models.items():
-        for task in tasks:
-            dst = OUT / name / f"{task}.json"
-            if dst.is_file():
-                continue
-            n = mmlu_limit if task.startswith("mmlu") else limit
+        todo = [t for t in tasks if not (OUT / name / f"{t}.json").is_file()]
+        lm = model_for(path, threads, 2048, backend) if todo and backend == "torch" else None
+        for task in todo:
+            n = (task_limits or {}).get(task, mmlu_limit if task.startswith("mmlu") else limit) or None
             t0 = time.time()
-            res = run_tasks(path, [task], n, threads=threads)
-            res |= {"model": str(path), "limit": n, "wall_s": round(time.time() - t0, 1)}
+            res = run_tasks(path, [task], n, threads=threads, backend=backend, lm=lm)
+            res |= {"model": str(path), "limit": n, "wall_s": round(time.time() - t0, 1),
+                    "loadavg_end": os.getloadavg()[0]}
+            dst = OUT / name / f"{task}.json"
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(json.dumps(res, indent=1))
-            print(f"{name} {task} n={n} {res['scores'].get(task)} {res['wall_s']} s", flush=True)
+            print(f"{name} {task} n={res['n']} {res['scores'].get(task)} {res['wall_s']} s", flush=True)
 
 
 def run_ppl_phase(models: dict[str, Path], parent: Path, windows: int, ctx: int, threads: int) -> None:
@@ -160,10 +164,16 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vs", action="append", default=[], help="table: also paired CIs vs this column (repeat)")
+    ap.add_argument("--backend", default="llama.cpp", choices=["llama.cpp", "torch"], help="task scorer for GGUFs")
+    ap.add_argument("--task-limit", action="append", default=[], help="TASK=N, overrides --limit for TASK (repeat)")
+    ap.add_argument("--set", default="", help="results sub-folder of bench/out/eval (e.g. full)")
     args = ap.parse_args()
     models = _models(args.model)
+    global OUT
+    OUT = OUT / args.set if args.set else OUT
     if args.phase == "tasks":
-        run_task_phase(models, args.tasks.split(","), args.limit, args.mmlu_limit, args.threads)
+        run_task_phase(models, args.tasks.split(","), args.limit, args.mmlu_limit, args.threads, args.backend,
+                       {t: int(n) for t, n in (x.split("=") for x in args.task_limit)})
     elif args.phase == "ppl":
         run_ppl_phase(models, args.parent, args.windows, args.ctx, args.threads)
     elif args.phase == "records":

@@ -77,3 +77,55 @@ def test_gguf_adapter_matches_lm_eval_hf_loglikelihoods(tiny_llama, tiny_gguf):
 def test_unknown_task_is_a_config_error_with_hint():
     with pytest.raises(ConfigError, match="arc_easy"):
         run_tasks("unused.gguf", ["arc_esay"], limit=1)
+
+
+REQS = [("Question: What is 2+2?\nAnswer:", " four"), ("Question: What is 2+2?\nAnswer:", " five apples"),
+        ("The capital of France is ", "Paris"), ("", "Hello world"), ("Question: What is 2+2?\nAnswer:", " four")]
+
+
+def _instances():
+    from lm_eval.api.instance import Instance
+
+    return [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(REQS)]
+
+
+@pytest.mark.parametrize("dtype,rel", [("float32", 0.01), ("bfloat16", 0.05)])
+def test_torch_scorer_matches_llama_cpp_on_the_same_gguf(tiny_gguf, dtype, rel):
+    """Same file, same token ids: the batched torch scorer's log-likelihoods and greedy flags agree with
+    llama.cpp's (fp32 to 1 %, bf16 to 5 %), duplicates included (they share one forward)."""
+    from edgeprune.toolchain.lmeval_gguf import GGUFLM
+    from edgeprune.toolchain.lmeval_torch import TorchGGUFLM
+
+    gg = GGUFLM(tiny_gguf, n_ctx=64, threads=1).loglikelihood(_instances())
+    lm = TorchGGUFLM(tiny_gguf, n_ctx=64, threads=1, dtype=dtype, max_batch_tokens=64)
+    tt = lm.loglikelihood(_instances())
+    assert tt[0] == tt[4]
+    for (a, ga), (b, gb) in zip(gg, tt):
+        assert b == pytest.approx(a, rel=rel)
+    assert [g for _, g in gg] == [g for _, g in tt] or dtype == "bfloat16"
+
+
+def test_torch_batches_bound_padding_and_cover_every_row():
+    from edgeprune.toolchain.lmeval_torch import batches
+
+    lengths = [5, 40, 3, 40, 17, 1, 33]
+    groups = batches(lengths, max_tokens=80)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in g) * len(g) <= 80 or len(g) == 1 for g in groups)
+    assert groups[0] == [1, 3]  # longest first, two 40s fill 80
+
+
+def test_eval_cli_torch_backend_scores_a_task(tiny_gguf, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgeprune.cli import main
+
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(main, ["eval", "--model", str(tiny_gguf), "--tasks", "arc_easy", "--limit", "3",
+                                    "--backend", "torch", "--dtype", "float32", "--threads", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())
+    assert rec["tasks"]["scorer"] == {"backend": "torch", "dtype": "float32"}
+    assert len(rec["tasks"]["items"]["arc_easy"]) == 3

@@ -14,7 +14,7 @@ from edgeprune.toolchain.hf import resolve_model
 
 def eval_command(model: str, tasks: str | None, limit: int | None, ppl: bool, parent: str | None,
                  text: str | None, ctx: int, windows: int | None, data_dir: str | None, threads: int | None,
-                 label: str | None) -> dict:
+                 label: str | None, backend: str = "llama.cpp", dtype: str = "bfloat16") -> dict:
     """One JSON record: what was evaluated, on what, and the scores (per-item results included)."""
     from edgeprune.report.manifest import versions
     from edgeprune.stages.quality import compare_to_parent, model_perplexity
@@ -39,7 +39,7 @@ def eval_command(model: str, tasks: str | None, limit: int | None, ppl: bool, pa
 
         t0 = time.time()
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        res = run_tasks(path, names, limit, Path(data_dir) if data_dir else None, threads)
+        res = run_tasks(path, names, limit, Path(data_dir) if data_dir else None, threads, backend=backend, dtype=dtype)
         record["tasks"] = res | {"limit": limit, "wall_s": round(time.time() - t0, 1)}
     return record
 

@@ -41,15 +41,16 @@ def _common_prefix(a, b) -> int:
     return i
 
 
-@register_model("edgeprune-gguf")
-class GGUFLM(TemplateLM):
-    def __init__(self, pretrained: str | Path, n_ctx: int = 2048, threads: int | None = None, **_ignored):
+class LlamaVocabLM(TemplateLM):
+    """Tokenization, special tokens and rolling windows from a GGUF's own vocabulary (llama.cpp's
+    tokenizer), shared by the llama.cpp and the torch scorers so both score the same token ids."""
+
+    def __init__(self, vocab, n_ctx: int):
         super().__init__()
-        self.path = Path(pretrained)
+        self.vocab = vocab
         self.n_ctx = int(n_ctx)
-        self.llm = llamacpp.open_gguf(self.path, n_ctx=self.n_ctx, threads=threads, logits_all=True)
-        self._eot = self.llm.token_eos()
-        bos = self.llm.token_bos()
+        self._eot = vocab.token_eos()
+        bos = vocab.token_bos()
         # lm-eval's 'hf' model conditions an empty context on BOS when the tokenizer has one, else EOS.
         self._prefix = bos if bos is not None and bos >= 0 else self._eot
 
@@ -69,7 +70,29 @@ class GGUFLM(TemplateLM):
         if not string:
             return []
         # No BOS, special tokens as text: what lm-eval's 'hf' model does for a Llama tokenizer by default.
-        return self.llm.tokenize(string.encode("utf-8"), add_bos=False, special=False)
+        return self.vocab.tokenize(string.encode("utf-8"), add_bos=False, special=False)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for req in tqdm(requests, desc="rolling", disable=disable_tqdm, leave=False):
+            tokens = self.tok_encode(req.args[0])
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.n_ctx, context_len=1)]
+            scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows], disable_tqdm=True)
+            out.append(sum(s for s, _ in scores))
+        return out
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        raise ToolchainError("generative tasks are not supported by the GGUF scorers", where=str(self.path),
+                             fix="use log-likelihood tasks (multiple choice, lambada) or evaluate the HF folder")
+
+
+@register_model("edgeprune-gguf")
+class GGUFLM(LlamaVocabLM):
+    def __init__(self, pretrained: str | Path, n_ctx: int = 2048, threads: int | None = None, **_ignored):
+        self.path = Path(pretrained)
+        self.llm = llamacpp.open_gguf(self.path, n_ctx=n_ctx, threads=threads, logits_all=True)
+        super().__init__(self.llm, n_ctx)
 
     def _logits_for(self, tokens: list[int]) -> np.ndarray:
         """Logits for every position of `tokens`, reusing the cached prefix from the previous call."""
@@ -95,17 +118,3 @@ class GGUFLM(TemplateLM):
             if kwargs.get("cache_key", True) and requests[i][0] is not None:
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
         return out
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        out = []
-        for req in tqdm(requests, desc="llama.cpp rolling", disable=disable_tqdm, leave=False):
-            tokens = self.tok_encode(req.args[0])
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.n_ctx, context_len=1)]
-            scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows], disable_tqdm=True)
-            out.append(sum(s for s, _ in scores))
-        return out
-
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        raise ToolchainError("generative tasks are not supported by the GGUF adapter", where=str(self.path),
-                             fix="use log-likelihood tasks (multiple choice, lambada) or evaluate the HF folder")
