@@ -183,3 +183,21 @@ def test_ssh_runner_copies_the_reference_and_pairs(sshd):
     assert res["runner"] == "ssh" and res["reference"]["model"] == gguf.name
     assert res["reference"]["model_bytes"] == res["model_bytes"] == gguf.stat().st_size
     assert len(res["paired"]["tg_ratio"]["samples"]) == 2 and res["paired"]["tg_ratio"]["median"] > 0
+
+
+def test_pairing_is_skipped_when_both_models_do_not_fit_in_half_the_device_ram(tmp_path):
+    from types import SimpleNamespace
+
+    from edgeprune.planner.execute import _reference
+
+    base, cand = tmp_path / "base.gguf", tmp_path / "cand.gguf"
+    base.write_bytes(b"\0" * 600)
+    cand.write_bytes(b"\0" * 500)
+
+    def state(ram_gb):
+        target = SimpleNamespace(device=SimpleNamespace(ram_gb=ram_gb))
+        return SimpleNamespace(iterations=[{"gguf": str(base), "gguf_key": "k0"}], plan=SimpleNamespace(target=target))
+
+    assert _reference(state(2200e-9), cand) == (base, "k0")   # 1,100 bytes <= half of 2,200
+    assert _reference(state(2000e-9), cand) is None           # 1,100 bytes > half of 2,000
+    assert _reference(state(1.0), base) is None                # the baseline is never paired with itself

@@ -38,6 +38,9 @@ from edgeprune.targets.costmodel import Candidate
 from edgeprune.targets.gguf_size import ModelShape
 
 
+PAIR_RAM_SHARE = 0.5  # pair a candidate with the baseline only when both files fit in this share of device RAM
+
+
 @dataclass
 class RunState:
     plan: Plan
@@ -91,10 +94,16 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
 
 
 def _reference(state: RunState, gguf: Path) -> tuple[Path, str] | None:
-    """The baseline GGUF a candidate is measured with (none for the baseline itself)."""
+    """The baseline GGUF a candidate is measured with (none for the baseline itself, and none when
+    both files would not fit in half the device's RAM: pairing holds the two models at once, which an
+    8B baseline plus its candidate on a 16 GB device cannot; such a candidate is measured unpaired and
+    its drift is unknown, which the manifest shows as a missing `bench.paired`)."""
     if not state.iterations or Path(state.iterations[0]["gguf"]) == Path(gguf):
         return None
-    return Path(state.iterations[0]["gguf"]), state.iterations[0]["gguf_key"]
+    base = Path(state.iterations[0]["gguf"])
+    if base.stat().st_size + Path(gguf).stat().st_size > PAIR_RAM_SHARE * state.plan.target.device.ram_gb * 1e9:
+        return None
+    return base, state.iterations[0]["gguf_key"]
 
 
 def measured_where(target, bench: dict) -> dict:
