@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=ROOT / "out" / "store")
     ap.add_argument("--paper-only", action="store_true")
     ap.add_argument("--paired", action="store_true", help="only the interleaved baseline/candidate check")
+    ap.add_argument("--relative", action="store_true",
+                    help="set each budget from the baseline's latency measured right before that run (this VM's "
+                         "speed drifts ~30 %% within minutes, so a budget from the start can be unreachable later)")
     args = ap.parse_args()
     if args.paired:
         paired()
@@ -218,9 +221,22 @@ def run_all(args) -> tuple[list[dict], list[dict]]:
     base = results[0]["rows"][0]["latency_measured"]
     for name, f in zip(("loose", "medium", "tight"), (float(x) for x in args.fractions.split(","))):
         if name in args.budgets.split(","):
-            results.append(run_plan(name, base * f, args.quants, recipe, args))
+            ref = baseline_latency_now(results[0], args) if args.relative else base
+            results.append(run_plan(name, ref * f, args.quants, recipe, args))
+            results[-1]["budget_reference_latency_s"] = ref
             (OUT / "partial.json").write_text(json.dumps(results, indent=2, default=str))
     return results, calib
+
+
+def baseline_latency_now(calibrate: dict, args) -> float:
+    """The unpruned Q4_K_M's 64 + 100-token latency measured now (one unpaired benchmark, same spec as the plan's)."""
+    from edgeprune.devices import BenchSpec, get_runner
+
+    gguf = json.loads((OUT / calibrate["budget"] / "manifest.json").read_text())["iterations"][0]["gguf"]
+    res = get_runner(args.runner)(Path(gguf), BenchSpec(64, 100, args.reps, 1, THREADS))
+    lat = 64 / res["pp_tps"]["median"] + 100 / res["tg_tps"]["median"]
+    print(f"baseline now: {res['tg_tps']['median']:.1f} tok/s, latency {lat:.3f} s", flush=True)
+    return lat
 
 
 def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
