@@ -152,9 +152,33 @@ def write_records(names: list[str]) -> list[Path]:
     return out
 
 
+def agreement(name: str, set_a: str, set_b: str) -> str:
+    """Per task and metric: items scored by both sets, how many got the same correctness, and both accuracies
+    (e.g. the llama.cpp scorer's results vs the torch scorer's for the same GGUF)."""
+    root = Path(__file__).resolve().parent / "out" / "eval"
+    lines = [f"| task | metric | items | same verdict | {set_a or 'base'} acc | {set_b or 'base'} acc |",
+             "|---|---|---|---|---|---|"]
+    for task in TASKS:
+        fa, fb = root / set_a / name / f"{task}.json", root / set_b / name / f"{task}.json"
+        if not (fa.is_file() and fb.is_file()):
+            continue
+        a, b = json.loads(fa.read_text())["items"], json.loads(fb.read_text())["items"]
+        for key in b:
+            ids = [i for i in b[key] if i in a.get(key, {})]
+            for m in ("acc", "acc_norm"):
+                ids_m = [i for i in ids if m in a[key][i] and m in b[key][i]]
+                if not ids_m:
+                    continue
+                same = sum(a[key][i][m] == b[key][i][m] for i in ids_m) / len(ids_m)
+                acc_a = sum(a[key][i][m] for i in ids_m) / len(ids_m)
+                acc_b = sum(b[key][i][m] for i in ids_m) / len(ids_m)
+                lines.append(f"| {key} | {m} | {len(ids_m)} | {100 * same:.0f} % | {100 * acc_a:.1f} | {100 * acc_b:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("phase", choices=["tasks", "ppl", "table", "records"])
+    ap.add_argument("phase", choices=["tasks", "ppl", "table", "records", "agree"])
     ap.add_argument("--model", action="append", default=[], help="NAME=PATH (repeat); order = table order")
     ap.add_argument("--parent", type=Path, help="reference model for KLD (HF folder or GGUF)")
     ap.add_argument("--tasks", default=",".join(TASKS))
@@ -167,6 +191,7 @@ def main() -> None:
     ap.add_argument("--backend", default="llama.cpp", choices=["llama.cpp", "torch"], help="task scorer for GGUFs")
     ap.add_argument("--task-limit", action="append", default=[], help="TASK=N, overrides --limit for TASK (repeat)")
     ap.add_argument("--set", default="", help="results sub-folder of bench/out/eval (e.g. full)")
+    ap.add_argument("--other-set", default="torch-sample", help="agree: the set compared with --set")
     args = ap.parse_args()
     models = _models(args.model)
     global OUT
@@ -176,6 +201,9 @@ def main() -> None:
                        {t: int(n) for t, n in (x.split("=") for x in args.task_limit)})
     elif args.phase == "ppl":
         run_ppl_phase(models, args.parent, args.windows, args.ctx, args.threads)
+    elif args.phase == "agree":
+        for name in models:
+            print(agreement(name, args.set, args.other_set))
     elif args.phase == "records":
         for path in write_records(list(models)):
             print(path)
