@@ -229,12 +229,15 @@ def run_all(args) -> tuple[list[dict], list[dict]]:
 
 
 def baseline_latency_now(calibrate: dict, args) -> float:
-    """The unpruned Q4_K_M's 64 + 100-token latency measured now (one unpaired benchmark, same spec as the plan's)."""
+    """The unpruned Q4_K_M's latency measured now (one unpaired benchmark, the host target's prompt and answer)."""
     from edgeprune.devices import BenchSpec, get_runner
+    from edgeprune.stages.bench import latency_s
+    from edgeprune.targets import load_target
 
+    b = load_target("host").budget  # the plans' prompt and answer lengths
     gguf = json.loads((OUT / calibrate["budget"] / "manifest.json").read_text())["iterations"][0]["gguf"]
-    res = get_runner(args.runner)(Path(gguf), BenchSpec(64, 100, args.reps, 1, THREADS))
-    lat = 64 / res["pp_tps"]["median"] + 100 / res["tg_tps"]["median"]
+    res = get_runner(args.runner)(Path(gguf), BenchSpec(b.prompt_tokens, b.answer_tokens, args.reps, 1, THREADS))
+    lat = latency_s(res, b)
     print(f"baseline now: {res['tg_tps']['median']:.1f} tok/s, latency {lat:.3f} s", flush=True)
     return lat
 

@@ -95,6 +95,8 @@ class TorchGGUFLM(LlamaVocabLM):
         return torch.split(logp, n_cont)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        import torch
+
         # Identical model inputs (MMLU's one-token answers share context + nothing) are run once.
         jobs: dict[tuple[int, ...], list[int]] = {}
         conts = []
@@ -111,14 +113,9 @@ class TorchGGUFLM(LlamaVocabLM):
                 for r in jobs[keys[i]]:  # reduce at once: full-vocabulary rows of a whole task need GBs
                     rows, cont = logp[-len(conts[r]):], conts[r]
                     picked = rows[range(len(cont)), cont]
-                    res[r] = (float(picked.double().sum()), bool((rows.argmax(-1) == torch_tensor(cont)).all()))
+                    res[r] = (float(picked.double().sum()), bool((rows.argmax(-1) == torch.tensor(cont)).all()))
         for req, r in zip(requests, res):
             if kwargs.get("cache_key", True) and req[0] is not None:
                 self.cache_hook.add_partial("loglikelihood", req[0], r)
         return res
 
-
-def torch_tensor(x: list[int]):
-    import torch
-
-    return torch.tensor(x)
