@@ -90,6 +90,8 @@ def summarize(name: str, latency: float, m: dict, wall: float, cmd: list[str]) -
                      "tg_err_paired_pct": paired.get("tg_tps"), "latency_err_paired_pct": paired.get("latency_s"),
                      "drift_tg": it.get("drift", {}).get("tg_tps"), "drift_pp": it.get("drift", {}).get("pp_tps"),
                      "paired_tg_ratio": (it["bench"].get("paired") or {}).get("tg_ratio"),
+                     "pairs": (it["bench"].get("paired") or {}).get("pairs"),
+                     "pairs_converged": (it["bench"].get("paired") or {}).get("converged"),
                      "pp_measured": it["bench"]["pp_tps"]["median"], "pp_predicted": pred.get("pp_tps"),
                      "pp_err_pct": err.get("pp_tps"), "latency_measured": it["latency_s"],
                      "latency_predicted": pred.get("latency_s"), "latency_err_pct": err.get("latency_s"),
@@ -131,6 +133,8 @@ def table(results: list[dict]) -> str:
         for row in r["rows"]:
             reuse = ("re-measured: " + row["remeasured_because"]) if row["remeasured_because"] else \
                 ("cached" if row["reused_cached_measurement"] else "measured now")
+            if row.get("pairs"):
+                reuse += f", {row['pairs']} pairs" + ("" if row.get("pairs_converged", True) else " (ratio not converged)")
             drift = "n/a" if row.get("drift_tg") is None else f"{row['drift_tg']:.3f} ({row['drift_pp']:.3f})"
             lines.append(
                 f"| {r['budget']} ≤ {r['latency_s']:.3f} s | {row['iteration']} | {row['candidate']} | "
@@ -169,7 +173,7 @@ def calibration_table(rows: list[dict]) -> str:
         lines.append(f"| {r['quant']} | {r['ref_tg']:.1f} ({r['level_tg']:.1f}) | {tg['median']:.1f} "
                      f"[{tg['min']:.1f}-{tg['max']:.1f}] | {ratio['median']:.3f} [{ratio['min']:.3f}-{ratio['max']:.3f}] | "
                      f"{r['drift']['tg_tps']:.3f} ({r['drift']['pp_tps']:.3f}) | {r['tg_at_level']:.1f} | "
-                     f"{r['pp_ratio']:.3f} | {'cached' if r['reused'] else 'measured now'} |")
+                     f"{r['pp_ratio']:.3f} | {'cached' if r['reused'] else 'measured now'}, {r.get('pairs')} pairs |")
     return "\n".join(lines)
 
 
@@ -283,6 +287,7 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
                      "level_tg": level["tg_tps"], "tg": {k: bench["tg_tps"][k] for k in ("median", "min", "max")},
                      "tg_ratio": {k: bench["paired"]["tg_ratio"][k] for k in ("median", "min", "max")},
                      "pp_ratio": bench["paired"]["pp_ratio"]["median"], "drift": drift, "tg_at_level": sample["tg_tps"],
+                     "pairs": bench["paired"]["pairs"], "converged": bench["paired"].get("converged"),
                      "pp_at_level": sample["pp_tps"], "reused": bench["reused_cached_measurement"],
                      "measured_at": bench.get("measured_at"), "loadavg": bench.get("loadavg")})
         print(calibration_table(rows[-1:]).splitlines()[-1], flush=True)

@@ -5,12 +5,14 @@ records the reference, the drift and both prediction errors."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from edgeprune.devices import BenchSpec, get_runner
+from edgeprune.devices import BenchSpec, bench_worker, get_runner
 from edgeprune.planner.drift import NO_DRIFT, at_drift, paired_drift
 from edgeprune.targets.calibration import common_level, fit, normalized
 from edgeprune.targets.costmodel import Candidate, Factors, predict
@@ -37,8 +39,12 @@ def test_local_worker_measures_both_models_interleaved_in_one_process(tiny_pair)
     gguf, ref = tiny_pair
     res = get_runner("local")(gguf, BenchSpec(prompt_tokens=16, gen_tokens=8, repetitions=3, warmup=1), reference=ref)
     c_tg, r_tg = res["tg_tps"]["samples"], res["reference"]["tg_tps"]["samples"]
-    assert len(c_tg) == len(r_tg) == 3 and res["reference"]["model"] == "reference.gguf"
-    assert res["paired"]["order"] == "ABBA" and res["paired"]["pairs"] == 3
+    pairs = res["paired"]["pairs"]  # 3 asked; more while the ratios are noisier than the bound
+    assert len(c_tg) == len(r_tg) == pairs and 3 <= pairs <= 3 * bench_worker.MAX_REPS_FACTOR
+    assert res["reference"]["model"] == "reference.gguf" and res["paired"]["order"] == "ABBA"
+    rse = max(res["paired"]["tg_ratio"]["rse"], res["paired"]["pp_ratio"]["rse"])
+    assert res["paired"]["converged"] == (rse <= bench_worker.RATIO_RSE)
+    assert pairs == 3 * bench_worker.MAX_REPS_FACTOR or res["paired"]["converged"]
     # the ratios are per pair (same minute), not a ratio of medians
     assert res["paired"]["tg_ratio"]["samples"] == pytest.approx([c / r for c, r in zip(c_tg, r_tg)])
     pp = zip(res["pp_tps"]["samples"], res["reference"]["pp_tps"]["samples"])
@@ -182,7 +188,9 @@ def test_ssh_runner_copies_the_reference_and_pairs(sshd):
     res = get_runner("ssh", sshd)(gguf, BenchSpec(8, 4, repetitions=2, warmup=0, threads=1), reference=gguf)
     assert res["runner"] == "ssh" and res["reference"]["model"] == gguf.name
     assert res["reference"]["model_bytes"] == res["model_bytes"] == gguf.stat().st_size
-    assert len(res["paired"]["tg_ratio"]["samples"]) == 2 and res["paired"]["tg_ratio"]["median"] > 0
+    n = res["paired"]["pairs"]  # 2 asked, more while the ratio is noisy (4 tokens: it is)
+    assert 2 <= n <= 2 * bench_worker.MAX_REPS_FACTOR and len(res["paired"]["tg_ratio"]["samples"]) == n
+    assert res["paired"]["tg_ratio"]["median"] > 0 and res["paired"]["asked_pairs"] == 2
 
 
 def test_pairing_is_skipped_when_both_models_do_not_fit_in_half_the_device_ram(tmp_path):
@@ -201,3 +209,57 @@ def test_pairing_is_skipped_when_both_models_do_not_fit_in_half_the_device_ram(t
     assert _reference(state(2200e-9), cand) == (base, "k0")   # 1,100 bytes <= half of 2,200
     assert _reference(state(2000e-9), cand) is None           # 1,100 bytes > half of 2,000
     assert _reference(state(1.0), base) is None                # the baseline is never paired with itself
+
+
+class _DriftingMachine:
+    """A fake clock whose machine speed swings +-30 % over ~250 time units, and fake models that
+    cost `cost` units per token on it: the shape of this VM's second-to-second wander."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def model(self, cost: float):
+        clock = self
+
+        class Llm:
+            def reset(self):
+                pass
+
+            def eval(self, toks):
+                for _ in toks:
+                    clock.t += cost * (1.0 + 0.3 * math.sin(clock.t / 40.0))
+
+        return Llm()
+
+
+def _ratio_error(monkeypatch, slice_tokens: int) -> float:
+    m = _DriftingMachine()
+    monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: m.t)
+    monkeypatch.setattr(bench_worker, "DECODE_SLICE", slice_tokens)
+    fast, slow = m.model(1.0), m.model(2.0)  # the candidate is truly 2x the reference's speed
+    worst = 0.0
+    for i in range(6):
+        (c_pp, c_tg), (r_pp, r_tg) = bench_worker._paired_rep([fast, slow], [[1] * 4, [1] * 4], 60, flip=i % 2 == 1)
+        worst = max(worst, abs(c_tg / r_tg / 2.0 - 1.0))
+    return worst
+
+
+def test_decode_alternated_in_slices_cancels_drift_that_whole_repetitions_do_not(monkeypatch):
+    fine, coarse = _ratio_error(monkeypatch, 2), _ratio_error(monkeypatch, 60)
+    assert fine < 0.03 and coarse > 0.10, (fine, coarse)
+
+
+def test_paired_worker_adds_repetitions_until_the_ratio_is_tight(monkeypatch, tmp_path):
+    m = _DriftingMachine()
+    monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: m.t)
+    models = {"c.gguf": m.model(1.0), "r.gguf": m.model(1.0)}
+    monkeypatch.setattr(bench_worker, "_load", lambda path, n_ctx, threads: models[Path(path).name])
+    monkeypatch.setattr(bench_worker, "_prompt", lambda llm, n: [1] * n)
+    monkeypatch.setattr(bench_worker, "_peak_rss_kb", lambda: 1)
+    for name in models:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(bench_worker, "DECODE_SLICE", 50)  # coarse: noisy ratios need more pairs
+    res = bench_worker.run_paired(str(tmp_path / "c.gguf"), str(tmp_path / "r.gguf"), 8, 100, 3, 0, 1)
+    p = res["paired"]
+    assert p["pairs"] > 3 and p["asked_pairs"] == 3 and len(res["tg_tps"]["samples"]) == p["pairs"]
+    assert p["converged"] == (max(p["tg_ratio"]["rse"], p["pp_ratio"]["rse"]) <= bench_worker.RATIO_RSE)

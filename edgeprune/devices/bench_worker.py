@@ -87,14 +87,60 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
             "model_bytes": os.path.getsize(model), "host": _host()}
 
 
+# Pairing granularity, measured on this 2-core VM (bench/README, Planner, "Paired measurement"):
+# its speed wanders +-10 % from one 2-second repetition to the next, so models alternated a whole
+# repetition at a time disagree by up to 18 % per pair; alternated every 10 decode tokens (0.2 s),
+# the per-repetition ratio of two copies of one GGUF spread 0.975-1.032 (stdev 1.8 %).
+DECODE_SLICE = 10      # decode tokens per interleaved slice
+PREFILL_ROUNDS = 2     # prefills per model per repetition, alternated
+RATIO_RSE = 0.02       # stop adding repetitions once both ratios' standard errors are below this
+MAX_REPS_FACTOR = 4    # ... or at this many times the asked repetitions
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _paired_rep(models: list, prompts: list, n_gen: int, flip: bool) -> list[tuple[float, float]]:
+    """(pp tok/s, tg tok/s) of each of the two models in one repetition, measured in alternating
+    slices (ABBA: the order flips every slice, and `flip` starts the repetition the other way)."""
+    times = [[0.0, 0.0], [0.0, 0.0]]
+    order = [1, 0] if flip else [0, 1]
+    for k in range(PREFILL_ROUNDS):
+        for j in (order if k % 2 == 0 else order[::-1]):
+            models[j].reset()  # each ends holding its prompt, where the decode slices continue
+            times[j][0] += _timed(lambda: models[j].eval(prompts[j]))
+    done, k = 0, 0
+    while done < n_gen:
+        n = min(DECODE_SLICE, n_gen - done)
+        for j in (order if k % 2 == 0 else order[::-1]):
+            times[j][1] += _timed(lambda: [models[j].eval([prompts[j][-1]]) for _ in range(n)])
+        done, k = done + n, k + 1
+    return [(PREFILL_ROUNDS * len(prompts[j]) / times[j][0], n_gen / times[j][1]) for j in (0, 1)]
+
+
+def _rse(values: list[float]) -> float:
+    """Relative standard error of the mean (inf below two values)."""
+    if len(values) < 2:
+        return float("inf")
+    return statistics.stdev(values) / (len(values) ** 0.5 * abs(statistics.fmean(values)))
+
+
+def _finite(x: float) -> float | None:
+    return x if x != float("inf") else None  # JSON has no infinity
+
+
 def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: int) -> dict:
-    """`model` and `reference` loaded in this one process and measured alternately, so both see the
-    same machine state: this VM's speed drifts 10-25 % within minutes, which separate runs cannot
-    tell from a model's speed. Pair i is reference then candidate for even i, the reverse for odd i
-    (ABBA), so a drift that is linear across two pairs cancels in the ratios. Returns the candidate's
-    numbers as `run` does, the reference's under "reference" and the per-pair candidate/reference
-    ratios under "paired". peak_rss_bytes is the candidate's own peak, read before the reference
-    is loaded (after at least one warm-up, so its weights and compute buffers are resident)."""
+    """`model` and `reference` loaded in this one process and measured in alternating slices (see
+    DECODE_SLICE), so both see the same machine state: this VM's speed drifts 10-25 % within minutes
+    and +-10 % between seconds, which separate runs cannot tell from a model's speed. Repetitions go
+    on past `reps` until the per-repetition candidate/reference ratios' standard errors are below
+    RATIO_RSE (at most MAX_REPS_FACTOR x reps). Returns the candidate's numbers as `run` does, the
+    reference's under "reference" and the per-repetition ratios under "paired". peak_rss_bytes is the
+    candidate's own peak, read before the reference is loaded (after at least one warm-up, so its
+    weights and compute buffers are resident)."""
     n_ctx = n_prompt + n_gen + 8
     t0 = time.perf_counter()
     cand = _load(model, n_ctx, threads)
@@ -107,24 +153,26 @@ def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int,
     r_prompt = _prompt(ref, n_prompt)
     for _ in range(warmup):
         _one_rep(ref, r_prompt, n_gen)
-    c, r = [], []  # (pp, tg) per pair
-    for i in _progress(reps):
-        if i % 2 == 0:
-            r.append(_one_rep(ref, r_prompt, n_gen))
-            c.append(_one_rep(cand, c_prompt, n_gen))
-        else:
-            c.append(_one_rep(cand, c_prompt, n_gen))
-            r.append(_one_rep(ref, r_prompt, n_gen))
+    c, r = [], []  # (pp, tg) per repetition
+    ratio = lambda j: [a[j] / b[j] for a, b in zip(c, r)]  # noqa: E731
+    for i in _progress(reps * MAX_REPS_FACTOR):
+        cc, rr = _paired_rep([cand, ref], [c_prompt, r_prompt], n_gen, flip=i % 2 == 1)
+        c.append(cc)
+        r.append(rr)
+        if len(c) >= reps and max(_rse(ratio(0)), _rse(ratio(1))) <= RATIO_RSE:
+            break
     col = lambda rows, j: [row[j] for row in rows]  # noqa: E731
-    return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
+    return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": len(c), "warmup": warmup, "n_threads": threads,
             "load_s": load_s, "pp_tps": _stats(col(c, 0)), "tg_tps": _stats(col(c, 1)),
             "peak_rss_bytes": peak_kb * 1024, "peak_rss_both_bytes": _peak_rss_kb() * 1024,
             "model_bytes": os.path.getsize(model), "host": _host(),
             "reference": {"model": os.path.basename(reference), "model_bytes": os.path.getsize(reference),
                           "pp_tps": _stats(col(r, 0)), "tg_tps": _stats(col(r, 1))},
-            "paired": {"order": "ABBA", "pairs": reps,
-                       "pp_ratio": _stats([a[0] / b[0] for a, b in zip(c, r)]),
-                       "tg_ratio": _stats([a[1] / b[1] for a, b in zip(c, r)])}}
+            "paired": {"order": "ABBA", "decode_slice": DECODE_SLICE, "prefill_rounds": PREFILL_ROUNDS,
+                       "pairs": len(c), "asked_pairs": reps, "rse_bound": RATIO_RSE,
+                       "converged": max(_rse(ratio(0)), _rse(ratio(1))) <= RATIO_RSE,
+                       "pp_ratio": _stats(ratio(0)) | {"rse": _finite(_rse(ratio(0)))},
+                       "tg_ratio": _stats(ratio(1)) | {"rse": _finite(_rse(ratio(1)))}}}
 
 
 def _host() -> dict:

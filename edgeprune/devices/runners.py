@@ -69,14 +69,14 @@ def run_fake(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict
         ref = _fake_numbers(reference, spec)
         out["reference"] = {"model": reference.name, "model_bytes": ref["model_bytes"], "pp_tps": ref["pp_tps"],
                             "tg_tps": ref["tg_tps"]}
-        out["paired"] = {"order": "ABBA", "pairs": spec.repetitions,
+        out["paired"] = {"order": "ABBA", "pairs": spec.repetitions, "asked_pairs": spec.repetitions, "converged": True,
                          **{f"{k}_ratio": _fake_stat(out[f"{k}_tps"]["median"] / ref[f"{k}_tps"]["median"],
                                                      spec.repetitions) for k in ("pp", "tg")}}
     return out
 
 
 def _fake_stat(v: float, n: int) -> dict:
-    return {"median": v, "mean": v, "stdev": 0.0, "min": v, "max": v, "samples": [v] * n}
+    return {"median": v, "mean": v, "stdev": 0.0, "min": v, "max": v, "samples": [v] * n, "rse": 0.0}
 
 
 def _fake_numbers(gguf: Path, spec: BenchSpec) -> dict:

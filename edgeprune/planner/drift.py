@@ -77,12 +77,20 @@ NO_DRIFT = {"tg_tps": 1.0, "pp_tps": 1.0}
 
 def paired_drift(bench: dict, level: dict) -> dict:
     """Speed of the machine during `bench` over its speed when `level` (the run's baseline
-    benchmark) was taken, per test: the paired reference's median / the level's median. An
+    benchmark) was taken, per test: the paired reference's speed / the level's median. An
     unpaired benchmark (the baseline itself) defines the level: no drift."""
     ref = bench.get("reference")
     if ref is None:
         return dict(NO_DRIFT)
-    return {k: ref[k]["median"] / level[k]["median"] for k in NO_DRIFT}
+    ratios = bench.get("paired") or {}
+    out = {}
+    for k in NO_DRIFT:
+        ratio = ratios.get(k.replace("_tps", "_ratio"))
+        # measured / drift must equal level x the median per-repetition ratio, the estimate that the
+        # machine's second-to-second wander moves least (a ratio of two medians mixes repetitions)
+        out[k] = (bench[k]["median"] / (ratio["median"] * level[k]["median"]) if ratio
+                  else ref[k]["median"] / level[k]["median"])
+    return out
 
 
 def at_drift(pred, drift: dict):
