@@ -55,27 +55,28 @@ def write_recipe(quant: str, reps: int, windows: int) -> Path:
     return path
 
 
-def plan_cmd(name: str, latency: float, quants: str, recipe: Path, args) -> list[str]:
+def plan_cmd(name: str, budget: list[str], quants: str, recipe: Path, args) -> list[str]:
     # one thread: with 2 threads on the oversubscribed shared cores, llama.cpp's thread barrier spins
     # while its partner is descheduled (minutes per rep); one thread measures the model, not the barrier
-    return ["edgeprune", "plan", "--target", "host", "--latency", f"{latency:.4f}", "--max-ppl-ratio",
+    return ["edgeprune", "plan", "--target", "host", *budget, "--max-ppl-ratio",
             str(args.max_ppl_ratio), "--quants", quants, "--threads", str(THREADS), "--runner", args.runner,
             "--recipe", str(recipe), "--store", str(args.store), "--out", str(OUT / name)]
 
 
-def run_plan(name: str, latency: float, quants: str, recipe: Path, args) -> dict:
+def run_plan(name: str, budget: list[str], quants: str, recipe: Path, args) -> dict:
+    """`budget`: the plan's budget flags (--latency S, or --latency-fraction F)."""
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)
-    cmd = plan_cmd(name, latency, quants, recipe, args)
+    cmd = plan_cmd(name, budget, quants, recipe, args)
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     res = subprocess.run(cmd, env=os.environ | {"EDGEPRUNE_CALIBRATION": str(OUT / "calibration")})
     if res.returncode not in (0, 1):  # 1: budget not met, still a result
         sys.exit(f"{name}: edgeprune plan exited {res.returncode}")
-    return summarize(name, latency, json.loads((out / "manifest.json").read_text()), time.time() - t0, cmd)
+    return summarize(name, json.loads((out / "manifest.json").read_text()), time.time() - t0, cmd)
 
 
-def summarize(name: str, latency: float, m: dict, wall: float, cmd: list[str]) -> dict:
+def summarize(name: str, m: dict, wall: float, cmd: list[str]) -> dict:
     rows = []
     for i, it in enumerate(m["iterations"]):
         pred, where = it.get("predicted", {}), it["measured_where"]
@@ -94,6 +95,7 @@ def summarize(name: str, latency: float, m: dict, wall: float, cmd: list[str]) -
                      "pairs_converged": (it["bench"].get("paired") or {}).get("converged"),
                      "pp_measured": it["bench"]["pp_tps"]["median"], "pp_predicted": pred.get("pp_tps"),
                      "pp_err_pct": err.get("pp_tps"), "latency_measured": it["latency_s"],
+                     "latency_at_level": it.get("latency_at_level_s"),
                      "latency_predicted": pred.get("latency_s"), "latency_err_pct": err.get("latency_s"),
                      "ram_err_pct": err.get("ram_bytes"), "ppl_ratio": it.get("ppl_ratio"),
                      "ppl_ratio_predicted": pred.get("ppl_ratio"), "quant_efficiency": pred.get("quant_efficiency"),
@@ -104,7 +106,8 @@ def summarize(name: str, latency: float, m: dict, wall: float, cmd: list[str]) -
     res = m["result"]
     ok = [r for r in rows if r["met"] and (r["ppl_ratio"] or 1.0) <= m["budget"]["max_ppl_ratio"]]
     final = min(ok, key=lambda r: (r["ppl_ratio"] or 1.0, rows[0]["layers"] - r["layers"])) if ok else None
-    return {"budget": name, "latency_s": latency, "met": res["met"], "reason": res["reason"],
+    return {"budget": name, "latency_s": m["budget"]["latency_s"], "latency_fraction": m["budget"].get("latency_fraction"),
+            "met": res["met"], "reason": res["reason"],
             "measured_iterations": len(rows) - 1, "final_quant": res.get("chosen_quant"), "chosen_k": res.get("chosen_k"),
             "final_ppl_ratio": final and final["ppl_ratio"], "rows": rows, "wall_s": round(wall, 1),
             "command": " ".join(cmd)}
@@ -136,12 +139,13 @@ def table(results: list[dict]) -> str:
             if row.get("pairs"):
                 reuse += f", {row['pairs']} pairs" + ("" if row.get("pairs_converged", True) else " (ratio not converged)")
             drift = "n/a" if row.get("drift_tg") is None else f"{row['drift_tg']:.3f} ({row['drift_pp']:.3f})"
+            level = "" if row.get("latency_at_level") is None else f" (at level {row['latency_at_level']:.3f})"
             lines.append(
                 f"| {r['budget']} ≤ {r['latency_s']:.3f} s | {row['iteration']} | {row['candidate']} | "
                 f"{row['tg_measured']:.1f} [{row['tg_spread'][0]:.1f}-{row['tg_spread'][1]:.1f}] | "
                 f"{row['tg_predicted']:.1f} ({pct(row['tg_err_pct'])}) | {pct(row.get('tg_err_paired_pct'))} | {drift} | "
                 f"{row['pp_measured']:.0f} / {row['pp_predicted']:.0f} ({pct(row['pp_err_pct'])}) | "
-                f"{row['latency_measured']:.3f} / {row['latency_predicted']:.3f} ({pct(row['latency_err_pct'])}) | "
+                f"{row['latency_measured']:.3f}{level} / {row['latency_predicted']:.3f} ({pct(row['latency_err_pct'])}) | "
                 f"{pct(row.get('latency_err_paired_pct'))} | {row['quant_efficiency']} | "
                 f"{row['ppl_ratio']:.3f} ({row['ppl_ratio_predicted']:.2f}) | {reuse} | "
                 f"{'yes' if row['met'] else 'no'} |")
@@ -191,8 +195,9 @@ def main() -> None:
     ap.add_argument("--paper-only", action="store_true")
     ap.add_argument("--paired", action="store_true", help="only the interleaved baseline/candidate check")
     ap.add_argument("--relative", action="store_true",
-                    help="set each budget from the baseline's latency measured right before that run (this VM's "
-                         "speed drifts ~30 %% within minutes, so a budget from the start can be unreachable later)")
+                    help="budgets as `edgeprune plan --latency-fraction F`: F x the baseline's latency measured in "
+                         "that plan, candidates checked on their paired speed (this VM's speed drifts ~30 %% within "
+                         "minutes, so an absolute budget from the start can be unreachable later)")
     args = ap.parse_args()
     if args.paired:
         paired()
@@ -220,30 +225,15 @@ def run_all(args) -> tuple[list[dict], list[dict]]:
     quants = args.quants.split(",")
     recipe = write_recipe(quants[0], args.reps, args.windows)
     # phase 1: the unpruned baseline (sets the budgets and the level), then the other types paired with it
-    results = [run_plan(f"calibrate-{quants[0]}", 500.0, quants[0], recipe, args)]
+    results = [run_plan(f"calibrate-{quants[0]}", ["--latency", "500"], quants[0], recipe, args)]
     calib = [] if args.no_calibrate else calibrate_paired(args, quants[1:], recipe)
     base = results[0]["rows"][0]["latency_measured"]
     for name, f in zip(("loose", "medium", "tight"), (float(x) for x in args.fractions.split(","))):
         if name in args.budgets.split(","):
-            ref = baseline_latency_now(results[0], args) if args.relative else base
-            results.append(run_plan(name, ref * f, args.quants, recipe, args))
-            results[-1]["budget_reference_latency_s"] = ref
+            budget = ["--latency-fraction", f"{f:g}"] if args.relative else ["--latency", f"{base * f:.4f}"]
+            results.append(run_plan(name, budget, args.quants, recipe, args))
             (OUT / "partial.json").write_text(json.dumps(results, indent=2, default=str))
     return results, calib
-
-
-def baseline_latency_now(calibrate: dict, args) -> float:
-    """The unpruned Q4_K_M's latency measured now (one unpaired benchmark, the host target's prompt and answer)."""
-    from edgeprune.devices import BenchSpec, get_runner
-    from edgeprune.stages.bench import latency_s
-    from edgeprune.targets import load_target
-
-    b = load_target("host").budget  # the plans' prompt and answer lengths
-    gguf = json.loads((OUT / calibrate["budget"] / "manifest.json").read_text())["iterations"][0]["gguf"]
-    res = get_runner(args.runner)(Path(gguf), BenchSpec(b.prompt_tokens, b.answer_tokens, args.reps, 1, THREADS))
-    lat = latency_s(res, b)
-    print(f"baseline now: {res['tg_tps']['median']:.1f} tok/s, latency {lat:.3f} s", flush=True)
-    return lat
 
 
 def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:

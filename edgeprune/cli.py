@@ -46,13 +46,18 @@ def main():
 BUDGET_FLAGS = {"budget.latency_s": "--latency", "budget.answer_tokens": "--tokens",
                 "budget.prompt_tokens": "--prompt-tokens", "budget.decode_tps": "--decode-tps",
                 "budget.max_ram_gb": "--max-ram-gb", "budget.max_file_gb": "--max-file-gb",
-                "budget.max_ppl_ratio": "--max-ppl-ratio", "device.threads": "--threads", "device.runner": "--runner"}
+                "budget.max_ppl_ratio": "--max-ppl-ratio", "device.threads": "--threads", "device.runner": "--runner",
+                "budget.latency_fraction": "--latency-fraction"}
 
 
 def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio,
-                      threads, runner) -> dict:
-    values = (latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio, threads, runner)
-    return {k: v for k, v in zip(BUDGET_FLAGS, values) if v is not None}
+                      threads, runner, latency_fraction=None) -> dict:
+    values = (latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio, threads, runner,
+              latency_fraction)
+    out = {k: v for k, v in zip(BUDGET_FLAGS, values) if v is not None}
+    if latency_fraction is not None and latency is None:
+        out["budget.latency_s"] = None  # the fraction replaces the target's seconds
+    return out
 
 
 def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
@@ -74,6 +79,9 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @click.option("--recipe", default="default", show_default=True, help="Recipe name (recipes/NAME.yaml) or YAML path.")
 @click.option("--out", default=None, help="Output dir. Default: runs/<target>-<timestamp>.")
 @click.option("--latency", type=float, help="Max seconds for a prompt + answer (overrides the target).")
+@click.option("--latency-fraction", type=float,
+              help="Max latency as a fraction of the unpruned model's, measured in this run and checked on speeds "
+                   "paired with it (for devices whose speed drifts), e.g. 0.8.")
 @click.option("--tokens", type=int, help="Answer length in tokens for the latency budget.")
 @click.option("--prompt-tokens", type=int, help="Prompt length in tokens for the latency budget.")
 @click.option("--decode-tps", type=float, help="Min decode tokens/s.")
@@ -101,14 +109,14 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
               help="Plan from a config.json alone (path or shipped name, e.g. llama-3.1-8b): predictions only.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (and the predicted front) and exit.")
 @friendly
-def plan(target, model, recipe, out, latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
+def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
          max_ppl_ratio, threads, runner, method, width_method, stream, calib, store, force, redo_from, allow_pickle,
          quants, heads_keep, ffn_keep, model_config, dry_run):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
     t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
-                               max_ppl_ratio, threads, runner)
+                               max_ppl_ratio, threads, runner, latency_fraction)
     r_over = {k: v for k, v in {"depth.method": method, "width.method": width_method, "calibration.path": calib,
                                 "calibration.stream": stream}.items() if v is not None}
     r_over |= _search_overrides(quants, heads_keep, ffn_keep)

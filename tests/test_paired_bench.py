@@ -263,3 +263,49 @@ def test_paired_worker_adds_repetitions_until_the_ratio_is_tight(monkeypatch, tm
     p = res["paired"]
     assert p["pairs"] > 3 and p["asked_pairs"] == 3 and len(res["tg_tps"]["samples"]) == p["pairs"]
     assert p["converged"] == (max(p["tg_ratio"]["rse"], p["pp_ratio"]["rse"]) <= bench_worker.RATIO_RSE)
+
+
+def test_a_relative_latency_budget_is_checked_at_the_baselines_level(tiny_llama, small_calib, tmp_path, monkeypatch):
+    """--latency-fraction: the seconds come from the baseline measured in the run, and a candidate is
+    judged on its paired speed (tiny model: its embeddings dominate, so 1 % is what depth buys): the fake
+    device runs at 0.7 x whenever a pair is measured, which
+    fails an absolute check but not the question "is the model 1 % faster"."""
+    monkeypatch.setenv("EDGEPRUNE_CALIBRATION", str(tmp_path / "calibration"))
+    from edgeprune.cli import main
+    from edgeprune.devices import runners
+    from edgeprune.stages import bench as bench_stage
+
+    def slower_when_paired(gguf, spec, reference=None):
+        out = runners.run_fake(gguf, spec, reference=reference)
+        if reference is not None:
+            for part in (out, out["reference"]):
+                for k in ("tg_tps", "pp_tps"):
+                    part[k] = {**part[k], "median": 0.7 * part[k]["median"]}
+        return out
+
+    monkeypatch.setattr(bench_stage, "get_runner", lambda name, device=None: slower_when_paired)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["plan", "--model", str(tiny_llama), "--runner", "fake", "--calib", str(small_calib),
+                                    "--out", str(out), "--max-ppl-ratio", "50", "--quants", "Q4_K_M",
+                                    "--latency-fraction", "0.99"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "manifest.json").read_text())
+    first, last = m["iterations"][0], m["iterations"][-1]
+    assert m["budget"]["latency_fraction"] == 0.99
+    assert m["budget"]["latency_s"] == pytest.approx(0.99 * first["latency_s"])
+    assert first["checks"]["latency_s"]["met"] is False and m["result"]["met"]
+    check = last["checks"]["latency_s"]
+    assert check["met"] and check["measured"] == pytest.approx(last["latency_at_level_s"], rel=1e-3)
+    assert last["latency_at_level_s"] == pytest.approx(0.7 * last["latency_s"], rel=1e-3)
+    assert last["latency_s"] > m["budget"]["latency_s"]  # absolute: the slow minute would have failed it
+    # decisions stay at the level: a relative budget does not chase the machine's drift
+    assert last["predicted"]["drift_applied"] == NO_DRIFT
+
+
+def test_latency_and_latency_fraction_together_are_refused(tmp_path):
+    from edgeprune.cli import main
+
+    res = CliRunner().invoke(main, ["plan", "--runner", "fake", "--latency", "2", "--latency-fraction", "0.8",
+                                    "--out", str(tmp_path / "o"), "--dry-run"])
+    assert res.exit_code != 0 and "latency_fraction" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()

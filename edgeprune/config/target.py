@@ -37,11 +37,22 @@ class Budget(Strict):
     answer_tokens: PositiveInt = 100
     # Ten minutes bounds one prompt + answer; a larger number is almost surely milliseconds.
     latency_s: PositiveFloat | None = Field(None, le=600)
+    # Latency as a fraction of the unpruned model's, measured on the device by the same run: checked on
+    # speeds paired with that baseline, so a device whose speed drifts (a shared VM, a CI runner) is
+    # judged on the model, not on its minute (planner/drift.py). Replaces latency_s once measured.
+    latency_fraction: float | None = Field(None, gt=0, le=1)
     decode_tps: PositiveFloat | None = None
     max_ram_gb: PositiveFloat | None = None
     max_file_gb: PositiveFloat | None = None
     context_tokens: PositiveInt | None = None  # KV cache size for the RAM budget; None: prompt + answer
     max_ppl_ratio: float = Field(1.5, ge=1.0)  # a ratio to the unpruned model: below 1 is unmeetable
+
+    @model_validator(mode="after")
+    def _one_latency(self) -> "Budget":
+        if self.latency_s is not None and self.latency_fraction is not None:
+            raise ValueError("set latency_s (seconds) or latency_fraction (of the unpruned model's measured "
+                             "latency), not both")
+        return self
 
 
 class Target(Strict):

@@ -77,3 +77,13 @@ def binding_constraint(req: Requirements, budget: Budget, pred: dict) -> tuple[s
         return None, 0.0
     name = max(s, key=s.get)
     return name, s[name]
+
+
+def with_relative_latency(target, baseline_latency_s: float):
+    """`target` with latency_s = budget.latency_fraction x the unpruned baseline's latency (measured in
+    the run, or predicted for a dry run); unchanged without a fraction. The fraction stays in the
+    budget, so the manifest says the seconds were derived."""
+    b = target.budget
+    if b.latency_fraction is None:
+        return target
+    return target.model_copy(update={"budget": b.model_copy(update={"latency_s": b.latency_fraction * baseline_latency_s})})

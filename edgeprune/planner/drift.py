@@ -93,6 +93,13 @@ def paired_drift(bench: dict, level: dict) -> dict:
     return out
 
 
+def at_level(bench: dict, drift: dict) -> dict:
+    """`bench` as the machine would have measured it at the run's level: pp/tg medians / drift. A
+    relative latency budget (budget.latency_fraction) is checked on this, since its seconds were
+    derived from the baseline's measurement at the level."""
+    return bench | {k: {**bench[k], "median": bench[k]["median"] / drift[k]} for k in NO_DRIFT}
+
+
 def at_drift(pred, drift: dict):
     """A level-scale Prediction as it would be measured at `drift` (speeds scaled, sizes unchanged)."""
     return replace(pred, tg_tps=pred.tg_tps * drift["tg_tps"], pp_tps=pred.pp_tps * drift["pp_tps"])

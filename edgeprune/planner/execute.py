@@ -25,7 +25,8 @@ from edgeprune.planner.candidates import depth_costs
 from edgeprune.planner.searcher import Searcher, at_measured_drift, errors_pct, prediction_record
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
-from edgeprune.planner.drift import fresh_benchmark, paired_drift, session_start
+from edgeprune.planner.budget import with_relative_latency
+from edgeprune.planner.drift import at_level, fresh_benchmark, paired_drift, session_start
 from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_delivered, evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -151,7 +152,12 @@ def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
     it["drift"] = paired_drift(it["bench"], base["bench"])
     it["speed_level"] = {"baseline": base["gguf_key"], "tg_tps": base["bench"]["tg_tps"]["median"],
                          "pp_tps": base["bench"]["pp_tps"]["median"]}
-    it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], state.plan.target.budget), it)
+    budget = state.plan.target.budget
+    if budget.latency_fraction is not None and it["bench"].get("paired"):
+        level = at_level(it["bench"], it["drift"])  # the budget's seconds are at the baseline's level
+        it["latency_at_level_s"] = latency_s(level, budget)
+        it["checks"] = check_budget(level, budget)
+    it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], budget), it)
     it["absolute_prediction_error_pct"] = errors_pct(predicted, it)
     s.observe(cand, pred, it, (it["bench"].get("host") or {}))
     log(_line(it))
@@ -183,6 +189,8 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     s = make_searcher(state, hf_dir, stats, n_layers)
     base = Candidate(quant=r.export.quant)
     run_candidate(state, s, base, ctx, log)
+    if plan.target.budget.latency_fraction is not None:
+        resolve_relative_budget(state, s, log)
     decision = {"verdict": "met"}
     for _ in range(r.max_iterations):
         if _met(state):
@@ -200,6 +208,18 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
         state.evaluation = evaluate_delivered(store, state.iterations[0], delivered, r.evaluate,
                                               plan.target.device.threads)
     return state
+
+
+def resolve_relative_budget(state: RunState, s: Searcher, log) -> None:
+    """budget.latency_fraction -> seconds, from the baseline just measured (the run's level). Candidates
+    are then checked at that level through their paired measurement (run_candidate): on a device whose
+    speed drifts, the check asks whether the model is that much faster, not whether the minute was."""
+    base, b = state.iterations[0], state.plan.target.budget
+    state.plan.target = with_relative_latency(state.plan.target, base["latency_s"])
+    s.target = state.plan.target
+    base["checks"] = check_budget(base["bench"], state.plan.target.budget)
+    log(f"budget: latency <= {b.latency_fraction:g} x the unpruned model's {base['latency_s']:.3f} s = "
+        f"{state.plan.target.budget.latency_s:.3f} s, candidates checked at the baseline's speed (paired)")
 
 
 def _met(state: RunState) -> list[dict]:

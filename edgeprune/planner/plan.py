@@ -98,7 +98,8 @@ def optional_steps(recipe: Recipe) -> list[str]:
 
 def _has_speed_budget(target: Target) -> bool:
     b = target.budget
-    return any(v is not None for v in (b.latency_s, b.decode_tps, b.max_ram_gb, b.max_file_gb))
+    return any(v is not None for v in (b.latency_s, b.latency_fraction, b.decode_tps, b.max_ram_gb,
+                                         b.max_file_gb))
 
 
 def read_model_config(model: Path) -> dict | None:

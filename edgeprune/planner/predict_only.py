@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from edgeprune.errors import ConfigError
-from edgeprune.planner.budget import binding_constraint
+from edgeprune.planner.budget import binding_constraint, with_relative_latency
 from edgeprune.planner.candidates import Scored, depth_costs
 from edgeprune.planner.searcher import Searcher
 from edgeprune.targets import calibration as cal
@@ -57,7 +57,11 @@ def searcher_for(cfg: dict, target, recipe) -> Searcher:
     order = [list(range(k)) for k in range(max_k + 1)]
     path = cal.calibration_path(target.name, target.device.runner)
     fp = cal.load(path).get("fingerprint")
-    return Searcher.build(base, target, recipe, max_k, depth_costs(order, base.layers), path, fp)
+    s = Searcher.build(base, target, recipe, max_k, depth_costs(order, base.layers), path, fp)
+    b = target.budget  # a relative latency budget is resolved on the predicted baseline
+    s.target = with_relative_latency(target, s.predict(Candidate(quant=recipe.export.quant))
+                                     .latency_s(b.prompt_tokens, b.answer_tokens))
+    return s
 
 
 def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_over: dict, r_over: dict,

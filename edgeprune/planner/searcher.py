@@ -149,7 +149,8 @@ class Searcher:
         sample = cal.normalized(cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner,
                                                 cand.quant), drift, it.get("speed_level"))
         self.run_samples.append(sample)
-        self.drift = dict(drift)
+        if self.target.budget.latency_fraction is None:  # a relative budget is judged at the level
+            self.drift = dict(drift)
         if self.calib_path is not None:
             cal.add_sample(self.calib_path, dict(self.fingerprint or {}), sample)
         self.reload()
