@@ -58,7 +58,7 @@ def write_recipe(quant: str, reps: int, windows: int) -> Path:
 def plan_cmd(name: str, budget: list[str], quants: str, recipe: Path, args) -> list[str]:
     # one thread: with 2 threads on the oversubscribed shared cores, llama.cpp's thread barrier spins
     # while its partner is descheduled (minutes per rep); one thread measures the model, not the barrier
-    return ["edgeprune", "plan", "--target", "host", *budget, "--max-ppl-ratio",
+    return ["edgeprune", "plan", "--target", args.target, *budget, "--max-ppl-ratio",
             str(args.max_ppl_ratio), "--quants", quants, "--threads", str(THREADS), "--runner", args.runner,
             "--recipe", str(recipe), "--store", str(args.store), "--out", str(OUT / name)]
 
@@ -194,6 +194,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=ROOT / "out" / "store")
     ap.add_argument("--paper-only", action="store_true")
     ap.add_argument("--paired", action="store_true", help="only the interleaved baseline/candidate check")
+    ap.add_argument("--target", default="host", help="host, or host-dram (cache evicted before each token)")
     ap.add_argument("--relative", action="store_true",
                     help="budgets as `edgeprune plan --latency-fraction F`: F x the baseline's latency measured in "
                          "that plan, candidates checked on their paired speed (this VM's speed drifts ~30 %% within "
@@ -253,7 +254,7 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
     from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
     from edgeprune.toolchain.hf import resolve_model
 
-    target = load_target("host", {"device.threads": THREADS, "device.runner": args.runner})
+    target = load_target(args.target, {"device.threads": THREADS, "device.runner": args.runner})
     r, store, b = load_recipe(str(recipe)), StepStore(args.store), target.budget
     hf_dir, model_hash = import_model(store, resolve_model(None))
     base_it = json.loads((OUT / f"calibrate-{r.export.quant}" / "manifest.json").read_text())["iterations"][0]
@@ -297,7 +298,7 @@ def paired(reps: int = 3) -> list[dict]:
     its = [it for r in res for it in json.loads((OUT / r["budget"] / "manifest.json").read_text())["iterations"]]
     base_it = next(it for it in its if it["k"] == 0 and it["quant"] == "Q4_K_M")
     shape = ModelShape.from_config(json.loads((ROOT.parent / "edgeprune/targets/models/smollm2-135m.json").read_text()))
-    factors = current_factors(OUT / "calibration" / "host.json")
+    factors = current_factors(OUT / "calibration" / "host.json")  # the default target's
     dev = DeviceSpec(10.0, 25.0, THREADS)
     run = get_runner("local")
     seen, rows = set(), []

@@ -135,23 +135,29 @@ def test_samples_of_two_runs_are_put_on_the_latest_runs_level():
     assert common_level([{"tg_tps": 5.0, "pp_tps": 9.0}]) == [{"tg_tps": 5.0, "pp_tps": 9.0}]  # no level: as is
 
 
-def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_calib, tmp_path, monkeypatch):
-    from edgeprune.cli import main
+def _fake_at_speed_when_paired(speed: float):
+    """The fake runner, on a device running at `speed` x whenever a pair is measured."""
     from edgeprune.devices import runners
-    from edgeprune.stages import bench as bench_stage
-    from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
 
-    def faster_when_paired(gguf, spec, reference=None):
-        """The fake device, running at 1.25 x its speed whenever a pair is measured (after the baseline),
-        so the first candidate meets the budget and the plan stops there (one candidate: a fast test)."""
+    def run(gguf, spec, reference=None):
         out = runners.run_fake(gguf, spec, reference=reference)
         if reference is not None:
             for part in (out, out["reference"]):
                 for k in ("tg_tps", "pp_tps"):
-                    part[k] = {**part[k], "median": 1.25 * part[k]["median"]}
+                    part[k] = {**part[k], "median": speed * part[k]["median"]}
         return out
 
-    monkeypatch.setattr(bench_stage, "get_runner", lambda name, device=None: faster_when_paired)
+    return run
+
+
+def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_calib, tmp_path, monkeypatch):
+    from edgeprune.cli import main
+    from edgeprune.stages import bench as bench_stage
+    from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
+
+    # the fake device runs at 1.25 x whenever a pair is measured (after the baseline), so the first
+    # candidate meets the budget and the plan stops there (one candidate: a fast test)
+    monkeypatch.setattr(bench_stage, "get_runner", lambda name, device=None: _fake_at_speed_when_paired(1.25))
     base = ModelShape.from_config(json.loads((tiny_llama / "config.json").read_text()))
     budget = 0.98 * 106.4 * gguf_bytes(base, "Q4_K_M") / 2e9  # just under the fake's unpruned latency
     out = tmp_path / "out"
@@ -272,18 +278,9 @@ def test_a_relative_latency_budget_is_checked_at_the_baselines_level(tiny_llama,
     fails an absolute check but not the question "is the model 1 % faster"."""
     monkeypatch.setenv("EDGEPRUNE_CALIBRATION", str(tmp_path / "calibration"))
     from edgeprune.cli import main
-    from edgeprune.devices import runners
     from edgeprune.stages import bench as bench_stage
 
-    def slower_when_paired(gguf, spec, reference=None):
-        out = runners.run_fake(gguf, spec, reference=reference)
-        if reference is not None:
-            for part in (out, out["reference"]):
-                for k in ("tg_tps", "pp_tps"):
-                    part[k] = {**part[k], "median": 0.7 * part[k]["median"]}
-        return out
-
-    monkeypatch.setattr(bench_stage, "get_runner", lambda name, device=None: slower_when_paired)
+    monkeypatch.setattr(bench_stage, "get_runner", lambda name, device=None: _fake_at_speed_when_paired(0.7))
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["plan", "--model", str(tiny_llama), "--runner", "fake", "--calib", str(small_calib),
                                     "--out", str(out), "--max-ppl-ratio", "50", "--quants", "Q4_K_M",
@@ -309,3 +306,29 @@ def test_latency_and_latency_fraction_together_are_refused(tmp_path):
                                     "--out", str(tmp_path / "o"), "--dry-run"])
     assert res.exit_code != 0 and "latency_fraction" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eviction_runs_before_every_timed_step_and_is_not_counted_as_the_models_ram(monkeypatch):
+    import numpy
+
+    m = _DriftingMachine()
+    monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: m.t)
+    reads = []
+
+    def evict():  # the buffer read, as the clock sees it: before the timer starts
+        reads.append(m.t)
+
+    monkeypatch.setattr(bench_worker, "_EVICT", numpy.ones(1 << 17))  # 1 MB
+    monkeypatch.setattr(bench_worker, "_evict", evict)
+    bench_worker._paired_rep([m.model(1.0), m.model(2.0)], [[1] * 4, [1] * 4], 12, flip=False)
+    assert len(reads) == 2 * bench_worker.PREFILL_ROUNDS + 2 * 12  # every prefill and every decoded token
+    assert bench_worker._evict_mb() == 1
+    hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    assert bench_worker._peak_rss_kb() == pytest.approx(hwm - 1024, abs=64)
+
+
+def test_local_runner_passes_the_targets_eviction_to_the_worker(tiny_pair):
+    gguf, ref = tiny_pair
+    res = get_runner("local")(gguf, BenchSpec(8, 4, repetitions=2, warmup=0, threads=1, evict_mb=16), reference=ref)
+    assert res["evict_mb"] == 16 and res["paired"]["pairs"] >= 2
+    assert res["peak_rss_bytes"] < res["peak_rss_both_bytes"] < 16 * 2**20 + 2 * res["peak_rss_bytes"]

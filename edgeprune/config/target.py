@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, NonNegativeInt, PositiveInt, model_validator
 
 
 class Strict(BaseModel):
@@ -24,6 +24,10 @@ class Device(Strict):
     ssh_python: str = "python3"        # interpreter on the remote with llama-cpp-python
     connect_timeout_s: PositiveInt = 10
     compute_gflops: PositiveFloat | None = None  # cost-model prior for prefill; None: from threads
+    # MB read (untimed) before every decoded token and prefill, so the weights come from DRAM: for a host
+    # whose last-level cache holds the model, which makes its speed follow other tenants' cache use
+    # (devices/bench_worker.set_eviction). 0: measure as llama-bench does.
+    evict_llc_mb: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _check_ssh(self) -> "Device":

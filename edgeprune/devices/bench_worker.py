@@ -2,8 +2,9 @@
 
 Shaped like llama-bench: a prompt-processing test (pp) and a token-generation test (tg), each
 repeated, with warm-up. Prompt tokens are fixed pseudo-random ids (seeded), as llama-bench does.
-Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS [REFERENCE]
-(THREADS 0: all cores; REFERENCE: measure MODEL interleaved with that GGUF, see run_paired)
+Usage: python -m edgeprune.devices.bench_worker MODEL P N REPS WARMUP THREADS [REFERENCE] [--evict-mb=MB]
+(THREADS 0: all cores; REFERENCE: measure MODEL interleaved with that GGUF, see run_paired;
+--evict-mb: read MB of memory, untimed, before every decoded token and prefill, see set_eviction)
 Standalone (stdlib + llama_cpp): the ssh runner copies this file to the remote and runs it there.
 """
 
@@ -25,15 +26,17 @@ def _stats(values: list[float]) -> dict:
 
 
 def _peak_rss_kb() -> int:
-    """VmHWM of this process. ru_maxrss is no good here: Linux keeps it across exec, so a worker
-    forked from a planner holding a torch model would report the planner's peak."""
+    """VmHWM of this process, less the eviction buffer (resident, not the model's). ru_maxrss is no good
+    here: Linux keeps it across exec, so a worker forked from a planner holding a torch model would
+    report the planner's peak."""
+    buf_kb = 0 if _EVICT is None else _EVICT.nbytes // 1024
     try:
         for line in open("/proc/self/status"):
             if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+                return int(line.split()[1]) - buf_kb
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - buf_kb
 
 
 def _load(model: str, n_ctx: int, threads: int):
@@ -49,17 +52,51 @@ def _prompt(llm, n_prompt: int) -> list[int]:
     return [rng.randrange(3, vocab) for _ in range(n_prompt)]
 
 
+_EVICT = None  # a buffer larger than the last-level cache, read before each timed step (set_eviction)
+
+
+def set_eviction(mb: int) -> None:
+    """Read `mb` MB before every decoded token and every prefill, outside the timing, so the weights come
+    from DRAM. Why: on a host whose last-level cache holds the model (the dev VM: 300 MB L3, SmolLM2
+    GGUFs 78-105 MB), speed depends on how much of that cache other tenants leave, and a smaller model
+    gains more from it: the speed ratio of -7L Q4_0 to the unpruned Q4_K_M read 1.42-1.99 within two
+    minutes without eviction, 1.34-1.43 with it (bench/README, Planner). An edge device's cache is a few
+    MB against a GB model, so DRAM-bound is also what the target would do."""
+    global _EVICT
+    if mb > 0:
+        import numpy  # llama-cpp-python's own dependency, so present on every remote that runs this
+
+        _EVICT = numpy.ones(mb << 17)  # float64: mb MB
+
+
+def _evict_mb() -> int:
+    return 0 if _EVICT is None else _EVICT.nbytes >> 20
+
+
+def _evict() -> None:
+    if _EVICT is not None:
+        _EVICT[::8].sum()  # one float64 in every 64-byte line: every line is read
+
+
+def _timed(fn) -> float:
+    _evict()
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _decode(llm, token: int, n: int) -> float:
+    """Seconds to decode `n` tokens (fixed token, as llama-bench's tg test: timing, not text)."""
+    if _EVICT is None:
+        return _timed(lambda: [llm.eval([token]) for _ in range(n)])
+    return sum(_timed(lambda: llm.eval([token])) for _ in range(n))
+
+
 def _one_rep(llm, prompt: list[int], n_gen: int) -> tuple[float, float]:
     """(pp tok/s, tg tok/s) of one repetition."""
     llm.reset()
-    t = time.perf_counter()
-    llm.eval(prompt)
-    t_pp = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(n_gen):
-        llm.eval([prompt[-1]])  # fixed token, as llama-bench's tg test: timing, not text
-    t_tg = time.perf_counter() - t
-    return len(prompt) / t_pp, n_gen / t_tg
+    t_pp = _timed(lambda: llm.eval(prompt))
+    return len(prompt) / t_pp, n_gen / _decode(llm, prompt[-1], n_gen)
 
 
 def _progress(n: int):
@@ -83,7 +120,8 @@ def run(model: str, n_prompt: int, n_gen: int, reps: int, warmup: int, threads: 
             tg.append(s_tg)
     peak_kb = _peak_rss_kb()
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": reps, "warmup": warmup, "n_threads": threads,
-            "load_s": load_s, "pp_tps": _stats(pp), "tg_tps": _stats(tg), "peak_rss_bytes": peak_kb * 1024,
+            "evict_mb": _evict_mb(), "load_s": load_s, "pp_tps": _stats(pp), "tg_tps": _stats(tg),
+            "peak_rss_bytes": peak_kb * 1024,
             "model_bytes": os.path.getsize(model), "host": _host()}
 
 
@@ -95,12 +133,6 @@ DECODE_SLICE = 10      # decode tokens per interleaved slice
 PREFILL_ROUNDS = 2     # prefills per model per repetition, alternated
 RATIO_RSE = 0.02       # stop adding repetitions once both ratios' standard errors are below this
 MAX_REPS_FACTOR = 4    # ... or at this many times the asked repetitions
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _paired_rep(models: list, prompts: list, n_gen: int, flip: bool) -> list[tuple[float, float]]:
@@ -116,7 +148,7 @@ def _paired_rep(models: list, prompts: list, n_gen: int, flip: bool) -> list[tup
     while done < n_gen:
         n = min(DECODE_SLICE, n_gen - done)
         for j in (order if k % 2 == 0 else order[::-1]):
-            times[j][1] += _timed(lambda: [models[j].eval([prompts[j][-1]]) for _ in range(n)])
+            times[j][1] += _decode(models[j], prompts[j][-1], n)
         done, k = done + n, k + 1
     return [(PREFILL_ROUNDS * len(prompts[j]) / times[j][0], n_gen / times[j][1]) for j in (0, 1)]
 
@@ -163,7 +195,7 @@ def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int,
             break
     col = lambda rows, j: [row[j] for row in rows]  # noqa: E731
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": len(c), "warmup": warmup, "n_threads": threads,
-            "load_s": load_s, "pp_tps": _stats(col(c, 0)), "tg_tps": _stats(col(c, 1)),
+            "evict_mb": _evict_mb(), "load_s": load_s, "pp_tps": _stats(col(c, 0)), "tg_tps": _stats(col(c, 1)),
             "peak_rss_bytes": peak_kb * 1024, "peak_rss_both_bytes": _peak_rss_kb() * 1024,
             "model_bytes": os.path.getsize(model), "host": _host(),
             "reference": {"model": os.path.basename(reference), "model_bytes": os.path.getsize(reference),
@@ -191,7 +223,11 @@ def _host() -> dict:
 
 
 if __name__ == "__main__":
-    m, p, n, r, w, th = sys.argv[1:7]
+    args = [a for a in sys.argv[1:] if not a.startswith("--evict-mb=")]
+    for a in sys.argv[1:]:
+        if a.startswith("--evict-mb="):
+            set_eviction(int(a.split("=", 1)[1]))
+    m, p, n, r, w, th = args[:6]
     nums = (int(p), int(n), int(r), int(w), int(th) or os.cpu_count() or 1)
-    ref_path = sys.argv[7] if len(sys.argv) > 7 else None
+    ref_path = args[6] if len(args) > 6 else None
     print(json.dumps(run_paired(m, ref_path, *nums) if ref_path else run(m, *nums)))

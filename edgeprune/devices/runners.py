@@ -26,6 +26,7 @@ class BenchSpec:
     repetitions: int = 3
     warmup: int = 1
     threads: int | None = None
+    evict_mb: int = 0  # device.evict_llc_mb: read this much memory before each timed step (bench_worker)
 
 
 def cpu_model() -> str:
@@ -50,6 +51,8 @@ def run_local(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dic
            str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(threads)]
     if reference is not None:
         cmd.append(str(reference))
+    if spec.evict_mb:
+        cmd.append(f"--evict-mb={spec.evict_mb}")
     # stderr passes through so the worker's progress bar shows; stdout carries the JSON
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0 or not res.stdout.strip():

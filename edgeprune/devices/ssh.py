@@ -69,6 +69,8 @@ def run_ssh(gguf: Path, spec, device, reference: Path | None = None) -> dict:
                 str(spec.gen_tokens), str(spec.repetitions), str(spec.warmup), str(spec.threads or 0)]
         if reference is not None:
             argv.append(f"{remote}/ref/{reference.name}")
+        if spec.evict_mb:
+            argv.append(f"--evict-mb={spec.evict_mb}")
         cmd = " ".join(shlex.quote(x) for x in argv)
         out = _run([*ssh, host, cmd], "the remote benchmark", where, RUN_TIMEOUT_S)
     finally:

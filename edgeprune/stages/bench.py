@@ -38,7 +38,8 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
               session: int | None = None, reference: tuple[Path, str] | None = None) -> dict:
     """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start.
     `reference`: (GGUF, its key) measured interleaved with `gguf` in the same process (devices/runners.py)."""
-    spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads)
+    spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads,
+                     target.device.evict_llc_mb)
     runner = get_runner(target.device.runner, target.device)
 
     def build(out: Path) -> dict:
@@ -47,7 +48,7 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
         return runner(gguf, spec, **paired) | {"measured_at": time.time(), "loadavg": load}
 
     # protocol: bump when the worker's measurement changes, so stale numbers are not reused
-    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 2}
+    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 3}
     if target.device.runner == "ssh":  # another remote is another device
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     if session is not None:
