@@ -297,6 +297,7 @@ def test_a_relative_latency_budget_is_checked_at_the_baselines_level(tiny_llama,
     assert last["latency_s"] > m["budget"]["latency_s"]  # absolute: the slow minute would have failed it
     # decisions stay at the level: a relative budget does not chase the machine's drift
     assert last["predicted"]["drift_applied"] == NO_DRIFT
+    assert "Latency budget: 0.99 x the unpruned model's latency" in (out / "report.md").read_text()
 
 
 def test_latency_and_latency_fraction_together_are_refused(tmp_path):

@@ -58,12 +58,22 @@ def evaluation_lines(manifest: dict) -> list[str]:
             "", quality_table(ev["records"])]
 
 
+def relative_budget_note(budget: dict, its: list[dict]) -> list[str]:
+    """A latency_fraction budget is checked at the baseline's speed level, not on the table's latency."""
+    if budget.get("latency_fraction") is None:
+        return []
+    at = ", ".join(f"{it['layers']} layers {it['latency_at_level_s']:.3f} s" for it in its if "latency_at_level_s" in it)
+    return [f"Latency budget: {budget['latency_fraction']:g} x the unpruned model's latency measured in this run; "
+            f"candidates are checked at the baseline's speed level through their paired benchmark "
+            f"(latency / drift: {at or 'none paired'}), so the machine's drift since the baseline does not count."]
+
+
 def render_report(manifest: dict, with_evaluation: bool = True) -> str:
     res = manifest["result"]
     budget = manifest["budget"]
     its = manifest["iterations"]
     first = its[0]
-    need = ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None)
+    need = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in budget.items() if v is not None)
     lines = [f"# edgeprune run — target `{manifest['plan']['target']['name']}`", "",
              f"**Verdict:** {'budget met' if res['met'] else 'budget NOT met'} — {res['reason']}.", "",
              f"Budget: {need}.", "",
@@ -77,6 +87,7 @@ def render_report(manifest: dict, with_evaluation: bool = True) -> str:
              f"{first['bench']['n_threads']} threads on {first['bench']['host'].get('cpu_model')} "
              f"({'measured' if first['bench']['measured'] else 'NOT measured: fake runner'}).",
              f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).",
+             *relative_budget_note(budget, its),
              *([KLD_NOTE] if first.get("kld") else []), "",
              *recovery_lines(its),
              f"Artifact: `{res['artifact']}`. Wall time {manifest['wall_time_s']} s. "
