@@ -201,7 +201,7 @@ def main() -> None:
                          "minutes, so an absolute budget from the start can be unreachable later)")
     args = ap.parse_args()
     if args.paired:
-        paired()
+        paired(args.target)
         return
     OUT.mkdir(parents=True, exist_ok=True)
     paper = paper_plan()
@@ -285,20 +285,22 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
     return rows
 
 
-def paired(reps: int = 3) -> list[dict]:
+def paired(target_name: str, reps: int = 3) -> list[dict]:
     """Check of the last run's final calibration: every executed candidate measured interleaved with
     the unpruned Q4_K_M in one worker (ABBA pairs, one thread); the measured speed ratio against the
     ratio the cost model predicts (which does not depend on the machine's drift)."""
     from edgeprune.devices import BenchSpec, get_runner
     from edgeprune.targets.calibration import current_factors
     from edgeprune.targets.costmodel import Candidate, DeviceSpec, predict
+    from edgeprune.targets import load_target
     from edgeprune.targets.gguf_size import ModelShape
 
+    target = load_target(target_name)  # the run's: its calibration file and its cache eviction
     res = json.loads((OUT / "partial.json").read_text())
     its = [it for r in res for it in json.loads((OUT / r["budget"] / "manifest.json").read_text())["iterations"]]
     base_it = next(it for it in its if it["k"] == 0 and it["quant"] == "Q4_K_M")
     shape = ModelShape.from_config(json.loads((ROOT.parent / "edgeprune/targets/models/smollm2-135m.json").read_text()))
-    factors = current_factors(OUT / "calibration" / "host.json")  # the default target's
+    factors = current_factors(OUT / "calibration" / f"{target.name}.json")
     dev = DeviceSpec(10.0, 25.0, THREADS)
     run = get_runner("local")
     seen, rows = set(), []
@@ -307,7 +309,7 @@ def paired(reps: int = 3) -> list[dict]:
         if key in seen or key == (0, "Q4_K_M"):
             continue
         seen.add(key)
-        bench = run(Path(it["gguf"]), BenchSpec(64, 100, reps, 1, THREADS), reference=Path(base_it["gguf"]))
+        bench = run(Path(it["gguf"]), BenchSpec(64, 100, reps, 1, THREADS, target.device.evict_llc_mb), reference=Path(base_it["gguf"]))
         cand = Candidate(it["k"], quant=it["quant"])
         pa, pb = predict(shape, Candidate(), dev, factors, 64, 100), predict(shape, cand, dev, factors, 64, 100)
         measured, predicted = bench["paired"]["tg_ratio"]["median"], pb.tg_tps / pa.tg_tps

@@ -60,8 +60,8 @@ def set_eviction(mb: int) -> None:
     from DRAM. Why: on a host whose last-level cache holds the model (the dev VM: 300 MB L3, SmolLM2
     GGUFs 78-105 MB), speed depends on how much of that cache other tenants leave, and a smaller model
     gains more from it: the speed ratio of -7L Q4_0 to the unpruned Q4_K_M read 1.42-1.99 within two
-    minutes without eviction, 1.34-1.43 with it (bench/README, Planner). An edge device's cache is a few
-    MB against a GB model, so DRAM-bound is also what the target would do."""
+    minutes without eviction, 1.45-1.47 with 700 MB read (450 MB: 1.49-1.61; bench/README, Planner).
+    An edge device's cache is a few MB against a GB model, so DRAM-bound is also what it would do."""
     global _EVICT
     if mb > 0:
         import numpy  # llama-cpp-python's own dependency, so present on every remote that runs this
@@ -187,11 +187,12 @@ def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int,
         _one_rep(ref, r_prompt, n_gen)
     c, r = [], []  # (pp, tg) per repetition
     ratio = lambda j: [a[j] / b[j] for a, b in zip(c, r)]  # noqa: E731
+    converged = lambda: max(_rse(ratio(0)), _rse(ratio(1))) <= RATIO_RSE  # noqa: E731
     for i in _progress(reps * MAX_REPS_FACTOR):
         cc, rr = _paired_rep([cand, ref], [c_prompt, r_prompt], n_gen, flip=i % 2 == 1)
         c.append(cc)
         r.append(rr)
-        if len(c) >= reps and max(_rse(ratio(0)), _rse(ratio(1))) <= RATIO_RSE:
+        if len(c) >= reps and converged():
             break
     col = lambda rows, j: [row[j] for row in rows]  # noqa: E731
     return {"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": len(c), "warmup": warmup, "n_threads": threads,
@@ -202,7 +203,7 @@ def run_paired(model: str, reference: str, n_prompt: int, n_gen: int, reps: int,
                           "pp_tps": _stats(col(r, 0)), "tg_tps": _stats(col(r, 1))},
             "paired": {"order": "ABBA", "decode_slice": DECODE_SLICE, "prefill_rounds": PREFILL_ROUNDS,
                        "pairs": len(c), "asked_pairs": reps, "rse_bound": RATIO_RSE,
-                       "converged": max(_rse(ratio(0)), _rse(ratio(1))) <= RATIO_RSE,
+                       "converged": converged(),
                        "pp_ratio": _stats(ratio(0)) | {"rse": _finite(_rse(ratio(0)))},
                        "tg_ratio": _stats(ratio(1)) | {"rse": _finite(_rse(ratio(1)))}}}
 

@@ -78,12 +78,11 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
                             session_start(plan.out), reference=_reference(state, gguf))
     ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
                        plan.target.device.threads)
-    checks = check_budget(bench, plan.target.budget)
     it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
           "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
           "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
           "width_method": (r.width.method or "heads+ffn") if cand.heads or cand.ffn else None,
-          "ppl": ppl, "checks": checks, "measured_where": measured_where(plan.target, bench)}
+          "ppl": ppl, "measured_where": measured_where(plan.target, bench)}
     if recovery is not None:
         it["recovery"] = recovery
     if r.quality.kld:
@@ -153,10 +152,11 @@ def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
     it["speed_level"] = {"baseline": base["gguf_key"], "tg_tps": base["bench"]["tg_tps"]["median"],
                          "pp_tps": base["bench"]["pp_tps"]["median"]}
     budget = state.plan.target.budget
+    checked = it["bench"]
     if budget.latency_fraction is not None and it["bench"].get("paired"):
-        level = at_level(it["bench"], it["drift"])  # the budget's seconds are at the baseline's level
-        it["latency_at_level_s"] = latency_s(level, budget)
-        it["checks"] = check_budget(level, budget)
+        checked = at_level(it["bench"], it["drift"])  # the budget's seconds are at the baseline's level
+        it["latency_at_level_s"] = latency_s(checked, budget)
+    it["checks"] = check_budget(checked, budget)
     it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], budget), it)
     it["absolute_prediction_error_pct"] = errors_pct(predicted, it)
     s.observe(cand, pred, it, (it["bench"].get("host") or {}))
