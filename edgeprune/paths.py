@@ -1,4 +1,4 @@
-"""Where built-in YAMLs and the shared data folder live."""
+"""Where built-in YAMLs, the shipped texts and the larger data sets live."""
 
 from __future__ import annotations
 
@@ -18,8 +18,15 @@ def repo_dir(name: str) -> Path:
     return _PKG.parent / name
 
 
-def data_dir() -> Path:
-    """The shared evaluation/calibration data: $EDGEPRUNE_DATA, else ../shared/data of the checkout."""
+def builtin_data(name: str) -> Path:
+    """A text shipped inside the package (edgeprune/builtin/data, see its README for sources and licences)."""
+    return _PKG / "builtin" / "data" / name
+
+
+def data_dir(flag: str = "--data-dir") -> Path:
+    """The larger evaluation/training sets (ARC, MMLU, Dolly, ...), which do not ship with the package:
+    $EDGEPRUNE_DATA, else a `shared/data` folder beside the checkout. `flag` is the option of the
+    command at hand that points at the files instead, named in the error."""
     env = os.environ.get("EDGEPRUNE_DATA")
     candidates = [Path(env)] if env else []
     candidates += [_PKG.parent.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
@@ -27,9 +34,9 @@ def data_dir() -> Path:
         if c.is_dir():
             return c
     raise DataError(
-        "shared data folder not found",
-        where=str(candidates[0]),
-        fix="set EDGEPRUNE_DATA to the folder holding wiki.test.raw and c4_en_2k.*.jsonl, or pass --calib/--eval-text",
+        "evaluation data folder not found (only the calibration and WikiText-2 texts ship with edgeprune)",
+        where=f"$EDGEPRUNE_DATA ({env})" if env else "$EDGEPRUNE_DATA (unset)",
+        fix=f"pass {flag} or set EDGEPRUNE_DATA to a folder laid out as described in README (Data)",
     )
 
 

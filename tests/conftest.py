@@ -66,10 +66,15 @@ def isolated_store(tmp_path, monkeypatch):
 @pytest.fixture
 def small_calib(tmp_path) -> Path:
     """Short calibration file so scoring the tiny model takes well under a second."""
-    from edgeprune.paths import data_dir
-
-    src = data_dir() / "c4_en_2k.part1of2.jsonl"
-    lines = src.read_text(encoding="utf-8").splitlines()[:40]
     path = tmp_path / "calib.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(c4_lines(40)) + "\n", encoding="utf-8")
     return path
+
+
+def c4_lines(n: int) -> list[str]:
+    """The first `n` JSONL rows of the C4 sample shipped with the package (no data folder needed)."""
+    import gzip
+
+    from edgeprune.data.texts import CALIBRATION_FILE
+
+    return gzip.decompress(CALIBRATION_FILE.read_bytes()).decode("utf-8").splitlines()[:n]

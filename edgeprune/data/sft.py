@@ -45,7 +45,7 @@ class Blocks:
 
 def source_files(source: str) -> list[Path]:
     if source in NAMED:
-        return [data_dir() / name for name in NAMED[source]]
+        return [data_dir("--data PATH.jsonl") / name for name in NAMED[source]]
     path = Path(source)
     if not path.is_file():
         raise DataError(f"unknown data source '{source}'", where="--data",
