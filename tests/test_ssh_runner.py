@@ -102,13 +102,129 @@ def test_ssh_runner_fails_fast_when_nothing_listens(tmp_path, monkeypatch):
     assert time.time() - t < 10
 
 
-def test_ssh_runner_times_out_on_a_blackhole(tmp_path, monkeypatch):
-    # 10.255.255.1 is non-routable: SYNs go unanswered, so only ConnectTimeout ends the wait
+def test_ssh_runner_times_out_on_a_silent_loopback_port(tmp_path, monkeypatch):
+    """Only ConnectTimeout ends the wait: a loopback socket that accepts the TCP connection (the
+    kernel's backlog) but never sends an ssh banner. Loopback only: tests send nothing off the machine.
+    Mutant caught: ConnectTimeout dropped from the ssh options (the run then waits for the 22 s guard)."""
     monkeypatch.setenv("EDGEPRUNE_SSH_KNOWN_HOSTS", str(tmp_path / "known_hosts"))
-    dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="x@10.255.255.1", connect_timeout_s=2)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="x@127.0.0.1",
+                     ssh_port=silent.getsockname()[1], connect_timeout_s=2)
+        gguf = tmp_path / "m.gguf"
+        gguf.write_bytes(b"GGUF")
+        t = time.time()
+        with pytest.raises(ToolchainError):
+            get_runner("ssh", dev)(gguf, BenchSpec(8, 4))
+        assert time.time() - t < 15
+
+
+HOSTILE = ["-oProxyCommand=touch pwned@127.0.0.1", "-oProxyCommand=touch${IFS}pwned", "user@-oProxyCommand=x",
+           "--help", "host;touch pwned", "$(touch pwned)@host", "user@host -p 1", "user@host\nx", "a@b@host",
+           "user@host:0", "user@host:99999", "user@host:22x", "", "host/../x"]
+
+
+@pytest.mark.parametrize("host", HOSTILE)
+def test_hostile_ssh_host_is_refused_in_the_target(host):
+    """Mutant caught: Device.ssh_host without the grammar check (any string reached ssh's argv)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ssh_host"):
+        Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host=host)
+
+
+def test_hostile_ssh_host_in_a_target_yaml_is_one_line(tmp_path):
+    """Mutant caught: the grammar check removed; the loader then accepts the option-shaped host."""
+    from edgeprune.errors import ConfigError
+    from edgeprune.targets import load_target
+
+    p = tmp_path / "t.yaml"
+    p.write_text('version: 1\nname: t\ndevice: {ram_gb: 8, mem_bandwidth_gbs: 10, runner: ssh, '
+                 'ssh_host: "-oProxyCommand=touch pwned@127.0.0.1"}\nbudget: {}\n')
+    with pytest.raises(ConfigError) as err:
+        load_target(str(p))
+    assert "\n" not in str(err.value) and "device.ssh_host" in str(err.value) and "[user@]host[:port]" in str(err.value)
+
+
+@pytest.mark.parametrize("host", ["pi", "pi.local", "me@pi", "me.name_1@10.0.0.2:2222", "me@[::1]:22", "ci-box_2"])
+def test_ordinary_ssh_hosts_and_aliases_pass(host):
+    Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host=host)
+
+
+def test_runner_refuses_a_hostile_host_that_skipped_validation(tmp_path, monkeypatch):
+    """model_copy(update=...) skips pydantic's validators; the runner parses the host again and runs
+    no subprocess. Mutant caught: ssh_base taking device.ssh_host as-is (ssh then got
+    "-oProxyCommand=touch pwned@127.0.0.1" as an option)."""
+    from edgeprune.errors import ConfigError
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv))
+    dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="me@127.0.0.1")
+    bad = dev.model_copy(update={"ssh_host": f"-oProxyCommand=touch {tmp_path}/pwned@127.0.0.1"})
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    t = time.time()
-    with pytest.raises(ToolchainError):
+    with pytest.raises(ConfigError, match="device.ssh_host"):
+        get_runner("ssh", bad)(gguf, BenchSpec(8, 4))
+    assert calls == [] and not (tmp_path / "pwned").exists()
+
+
+class FakeRemote:
+    """subprocess.run standing in for ssh/scp: records argv, answers mktemp with `tmp`."""
+
+    def __init__(self, tmp: str):
+        self.tmp, self.calls = tmp, []
+
+    def __call__(self, argv, **kw):
+        self.calls.append(list(argv))
+        out = ""
+        if argv[-1].startswith("mktemp"):
+            out = self.tmp + "\n"
+        elif "bench_worker.py" in argv[-1]:
+            out = '{"tg_tps": {"median": 1}}\n'
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+
+def test_every_ssh_and_scp_call_ends_options_with_double_dash(tmp_path, monkeypatch):
+    """The destination follows `--`, so even a host that reached ssh unchecked could not be an option.
+    Mutant caught: `--` dropped from the ssh or the scp argv."""
+    fake = FakeRemote("/tmp/edgeprune-bench.AbC123")
+    monkeypatch.setattr(subprocess, "run", fake)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="me@box:2222")
+    res = get_runner("ssh", dev)(gguf, BenchSpec(8, 4), reference=gguf)
+    assert {c[0] for c in fake.calls} == {"ssh", "scp"} and len(fake.calls) == 6
+    for argv in fake.calls:
+        rest = argv[argv.index("--") + 1:]
+        dest = rest[0] if argv[0] == "ssh" else rest[-1]
+        assert dest.startswith("me@box"), argv
+        assert "-p" in argv[:argv.index("--")] or "-P" in argv[:argv.index("--")]
+        assert argv[argv.index("-P" if argv[0] == "scp" else "-p") + 1] == "2222"
+    assert res["ssh_host_key"] == "accept-new"  # the policy is stated with the measurement
+
+
+def test_host_key_policy_is_configurable(tmp_path, monkeypatch):
+    """Mutant caught: StrictHostKeyChecking hard-coded to accept-new."""
+    fake = FakeRemote("/tmp/edgeprune-bench.AbC123")
+    monkeypatch.setattr(subprocess, "run", fake)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="box", ssh_host_key="yes")
+    assert get_runner("ssh", dev)(gguf, BenchSpec(8, 4))["ssh_host_key"] == "yes"
+    assert all("StrictHostKeyChecking=yes" in argv for argv in fake.calls)
+
+
+@pytest.mark.parametrize("printed", ["/tmp/edgeprune-bench.x; touch pwned", "-rf /", "Welcome!\n/tmp/a",
+                                     "/tmp/edgeprune-bench.$(id)"])
+def test_remote_temp_dir_that_is_not_mktemps_is_refused(tmp_path, monkeypatch, printed):
+    """The remote's mktemp output goes into scp's destination (a remote shell with legacy scp).
+    Mutant caught: mktemp's output used unchecked."""
+    fake = FakeRemote(printed)
+    monkeypatch.setattr(subprocess, "run", fake)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    dev = Device(ram_gb=8, mem_bandwidth_gbs=10, runner="ssh", ssh_host="box")
+    with pytest.raises(ToolchainError, match="mktemp printed"):
         get_runner("ssh", dev)(gguf, BenchSpec(8, 4))
-    assert time.time() - t < 30  # ConnectTimeout 2 s (+ the subprocess guard at 22 s)
+    assert not any(argv[0] == "scp" for argv in fake.calls)

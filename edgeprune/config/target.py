@@ -2,9 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, NonNegativeInt, PositiveInt, field_validator,
+                      model_validator)
+
+# A target name becomes a file name (the calibration cache, runs/<name>-<time>): one path component,
+# no leading dot or dash.
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# ssh_host grammar: [user@]host[:port], host a name, an ssh config alias, an IPv4 address, or an IPv6
+# address in brackets. Nothing may start with '-' (ssh would read it as an option: "-oProxyCommand=..."
+# runs a local command) and no character outside these classes reaches ssh's argv.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+SSH_HOST = re.compile(rf"(?:(?P<user>{_NAME})@)?(?P<host>{_NAME}|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?")
+
+# ssh's StrictHostKeyChecking. accept-new (the default) trusts a host's key the first time it is
+# seen and refuses a changed one afterwards; yes refuses any host not already in known_hosts.
+HostKeyPolicy = Literal["accept-new", "yes"]
+
+
+class SshHost(NamedTuple):
+    user: str | None
+    host: str  # an IPv6 address without its brackets
+    port: int | None
+
+    def destination(self) -> str:
+        """user@host for ssh's argv (after `--`)."""
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+    def scp_destination(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{path}" if self.user else f"{host}:{path}"
+
+
+def parse_ssh_host(text: str) -> SshHost:
+    """'user@host:2222' -> SshHost; ValueError with one line for anything else."""
+    m = SSH_HOST.fullmatch(text or "")
+    if not m:
+        raise ValueError(f"ssh_host {text!r} is not [user@]host[:port] (letters, digits, '.', '_', '-'; "
+                         "not starting with '-'; IPv6 in brackets)")
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"ssh_host {text!r}: port {port} is outside 1-65535")
+    return SshHost(m["user"], m["host"].strip("[]"), port)
 
 
 class Strict(BaseModel):
@@ -18,8 +60,9 @@ class Device(Strict):
     ram_gb: PositiveFloat
     mem_bandwidth_gbs: PositiveFloat
     runner: Literal["local", "fake", "ssh"] = "local"
-    ssh_host: str | None = None        # runner ssh: [user@]host
+    ssh_host: str | None = None        # runner ssh: [user@]host[:port] or an ssh config alias (parse_ssh_host)
     ssh_port: PositiveInt = 22
+    ssh_host_key: HostKeyPolicy = "accept-new"  # ssh StrictHostKeyChecking; stated in every ssh measurement
     ssh_key: str | None = None         # identity file; None: the ssh agent / default keys
     ssh_python: str = "python3"        # interpreter on the remote with llama-cpp-python
     connect_timeout_s: PositiveInt = 10
@@ -28,6 +71,16 @@ class Device(Strict):
     # whose last-level cache holds the model, which makes its speed follow other tenants' cache use
     # (devices/bench_worker.set_eviction). 0: measure as llama-bench does.
     evict_llc_mb: NonNegativeInt = 0
+    # A local runner refuses a target whose arch is not this machine's; true (--allow-foreign-arch)
+    # measures here anyway and labels every number "measured on <arch> host, not on the target".
+    allow_foreign_arch: bool = False
+
+    @field_validator("ssh_host")
+    @classmethod
+    def _ssh_host_grammar(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_ssh_host(v)
+        return v
 
     @model_validator(mode="after")
     def _check_ssh(self) -> "Device":
@@ -64,6 +117,14 @@ class Target(Strict):
     name: str
     device: Device
     budget: Budget
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, v: str) -> str:
+        if not TARGET_NAME.fullmatch(v):
+            raise ValueError(f"name {v!r} must be letters, digits, '.', '_' or '-', starting with a letter or "
+                             "digit, at most 64 characters (it names the calibration file)")
+        return v
 
     @model_validator(mode="after")
     def _check_fits_device(self) -> "Target":

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import socket
 
+from edgeprune.config.target import SshHost, parse_ssh_host
 from edgeprune.errors import ConfigError
+
+
+def parse_host(ssh_host: str) -> SshHost:
+    """The target's grammar (config/target.parse_ssh_host), checked again here: a Device built with
+    model_copy(update=...) skips pydantic's validators, and this string goes into ssh's argv."""
+    try:
+        return parse_ssh_host(ssh_host)
+    except ValueError as exc:
+        raise ConfigError(str(exc), where="device.ssh_host", fix="write user@host, user@host:2222 or an ssh "
+                          "config alias") from None
 
 
 def split_host(ssh_host: str) -> tuple[str, int]:
     """'user@host:2222' or 'host' -> (host, port)."""
-    host = ssh_host.rsplit("@", 1)[-1]
-    if host.count(":") == 1:
-        name, port = host.split(":")
-        if not port.isdigit():
-            raise ConfigError(f"ssh port '{port}' is not a number", where="device.ssh_host", fix="write user@host:22")
-        return name, int(port)
-    return host, 22
+    parsed = parse_host(ssh_host)
+    return parsed.host, parsed.port or 22
 
 
 def check_ssh_reachable(ssh_host: str, port: int | None = None, timeout_s: float = 5.0) -> None:

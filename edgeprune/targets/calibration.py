@@ -42,6 +42,15 @@ def calibration_dir() -> Path:
 
 
 def calibration_path(target_name: str, runner: str) -> Path:
+    """The file for a target; its name is checked again here (a Target built with model_copy skips
+    the validator), so no name can put the file outside calibration_dir()."""
+    from edgeprune.config.target import TARGET_NAME
+    from edgeprune.errors import ConfigError
+
+    for part, what in ((target_name, "name"), (runner, "device.runner")):
+        if not TARGET_NAME.fullmatch(part or ""):
+            raise ConfigError(f"target {what} {part!r} cannot name a calibration file", where=f"target {what}",
+                              fix="use letters, digits, '.', '_' or '-', starting with a letter or digit")
     suffix = "" if runner == "local" else f".{runner}"
     return calibration_dir() / f"{target_name}{suffix}.json"
 
