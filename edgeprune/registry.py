@@ -1,4 +1,4 @@
-"""One registry for every pluggable method (depth scorers, width scorers, runners).
+"""One registry for every pluggable method (depth scorers, width scorers, runners, quant types).
 
 Lookups of an unknown name answer with "did you mean" so a typo costs one try.
 """
@@ -52,3 +52,4 @@ def _load_builtins() -> None:
     # Imported lazily so `import edgeprune` stays cheap and free of torch.
     import edgeprune.devices  # noqa: F401
     import edgeprune.methods  # noqa: F401
+    import edgeprune.quants  # noqa: F401

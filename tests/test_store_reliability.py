@@ -187,10 +187,10 @@ def test_gguf_structure_check_on_hand_made_headers():
 
 
 def test_export_gate_thresholds_are_in_the_recipe():
+    from edgeprune import quants
     from edgeprune.config.recipe import Export
-    from edgeprune.stages.export import KLD_MAX
 
-    assert Export().kld_max is None and KLD_MAX["Q4_K_M"] == 0.5
+    assert Export().kld_max is None and quants.get("Q4_K_M").kld_max == 0.5
     assert Export(kld_max=0.2).kld_max == 0.2
     with pytest.raises(ValueError):
         Export(kld_max=0)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+
+from edgeprune import quants
 
 from edgeprune.config.evaluate import Evaluate
 from edgeprune.config.recovery import Recovery
+from edgeprune.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -38,11 +41,23 @@ class Width(Strict):
     method: str | None = None
 
 
+def _usable_quant(name: str) -> str:
+    try:
+        quants.usable(name)
+    except ConfigError as exc:  # pydantic reports a ValueError with the key path
+        raise ValueError(f"{exc.what} ({exc.fix})") from None
+    return name
+
+
+# A registered quant type (edgeprune/quants.py) that needs no importance matrix.
+QuantName = Annotated[str, AfterValidator(_usable_quant)]
+
+
 class Export(Strict):
-    quant: Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"] = "Q4_K_M"
+    quant: QuantName = "Q4_K_M"
     logits_cos_min: float = Field(0.995, gt=0, le=1)  # HF vs F16 GGUF agreement gate
     # Gate: mean KL(F16 || quantized) of next-token distributions on the verify prompt, in nats.
-    # None: the per-quant default in stages/export.py (KLD_MAX).
+    # None: the quant type's default (QuantSpec.kld_max).
     kld_max: float | None = Field(None, gt=0)
 
 
@@ -56,9 +71,6 @@ class Quality(Strict):
     ctx: PositiveInt = 512
     windows: PositiveInt = 8
     kld: bool = True  # also KL(parent || candidate) on the same windows, parent = the unpruned HF import
-
-
-QuantName = Literal["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M", "Q8_0"]
 
 
 class Search(Strict):

@@ -20,13 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from edgeprune import quants
 from edgeprune.planner.budget import shortfalls
 from edgeprune.targets.costmodel import Candidate, Prediction
 
-# ln(ppl ratio vs F16) per quant type: llama.cpp's quantize README, LLaMA-7B WikiText-2
-# (Q8_0 +0.0004, Q5_K_M +0.0142, Q4_K_M +0.0535, Q4_0 +0.2166, Q3_K_M +0.2437 on 5.9066),
-# doubled because small models lose more to quantization; replaced by measurements.
-QUANT_PRIOR = {"Q8_0": 0.0001, "Q5_K_M": 0.005, "Q4_K_M": 0.018, "Q4_0": 0.072, "Q3_K_M": 0.080}
+# ln(ppl ratio vs F16) per quant type before any measurement (QuantSpec.ppl_prior says where from)
+QUANT_PRIOR = {name: spec.ppl_prior for name, spec in quants.SPECS.items()}
 BETA_PRIOR = 5.5    # ln(ppl ratio) per fraction of layers removed: -8 of 30 layers -> x4.3
 GAMMA_PRIOR = (1.5, 1.0)  # heads, ffn: ln ratio per fraction removed
 

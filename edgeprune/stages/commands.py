@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeprune import registry
+from edgeprune import quants, registry
 from edgeprune.config.checks import check_layer_count
 from edgeprune.config.recipe import Calibration, Export
 from edgeprune.data import eval_text
@@ -74,11 +74,7 @@ def export_command(model: Path, quant: str, out: Path) -> dict:
     if not model.is_dir():
         raise ConfigError(f"export takes a HF folder, got {model}", where="--model", fix="give a folder with config.json")
     check_hf_folder(model)
-    try:
-        cfg = Export(quant=quant)
-    except ValueError:
-        raise ConfigError(f"unknown quant type '{quant}'", where="--quant",
-                          fix="choose one of Q4_K_M, Q5_K_M, Q4_0, Q3_K_M, Q8_0") from None
+    cfg = Export(quant=quants.usable(quant, where="--quant").name)
     store = _scratch_store()
     from edgeprune.runner import tree_hash
 

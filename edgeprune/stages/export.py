@@ -7,7 +7,7 @@ Gates (each failure raises ExportError and nothing is published):
     match the HF config, every block has the same tensors, the quantized file has as many
     tensors as the F16 one, and no tensor's bytes run past the end of the file;
   * the quantized GGUF's next-token distributions stay close to the F16 GGUF's: mean
-    KL(F16 || quant) <= `kld_max` (per-quant defaults in KLD_MAX);
+    KL(F16 || quant) <= `kld_max` (the quant type's default: edgeprune/quants.py);
   * before writing, free disk must hold the F16 + quantized files (estimated from the
     safetensors headers).
 """
@@ -21,18 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from edgeprune import quants
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ExportError
 from edgeprune.runner import StepStore
+from edgeprune.targets.gguf_size import ModelShape, tensor_types
 from edgeprune.toolchain import llamacpp
 from edgeprune.toolchain.checkpoint import checkpoint_tensors, parameter_count
 from edgeprune.toolchain.gguf_check import check_gguf
 from edgeprune.toolchain.hf import load_model
-
-# Mean KL(F16 || quant) in nats on VERIFY_PROMPT. Q4_K_M: SmolLM2-135M and its depth-pruned
-# variants measured 0.07-0.37, so 0.5 leaves headroom while catching a broken quantization
-# (a wrong tensor type or scale gives KL >> 1). The other types are scaled by bits per weight.
-KLD_MAX = {"Q8_0": 0.1, "Q5_K_M": 0.35, "Q4_K_M": 0.5, "Q4_0": 0.6, "Q3_K_M": 1.0}
 
 VERIFY_PROMPT = ("The tower is 324 metres tall, about the same height as an 81-storey building, "
                  "and the tallest structure in Paris. Its base is square, measuring 125 metres on each side.")
@@ -61,7 +58,10 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tuple[Path, dict]:
     llamacpp.require_llama_cpp()
-    kld_max = cfg.kld_max if cfg.kld_max is not None else KLD_MAX[cfg.quant]
+    spec = quants.usable(cfg.quant)
+    kld_max = cfg.kld_max if cfg.kld_max is not None else spec.kld_max
+    # fail before converting when llama.cpp could not quantize these shapes (e.g. Q1_0 on 576-wide rows)
+    tensor_types(ModelShape.from_config(json.loads((hf_dir / "config.json").read_text())), cfg.quant)
 
     def build(out: Path) -> dict:
         bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
@@ -106,7 +106,7 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
                 "verify": verify}
 
     res = store.run("export", {"model": hf_hash, "export": cfg.model_dump()}, build,
-                    need_bytes=export_bytes_needed(hf_dir))
+                    need_bytes=export_bytes_needed(hf_dir, spec))
     return res.path / res.meta["gguf"], res.meta
 
 
@@ -117,6 +117,6 @@ def expected_header(config) -> dict:
             "llama.attention.head_count_kv": config.num_key_value_heads}
 
 
-def export_bytes_needed(hf_dir: Path) -> int:
-    """F16 copy (2 bytes/weight) + quantized copy (at most 1 byte/weight for the types offered)."""
-    return 3 * parameter_count(checkpoint_tensors(hf_dir))
+def export_bytes_needed(hf_dir: Path, spec: quants.QuantSpec) -> int:
+    """F16 copy (2 bytes/weight) + quantized copy (at most 1 byte/weight below 8 bits per weight)."""
+    return int((2 + max(1.0, spec.bits / 8)) * parameter_count(checkpoint_tensors(hf_dir)))

@@ -1,27 +1,21 @@
 """Exact-ish GGUF size of a Llama-family model from its shapes alone (no weights).
 
-Replicates llama.cpp's own choices (vendor/llama.cpp/src/llama-quant.cpp of llama-cpp-python
-0.3.36): the per-tensor type a file type picks (`llama_tensor_get_type_impl`: Q6_K for the
-output head, more bits for some attn_v / ffn_down layers by `use_more_bits`), then the shape
-fallback (`tensor_type_fallback`): a 256-block k-quant on a row length not divisible by 256
-becomes Q5_0 (Q4_K), Q5_1 (Q5_K), Q8_0 (Q6_K) or Q4_0 (Q3_K). SmolLM2's hidden size 576 is
-not a multiple of 256, so most of its "Q4_K_M" tensors are really Q5_0 — which is why a size
-model of "4.85 bits per weight" is 10 % off for it. Then the GGUF layout: header, key/values,
-tensor infos, 32-byte aligned data.
+Replicates llama.cpp's own choices through the quant type's spec (edgeprune/quants.py, rules of
+llama-cpp-python 0.3.36's llama.cpp): the per-tensor type a file type picks (Q6_K for the output
+head, more bits for some attn_v / ffn_down layers by `use_more_bits`), then the shape fallback: a
+256-block k-quant on a row length not divisible by 256 becomes Q5_0 (Q4_K), Q5_1 (Q5_K), Q8_0
+(Q6_K) or Q4_0 (Q3_K). SmolLM2's hidden size 576 is not a multiple of 256, so most of its "Q4_K_M"
+tensors are really Q5_0 — which is why a size model of "4.85 bits per weight" is 10 % off for it.
+Then the GGUF layout: header, key/values, tensor infos, 32-byte aligned data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-# (elements per block, bytes per block) — ggml-common.h
-BLOCK = {
-    "F32": (1, 4), "F16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q8_0": (32, 34), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
-FTYPE_DEFAULT = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q3_K_M": "Q3_K", "Q4_0": "Q4_0", "Q8_0": "Q8_0", "F16": "F16"}
-FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q3_K": "Q4_0", "Q2_K": "Q4_0"}
+from edgeprune import quants
+from edgeprune.quants import tensor_bytes, use_more_bits  # noqa: F401  (re-exported)
+
 ALIGN = 32
 # Key/value bytes per vocabulary entry (token string, type, BPE merges): SmolLM2's GGUF holds
 # 1,769,411 bytes of key/values for 49,152 tokens + 48,900 merges = 36.0 per token.
@@ -85,59 +79,21 @@ def tensor_list(s: ModelShape) -> list[tuple[str, int, int]]:
     return out
 
 
-def use_more_bits(i: int, n: int) -> bool:
-    # C integer division; i < n/8 short-circuits before the (negative) modulo could differ from C's
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-def _mixture_type(ftype: str, default: str, name: str, ncols: int, layer: int, n_layers: int, tied: bool) -> str:
-    """llama_tensor_get_type_impl for the file types edgeprune offers, Llama arch, no experts."""
+def slot(s: ModelShape, name: str, ncols: int) -> quants.Slot:
+    """What llama.cpp's type choice knows of one weight of this model."""
     role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
-    if role == "output" or (tied and role == "token_embd"):
-        if ncols % BLOCK[default][0] != 0:
-            return "Q8_0"
-        return default if default == "Q8_0" else "Q6_K"
-    if role == "attn_v":
-        if ftype == "Q3_K_M":
-            return "Q5_K" if layer < 2 else "Q4_K"
-        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(layer, n_layers):
-            return "Q6_K"
-    if role == "ffn_down":
-        if ftype == "Q3_K_M":
-            return "Q5_K" if layer < n_layers // 16 else "Q4_K"
-        if ftype in ("Q4_K_M", "Q5_K_M") and use_more_bits(layer, n_layers):
-            return "Q6_K"
-    if role == "attn_output" and ftype == "Q3_K_M":
-        return "Q4_K"
-    return default
-
-
-def tensor_type(ftype: str, name: str, ncols: int, n_dims: int, n_layers: int, tied: bool) -> str:
-    if ftype not in FTYPE_DEFAULT:
-        raise ValueError(f"unknown file type {ftype!r}; known: {', '.join(FTYPE_DEFAULT)}")
-    default = FTYPE_DEFAULT[ftype]
-    if n_dims < 2 or name.endswith("_norm.weight") or default in ("F16", "F32"):
-        return "F32" if n_dims < 2 else default
     layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
-    t = _mixture_type(ftype, default, name, ncols, layer, n_layers, tied)
-    if ncols % BLOCK[t][0] != 0:  # tensor_type_fallback
-        t = FALLBACK.get(t, t)
-        if ncols % BLOCK[t][0] != 0:
-            t = "F16"
-    return t
-
-
-def tensor_bytes(t: str, elements: int) -> int:
-    per, size = BLOCK[t]
-    return elements // per * size
+    return quants.Slot(role, layer, ncols, s.layers, s.heads // s.kv_heads, s.tied,
+                       llama_70b=s.layers == 80 and s.heads != s.kv_heads)
 
 
 def tensor_types(s: ModelShape, ftype: str) -> list[tuple[str, str, int]]:
     """(name, ggml type, bytes) per tensor, as llama_model_quantize would write them."""
+    spec = quants.get(ftype)
     out = []
     for name, ncols, n in tensor_list(s):
-        n_dims = 1 if n == ncols else 2
-        t = tensor_type(ftype, name, ncols, n_dims, s.layers, s.tied)
+        # 1-D tensors and norms are not quantized: the converter writes them F32
+        t = "F32" if n == ncols or name.endswith("_norm.weight") else spec.tensor_type(slot(s, name, ncols))
         out.append((name, t, tensor_bytes(t, n)))
     return out
 
@@ -146,7 +102,8 @@ def gguf_bytes(s: ModelShape, ftype: str, kv_bytes: int | None = None) -> int:
     """File size: header + key/values + tensor infos, padded, + each tensor's data padded to 32."""
     rows = tensor_types(s, ftype)
     kv = kv_bytes if kv_bytes is not None else int(KV_BYTES_FIXED + KV_BYTES_PER_TOKEN * s.vocab)
-    infos = sum(8 + len(name) + 4 + 8 * (1 if t == "F32" else 2) + 4 + 8 for name, t, _ in rows)
+    dims = [1 if n == ncols else 2 for _, ncols, n in tensor_list(s)]
+    infos = sum(8 + len(name) + 4 + 8 * d + 4 + 8 for (name, _, _), d in zip(rows, dims))
     head = 24 + kv + infos
     data = sum(-(-b // ALIGN) * ALIGN for _, _, b in rows)
     return -(-head // ALIGN) * ALIGN + data

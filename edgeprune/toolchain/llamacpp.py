@@ -12,17 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune import quants
 from edgeprune.errors import ExportError, ToolchainError
 from edgeprune.toolchain.converter import converter_dir
-
-QUANT_TYPES = {
-    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
-    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-}
-
 
 def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
     script = converter_dir() / "convert_hf_to_gguf.py"
@@ -35,12 +27,13 @@ def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
 
 
 def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> None:
+    """llama_model_quantize to a registered quant type (edgeprune/quants.py); the file type's number
+    is gguf's LlamaFileType, which is llama.cpp's llama_ftype."""
     import llama_cpp
 
-    if qtype not in QUANT_TYPES:
-        raise ExportError(f"unknown quant type '{qtype}'", where="--quant", fix=f"choose one of {', '.join(QUANT_TYPES)}")
+    spec = quants.usable(qtype)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, QUANT_TYPES[qtype])
+    params.ftype = int(spec.ftype)
     params.nthread = threads or os.cpu_count() or 1
     with quiet_stderr():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

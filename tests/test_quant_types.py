@@ -1,0 +1,176 @@
+"""Quant types as specs (edgeprune/quants.py): contract tests over every registered name.
+
+The size model is checked against llama.cpp itself: tiny Llama shapes are written straight to an
+F16 GGUF (gguf-py, a 256-token vocabulary, random weights) and quantized by llama_model_quantize;
+every tensor's type and byte count must match the prediction exactly. Going through the HF fixture
+and the converter instead costs ~25 s here, because SmolLM2's 49k-token embedding dominates every
+quantization; that whole-file check runs in the slow tier (test_tiny_fixture_files_...).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+
+import numpy as np
+import pytest
+
+from edgeprune import quants, registry
+from edgeprune.errors import ConfigError
+from edgeprune.targets.gguf_size import ModelShape, gguf_bytes, tensor_list, tensor_types
+
+# A: 256-wide rows keep every block type, GQA 4, 8 layers (n/8 = 1), untied head.
+# B: 128-wide rows force the 32-block fallbacks, GQA 2, 16 layers (n/16 = 1), tied embeddings.
+SHAPES = {"A": ModelShape(hidden=256, layers=8, heads=8, kv_heads=2, head_dim=32, ffn=256, vocab=256),
+          "B": ModelShape(hidden=128, layers=16, heads=4, kv_heads=2, head_dim=32, ffn=256, vocab=256, tied=True)}
+USABLE = quants.names(usable_only=True)
+NEEDS_IMATRIX = [n for n in quants.names() if n not in USABLE]
+
+
+def write_f16_gguf(path, s: ModelShape) -> None:
+    """What llama_model_quantize reads of a Llama GGUF: hparams and tensors (it never loads the vocab)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(s.layers)
+    w.add_context_length(256)
+    w.add_embedding_length(s.hidden)
+    w.add_feed_forward_length(s.ffn)
+    w.add_head_count(s.heads)
+    w.add_head_count_kv(s.kv_heads)
+    w.add_key_length(s.head_dim)
+    w.add_value_length(s.head_dim)
+    w.add_rope_dimension_count(s.head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    rng = np.random.default_rng(0)
+    for name, ncols, n in tensor_list(s):
+        if n == ncols:
+            w.add_tensor(name, np.ones(n, dtype=np.float32))
+        else:
+            w.add_tensor(name, (0.02 * rng.standard_normal((n // ncols, ncols))).astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def f16_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quant-contract")
+    out = {}
+    for tag, shape in SHAPES.items():
+        out[tag] = d / f"{tag}.f16.gguf"
+        write_f16_gguf(out[tag], shape)
+    return out
+
+
+def real_tensors(path) -> dict[str, tuple[str, int]]:
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, int(t.n_bytes)) for t in GGUFReader(str(path)).tensors}
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+def test_registry_offers_the_llama_cpp_types_edgeprune_needs():
+    for name in ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "Q3_K_M", "Q3_K_S",
+                 "Q3_K_L", "Q2_K", "IQ4_XS"):
+        assert name in USABLE
+    assert {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "Q2_K_S"} <= set(NEEDS_IMATRIX)
+    assert registry.names("quant") == sorted(quants.names())
+
+
+@pytest.mark.parametrize("name", quants.names())
+def test_spec_file_type_is_llama_cpps(name):
+    """gguf's LlamaFileType is what the installed llama.cpp calls the type; block sizes are gguf's."""
+    import llama_cpp
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    spec = quants.get(name)
+    prefix = "LLAMA_FTYPE_ALL_" if name == "F32" else "LLAMA_FTYPE_MOSTLY_"
+    assert getattr(llama_cpp, prefix + name) == int(spec.ftype)
+    assert spec.bits == 8 * GGML_QUANT_SIZES[GGMLQuantizationType[spec.default]][1] / \
+        GGML_QUANT_SIZES[GGMLQuantizationType[spec.default]][0]
+    assert spec.summary and spec.kld_max > 0 and spec.ppl_prior >= 0
+
+
+def test_a_typo_answers_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean 'Q4_K_M'"):
+        quants.get("Q4KM")
+    with pytest.raises(ConfigError, match="did you mean 'Q6_K'"):
+        quants.get("q6_k")
+
+
+def test_a_type_that_needs_an_imatrix_says_so_in_the_recipe():
+    from edgeprune.config.recipe import Export, Search
+
+    assert Export(quant="Q6_K").quant == "Q6_K" and Search(quants=["Q2_K", "IQ4_XS"]).quants == ["Q2_K", "IQ4_XS"]
+    with pytest.raises(ValueError, match="importance matrix"):
+        Export(quant="IQ2_XXS")
+    with pytest.raises(ValueError, match="did you mean 'Q5_K_M'"):
+        Search(quants=["Q5_KM"])
+
+
+def test_smollm2_keeps_the_mixture_and_the_fallbacks():
+    smol = ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152, tied=True)
+    types = {n: t for n, t, _ in tensor_types(smol, "Q6_K")}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.ffn_down.weight"] == "Q6_K"  # 576 / 1536 rows
+    types = {n: t for n, t, _ in tensor_types(smol, "Q2_K")}
+    assert types["blk.5.attn_v.weight"] == "Q4_0"      # Q3_K (GQA 3 < 4) -> Q4_0 on 576-wide rows
+    assert types["blk.5.ffn_down.weight"] == "Q3_K"    # 1536 % 256 == 0
+    with pytest.raises(ConfigError, match="Q1_0 cannot store a row of 576"):
+        gguf_bytes(smol, "Q1_0")                      # llama.cpp has no fallback for 128-blocks either
+
+
+def test_llama70b_bumps_attn_v_and_iq2_does_not():
+    s = ModelShape(hidden=8192, layers=80, heads=64, kv_heads=8, head_dim=128, ffn=28672, vocab=128256)
+    types = {n: t for n, t, _ in tensor_types(s, "Q3_K_S")}
+    assert types["blk.40.attn_v.weight"] == "Q5_K" and types["blk.40.attn_q.weight"] == "Q3_K"
+    assert {n: t for n, t, _ in tensor_types(s, "IQ2_XXS")}["blk.40.attn_v.weight"] == "Q4_K"
+
+
+# --- the contract: prediction == llama.cpp, for every registered name ------------------------------
+
+@pytest.mark.parametrize("name", USABLE)
+def test_size_model_matches_llama_cpp_tensor_by_tensor(name, f16_files, tmp_path):
+    from edgeprune.toolchain.llamacpp import quantize
+
+    for tag, shape in SHAPES.items():
+        out = tmp_path / f"{tag}.{name}.gguf"
+        quantize(f16_files[tag], out, name, threads=2)
+        real = real_tensors(out)
+        pred = {n: (t, b) for n, t, b in tensor_types(shape, name)}
+        wrong = {n: (pred.get(n), real[n]) for n in real if pred.get(n) != real[n]}
+        assert not wrong and len(pred) == len(real), (tag, wrong)
+
+
+@pytest.mark.parametrize("name", NEEDS_IMATRIX)
+def test_imatrix_types_are_refused_here_and_by_llama_cpp(name, f16_files, tmp_path):
+    import llama_cpp
+
+    from edgeprune.toolchain.llamacpp import quantize, quiet_stderr
+
+    with pytest.raises(ConfigError, match="importance matrix"):
+        quantize(f16_files["A"], tmp_path / "x.gguf", name)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(quants.get(name).ftype)
+    with quiet_stderr():
+        rc = llama_cpp.llama_model_quantize(str(f16_files["A"]).encode(), str(tmp_path / "y.gguf").encode(),
+                                            ctypes.byref(params))
+    assert rc != 0  # "this quantization requires an imatrix!"
+
+
+@pytest.mark.slow  # converter + every usable type on the HF fixture: ~25 s idle
+def test_tiny_fixture_files_are_predicted_within_0p1_percent(tiny_llama, tmp_path):
+    from edgeprune.toolchain.llamacpp import convert_hf_to_gguf, quantize
+
+    f16 = tmp_path / "tiny.f16.gguf"
+    convert_hf_to_gguf(tiny_llama, f16, "f16")
+    shape = ModelShape.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    for name in USABLE:
+        out = tmp_path / f"tiny.{name}.gguf"
+        quantize(f16, out, name, threads=2)
+        real = out.stat().st_size
+        assert abs(gguf_bytes(shape, name) - real) / real < 0.001, name
+        out.unlink()
