@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import os
 import sys
@@ -11,28 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.cli_errors import friendly
 from edgeprune.runner.store import STAGE_ORDER
-
-
-def friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except EdgepruneError as exc:
-            click.echo(f"error: {exc.one_line()}", err=True)
-            sys.exit(exc.exit_code)
-        except OSError as exc:  # the environment, not a bug: full disk, permissions, a vanished file
-            what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
-            where = exc.filename or "file system"
-            click.echo(f"error: {where}: {what} — fix: free space or fix permissions, then rerun "
-                       "(finished steps are kept)", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted; finished steps are kept and a rerun resumes from them", err=True)
-            sys.exit(130)
-    return wrapper
 
 
 @click.group()
@@ -280,5 +258,8 @@ def recover(model, teacher, data, mode, minutes, steps, trainer, recipe, fresh, 
     click.echo(json.dumps(info, indent=2, default=str))
 
 
-# eval, compare, report, publish live in cli_eval.py; importing it registers them on `main`.
-from edgeprune import cli_eval  # noqa: E402,F401
+# eval, compare, report, publish live in cli_eval.py (which does not import this module).
+from edgeprune import cli_eval  # noqa: E402
+
+for _command in cli_eval.COMMANDS:
+    main.add_command(_command)

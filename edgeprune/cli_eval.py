@@ -1,4 +1,4 @@
-"""Click entry points for evaluation, reports and publishing (registered on cli.main); no logic."""
+"""Click entry points for evaluation, reports and publishing (cli.py adds COMMANDS to main); no logic."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli import friendly, main
+from edgeprune.cli_errors import friendly
 
 
-@main.command(name="eval")
+@click.command(name="eval")
 @click.option("--model", required=True, type=click.Path(), help=".gguf file or HF folder.")
 @click.option("--tasks", default=None, help="Comma-separated lm-eval tasks, e.g. arc_easy,hellaswag,mmlu_subfields.")
 @click.option("--limit", type=int, default=None, help="Items per task (default: all). Say so when you report.")
@@ -44,7 +44,7 @@ def eval_(model, tasks, limit, ppl, parent, text, ctx, windows, data_dir, thread
         click.echo(json.dumps(record["ppl"], indent=2))
 
 
-@main.command()
+@click.command()
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())
 @click.option("--metric", default="acc", show_default=True, type=click.Choice(["acc", "acc_norm"]))
@@ -61,7 +61,7 @@ def compare(a, b, metric, iters):
                    f"diff {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
 
 
-@main.command()
+@click.command()
 @click.argument("run_dir", type=click.Path())
 @friendly
 def report(run_dir):
@@ -72,7 +72,7 @@ def report(run_dir):
         click.echo(str(path))
 
 
-@main.command()
+@click.command()
 @click.argument("out_dir", type=click.Path())
 @click.option("--run", "run_dir", type=click.Path(), default=None,
               help="Run folder to assemble from (default: OUT_DIR itself is a run folder).")
@@ -87,3 +87,6 @@ def publish(out_dir, run_dir, repo_id, private):
     click.echo(f"assembled {folder}")
     if repo_id:
         click.echo(push(folder, repo_id, private))
+
+
+COMMANDS = (eval_, compare, report, publish)

@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 
 from edgeprune.errors import DataError
-from edgeprune.methods.distill import IGNORE
 from edgeprune.data.texts import iter_jsonl
 from edgeprune.paths import data_dir
+
+# Label of a position without loss: torch's cross_entropy ignore_index, as methods/distill.py uses it.
+IGNORE = -100
 
 NAMED = {"dolly": ["dolly15k_open_qa.jsonl"], "dolly-hh": ["dolly_hhrlhf_small.jsonl"],
          "c4": ["c4_en_2k.part1of2.jsonl", "c4_en_2k.part2of2.jsonl"],

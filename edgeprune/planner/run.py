@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from edgeprune.config.loader import load_yaml_model
 from edgeprune.config.recipe import Recipe
 from edgeprune.data.texts import read_texts
 from edgeprune.errors import ConfigError
-from edgeprune.paths import cache_dir, repo_dir
+from edgeprune.paths import repo_dir
 from edgeprune.planner.execute import execute
 from edgeprune.planner.methods import plan_methods, resolve_methods
 from edgeprune.planner.plan import Plan, make_plan, read_model_config
@@ -20,7 +19,7 @@ from edgeprune.devices.reachability import check_ssh_reachable
 from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
-from edgeprune.runner.store import stages_from
+from edgeprune.runner.store import stages_from, store_root
 from edgeprune.stages.stream_policy import decide_stream, weight_bytes
 from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
@@ -70,10 +69,6 @@ def check_recipe_stages(r: Recipe) -> None:
         from edgeprune.stages.evaluate import check_tasks
 
         check_tasks(r.evaluate)
-
-
-def store_root(store: str | None) -> Path:
-    return Path(store or os.environ.get("EDGEPRUNE_STORE") or cache_dir() / "steps")
 
 
 def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: str | None = None) -> dict:

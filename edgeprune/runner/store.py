@@ -23,6 +23,7 @@ from typing import Callable
 
 from edgeprune import __version__
 from edgeprune.errors import ConfigError, DiskError
+from edgeprune.paths import cache_dir
 from edgeprune.runner.disk import check_free_space
 from edgeprune.runner.faults import kill_point
 
@@ -66,6 +67,11 @@ def code_fingerprint() -> str:
 def key_hash(key: dict) -> str:
     blob = json.dumps({"edgeprune": __version__, "code": code_fingerprint(), **key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def store_root(store: str | None = None) -> Path:
+    """The step store's folder: --store, else $EDGEPRUNE_STORE, else ~/.cache/edgeprune/steps."""
+    return Path(store or os.environ.get("EDGEPRUNE_STORE") or cache_dir() / "steps")
 
 
 def stages_from(stage: str | None) -> set[str]:

@@ -8,13 +8,12 @@ from pathlib import Path
 from edgeprune import quants, registry
 from edgeprune.config.checks import check_layer_count
 from edgeprune.config.recipe import Calibration, Export
-from edgeprune.data import eval_text
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.errors import ConfigError
-from edgeprune.report.manifest import atomic_copy
 from edgeprune.runner import StepStore
+from edgeprune.runner.atomic import atomic_copy
+from edgeprune.runner.store import store_root
 from edgeprune.runner.disk import check_free_space, check_writable_dir
-from edgeprune.stages.evaluate import gguf_perplexity
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import CHECKPOINT_FILES, import_model
 from edgeprune.stages.prune_methods import publish_model, publish_with
@@ -26,8 +25,6 @@ from edgeprune.toolchain.hf import load_model, resolve_model
 
 
 def _scratch_store() -> StepStore:
-    from edgeprune.planner.run import store_root
-
     return StepStore(store_root(None))
 
 
@@ -88,8 +85,3 @@ def export_command(model: Path, quant: str, out: Path) -> dict:
 def bench_command(model: Path, prompt_tokens: int, tokens: int, reps: int, warmup: int, threads: int | None) -> dict:
     gguf = resolve_model(str(model))
     return get_runner("local")(gguf, BenchSpec(prompt_tokens, tokens, reps, warmup, threads))
-
-
-def eval_command(model: Path, text: str | None, ctx: int, windows: int | None) -> dict:
-    gguf = resolve_model(str(model))
-    return gguf_perplexity(gguf, eval_text(Path(text) if text else None), ctx, windows)
