@@ -20,6 +20,17 @@ def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+VERBOSE = click.option("--verbose", "-v", is_flag=True,
+                       help="Also show other libraries' progress bars and warnings, and every step's store directory.")
+
+
+def quiet(verbose: bool):
+    """Other libraries' progress bars and warnings hidden unless --verbose (report/console.py)."""
+    from edgeprune.report.console import libraries_quiet
+
+    return libraries_quiet(not verbose)
+
+
 # Which flag overrides which target key: errors on an overridden value name the flag.
 BUDGET_FLAGS = {"budget.latency_s": "--latency", "budget.answer_tokens": "--tokens",
                 "budget.prompt_tokens": "--prompt-tokens", "budget.decode_tps": "--decode-tps",
@@ -35,6 +46,8 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
     out = {k: v for k, v in zip(BUDGET_FLAGS, values) if v is not None}
     if latency_fraction is not None and latency is None:
         out["budget.latency_s"] = None  # the fraction replaces the target's seconds
+    if latency is not None and latency_fraction is None:
+        out["budget.latency_fraction"] = None  # the seconds replace the target's fraction
     return out
 
 
@@ -86,10 +99,11 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @click.option("--model-config", default=None,
               help="Plan from a config.json alone (path or shipped name, e.g. llama-3.1-8b): predictions only.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (and the predicted front) and exit.")
+@VERBOSE
 @friendly
 def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
          max_ppl_ratio, threads, runner, method, width_method, stream, calib, store, force, redo_from, allow_pickle,
-         quants, heads_keep, ffn_keep, model_config, dry_run):
+         quants, heads_keep, ffn_keep, model_config, dry_run, verbose):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
@@ -110,10 +124,13 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
 
         click.echo(describe_plan_prediction(p))
         return
-    manifest = run_plan(p, store, force, log=click.echo, redo_from=redo_from)
-    res = manifest["result"]
-    click.echo(f"{'budget met' if res['met'] else 'budget NOT met'}: {res['reason']}; outputs in {p.out}")
-    if not res["met"]:
+    from edgeprune.report.console import Console, summary_lines
+
+    with quiet(verbose):
+        manifest = run_plan(p, store, force, redo_from=redo_from, console=Console(verbose, stream=sys.stdout))
+    for line in summary_lines(manifest, p.out):
+        click.echo(line)
+    if not manifest["result"]["met"]:
         sys.exit(1)
 
 
@@ -133,13 +150,15 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
               help="Depth: score and cut layer by layer from the safetensors, never loading the model "
                    "(default: stream when the weights exceed 30 % of available RAM).")
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
+@VERBOSE
 @friendly
-def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, out):
+def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, out, verbose):
     """Prune by any registered method and write a HF checkpoint."""
     from edgeprune.stages.prune_methods import prune_by_name
 
-    info = prune_by_name(model, method, calib, Path(out), n_remove=n_remove, sparsity=sparsity, nm=nm,
-                         fraction=fraction, head_mode=head_mode, importance=importance, stream=stream)
+    with quiet(verbose):
+        info = prune_by_name(model, method, calib, Path(out), n_remove=n_remove, sparsity=sparsity, nm=nm,
+                             fraction=fraction, head_mode=head_mode, importance=importance, stream=stream)
     if "scoring" in info:
         click.echo(info["scoring"], err=True)
     click.echo(json.dumps(info, indent=2))
@@ -149,12 +168,15 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
 @click.option("--model", required=True, type=click.Path(), help="HF folder.")
 @click.option("--quant", default="Q4_K_M", show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Output .gguf path.")
+@VERBOSE
 @friendly
-def export(model, quant, out):
+def export(model, quant, out, verbose):
     """HF folder -> verified quantized GGUF."""
     from edgeprune.stages.commands import export_command
 
-    click.echo(json.dumps(export_command(Path(model), quant, Path(out)), indent=2, default=str))
+    with quiet(verbose):
+        info = export_command(Path(model), quant, Path(out))
+    click.echo(json.dumps(info, indent=2, default=str))
 
 
 @main.command()

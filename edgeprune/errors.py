@@ -43,3 +43,10 @@ class ToolchainError(EdgepruneError):
 
 class DiskError(EdgepruneError):
     """Not enough space, or the disk filled while writing (nothing half-written is kept)."""
+
+
+class MachineBusyError(EdgepruneError):
+    """Every try at a benchmark ran on an oversubscribed machine (planner/load_guard.py): not bad
+    input, so its own exit code; nothing measured under the load was used."""
+
+    exit_code = 3

@@ -49,11 +49,17 @@ def test_local_worker_measures_both_models_interleaved_in_one_process(tiny_pair)
     assert res["paired"]["tg_ratio"]["samples"] == pytest.approx([c / r for c, r in zip(c_tg, r_tg)])
     pp = zip(res["pp_tps"]["samples"], res["reference"]["pp_tps"]["samples"])
     assert res["paired"]["pp_ratio"]["samples"] == pytest.approx([c / r for c, r in pp])
-    # the same bytes: the pair's speeds agree far better than the 2x this shared VM swings by
-    assert 0.5 < res["paired"]["tg_ratio"]["median"] < 2.0
     # the candidate's own peak is read before the reference is loaded
     assert res["model_bytes"] < res["peak_rss_bytes"] <= res["peak_rss_both_bytes"]
     assert res["measured"] and res["runner"] == "local"
+
+
+@pytest.mark.slow  # wall clock: under load 7 on 2 cores one run measured 2.32 for identical files
+def test_identical_files_measure_alike_when_paired(tiny_pair):
+    gguf, ref = tiny_pair
+    res = get_runner("local")(gguf, BenchSpec(prompt_tokens=16, gen_tokens=8, repetitions=3, warmup=1), reference=ref)
+    # the same bytes: the pair's speeds agree far better than the 2x this shared VM swings by
+    assert 0.5 < res["paired"]["tg_ratio"]["median"] < 2.0
 
 
 def test_fake_runner_returns_a_consistent_synthetic_pair(tmp_path):

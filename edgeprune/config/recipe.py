@@ -19,7 +19,7 @@ class Strict(BaseModel):
 
 
 class Calibration(Strict):
-    path: Path | None = None  # None: the C4 sample from the shared data folder
+    path: Path | None = None  # None: the C4 sample shipped with edgeprune
     samples: PositiveInt = 32
     seq_len: PositiveInt = 256
     seed: int = 0
@@ -64,10 +64,13 @@ class Export(Strict):
 class Bench(Strict):
     repetitions: PositiveInt = 3
     warmup: int = Field(1, ge=0)
+    # an oversubscribed benchmark is retaken at most busy_retakes times, busy_wait_s apart (planner/load_guard.py)
+    busy_retakes: int = Field(3, ge=0)
+    busy_wait_s: float = Field(60.0, ge=0)
 
 
 class Quality(Strict):
-    path: Path | None = None  # None: WikiText-2 test from the shared data folder
+    path: Path | None = None  # None: WikiText-2 test, shipped with edgeprune
     ctx: PositiveInt = 512
     windows: PositiveInt = 8
     kld: bool = True  # also KL(parent || candidate) on the same windows, parent = the unpruned HF import

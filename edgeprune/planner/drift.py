@@ -106,12 +106,13 @@ def at_drift(pred, drift: dict):
 
 
 def fresh_benchmark(store, gguf: Path, gguf_key: str, target, reps: int, warmup: int, started: float | None,
-                    reference: tuple[Path, str] | None = None) -> dict:
+                    reference: tuple[Path, str] | None = None, retake: int = 0) -> dict:
     """The GGUF's benchmark, measured in this run's load state; says whether it was reused or re-measured.
     `reference`: (GGUF, key) to measure interleaved with it (see paired_drift). A cached paired benchmark
-    keeps its ratio whatever its age, but its absolute numbers (which the budget checks) follow the rules above."""
+    keeps its ratio whatever its age, but its absolute numbers (which the budget checks) follow the rules above.
+    `retake` > 0: measure anew, whatever is cached (planner/load_guard.py refused the last one)."""
     t0 = time.time()
-    bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, reference=reference))
+    bench = dict(benchmark(store, gguf, gguf_key, target, reps, warmup, reference=reference, retake=retake))
     reused = bench.get("measured_at") is None or bench["measured_at"] < t0
     reason = None
     if reused:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -71,17 +72,35 @@ def check_recipe_stages(r: Recipe) -> None:
         check_tasks(r.evaluate)
 
 
-def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: str | None = None) -> dict:
-    """`force` rebuilds every step; `redo_from` rebuilds that stage and the later ones."""
+def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: str | None = None,
+             console=None) -> dict:
+    """`force` rebuilds every step; `redo_from` rebuilds that stage and the later ones. `console`
+    (report/console.py) takes the planner's lines and draws one line per step; without it every
+    line goes to `log`. A run that fails before publishing removes the --out folder it created."""
+    if console is not None:
+        log = console.say
+    created = not plan.out.exists()
     prepare_out(plan.out)
     started = time.time()
-    with out_lock(plan.out):
-        for stale in clear_stale_temps(plan.out):
-            log(f"removed {stale.name}, left by a killed run")
-        steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from), echo=log)
-        state = execute(plan, steps, log=log)
-        shared = calibration_path(plan.target.name, plan.target.device.runner)
-        merge_run_calibration(plan.out, shared)
-        manifest = publish(state, started)
-        clear_run_calibration(plan.out)
-        return manifest
+    try:
+        with out_lock(plan.out):
+            for stale in clear_stale_temps(plan.out):
+                log(f"removed {stale.name}, left by a killed run")
+            steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from),
+                              echo=console.echo if console is not None else log, observer=console)
+            state = execute(plan, steps, log=log)
+            shared = calibration_path(plan.target.name, plan.target.device.runner)
+            merge_run_calibration(plan.out, shared)
+            manifest = publish(state, started)
+            clear_run_calibration(plan.out)
+            return manifest
+    except Exception:
+        if created:
+            remove_unfinished_out(plan.out)
+        raise
+
+
+def remove_unfinished_out(out: Path) -> None:
+    """The --out folder a failed run created, unless it holds a manifest (then it published)."""
+    if out.is_dir() and not (out / "manifest.json").exists():
+        shutil.rmtree(out, ignore_errors=True)

@@ -90,7 +90,9 @@ class StepResult:
 
 class StepStore:
     def __init__(self, root: Path, force: bool = False, redo: set[str] | None = None,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, observer=None):
+        """`observer`: an object with started(name) and finished(StepResult), told as each step builds
+        or is found in the store (the console draws one line per step from it)."""
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -100,6 +102,7 @@ class StepStore:
         self.force = force
         self.redo = set(redo or ())
         self.echo = echo
+        self.observer = observer
         self.log: list[dict] = []
         self._rebuilt: set[str] = set()  # forced steps rebuild once per run, not on every reuse
         self.swept = self._sweep_dead_temps()
@@ -153,6 +156,8 @@ class StepStore:
     def _build(self, name: str, key: dict, build, final: Path) -> tuple[dict, float]:
         tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
         tmp.mkdir(parents=True)
+        if self.observer is not None:
+            self.observer.started(name)
         t0 = time.perf_counter()
         try:
             meta = build(tmp) or {}
@@ -203,6 +208,8 @@ class StepStore:
     def _record(self, res: StepResult) -> StepResult:
         self.log.append({"step": res.name, "dir": res.path.name, "cache_hit": res.hit,
                          "seconds": round(res.seconds, 2)})
+        if self.observer is not None:
+            self.observer.finished(res)
         if res.hit:
             self._say(f"cache hit: {res.name} ({res.path.name})")
         else:

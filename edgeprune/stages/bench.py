@@ -35,8 +35,9 @@ def check_budget(bench: dict, budget: Budget) -> dict:
 
 
 def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps: int, warmup: int,
-              session: int | None = None, reference: tuple[Path, str] | None = None) -> dict:
+              session: int | None = None, reference: tuple[Path, str] | None = None, retake: int = 0) -> dict:
     """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start.
+    `retake`: > 0 when planner/load_guard.py refused an oversubscribed measurement: always measured anew.
     `reference`: (GGUF, its key) measured interleaved with `gguf` in the same process (devices/runners.py)."""
     spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads,
                      target.device.evict_llc_mb)
@@ -53,6 +54,8 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     if session is not None:
         key["session"] = session
+    if retake:
+        key["retake"] = f"{retake}@{time.time():.3f}"
     if reference is not None:
         key["reference"] = reference[1]
     return store.run("bench", key, build).meta
