@@ -39,6 +39,12 @@ BUDGET_FLAGS = {"budget.latency_s": "--latency", "budget.answer_tokens": "--toke
                 "budget.latency_fraction": "--latency-fraction"}
 
 
+# Which flag overrides which recipe key (as BUDGET_FLAGS for the target).
+RECIPE_FLAGS = {"depth.method": "--method", "width.method": "--width-method", "calibration.path": "--calib",
+                "calibration.stream": "--stream", "search.quants": "--quants", "search.heads_keep": "--heads-keep",
+                "search.ffn_keep": "--ffn-keep"}
+
+
 def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio,
                       threads, runner, latency_fraction=None) -> dict:
     values = (latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio, threads, runner,
@@ -100,24 +106,28 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
               help="Plan from a config.json alone (path or shipped name, e.g. llama-3.1-8b): predictions only.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (and the predicted front) and exit.")
 @VERBOSE
+@click.option("--allow-foreign-arch", is_flag=True,
+              help="Measure a target of another arch on this machine; every number is labelled as such.")
 @friendly
 def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
          max_ppl_ratio, threads, runner, method, width_method, stream, calib, store, force, redo_from, allow_pickle,
-         quants, heads_keep, ffn_keep, model_config, dry_run, verbose):
+         quants, heads_keep, ffn_keep, model_config, dry_run, allow_foreign_arch, verbose):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
     t_over = _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
                                max_ppl_ratio, threads, runner, latency_fraction)
+    if allow_foreign_arch:
+        t_over["device.allow_foreign_arch"] = True
     r_over = {k: v for k, v in {"depth.method": method, "width.method": width_method, "calibration.path": calib,
                                 "calibration.stream": stream}.items() if v is not None}
     r_over |= _search_overrides(quants, heads_keep, ffn_keep)
     if model_config:
         from edgeprune.planner.predict_only import plan_from_config
 
-        click.echo(plan_from_config(model_config, target, recipe, t_over, r_over, BUDGET_FLAGS))
+        click.echo(plan_from_config(model_config, target, recipe, t_over, r_over, BUDGET_FLAGS, RECIPE_FLAGS))
         return
-    p = build_plan(model, target, recipe, out, t_over, r_over, BUDGET_FLAGS, allow_pickle)
+    p = build_plan(model, target, recipe, out, t_over, r_over, BUDGET_FLAGS, allow_pickle, RECIPE_FLAGS)
     click.echo(p.describe())
     if dry_run:
         from edgeprune.planner.predict_only import describe_plan_prediction

@@ -32,14 +32,34 @@ def describe_validation_error(err: ValidationError, source: str, flags: dict[str
         what = f"{loc}: {msg}"
     elif first["type"] == "value_error":  # a cross-field check: its message names the keys
         what = f"{loc}: {msg.removeprefix('Value error, ')}" if first["loc"] else msg.removeprefix("Value error, ")
-        fix = "make the values consistent"
+        # a model-level check sees the whole mapping; a field's own check sees its value
+        fix = "make the values consistent" if isinstance(got, dict) else "correct the value"
     else:
         what = f"{loc}: {msg}, got {got!r}"
-    if flags and loc in flags:
-        what = f"{msg}, got {got!r} (the flag overrides {loc} of {Path(source).name})"
-        return ConfigError(what, where=flags[loc], fix=_unit_hint(loc, got, first["type"])
-                           or f"correct the value of {flags[loc]}")
+    blamed = _blamed_flags(loc, flags or {}, msg if first["type"] == "value_error" else None)
+    if blamed:
+        key, flag = blamed[0]
+        if len(blamed) > 1 or key != loc and first["type"] == "value_error":  # a cross-field check on flags
+            flag = " with ".join(f for _, f in blamed)
+            return ConfigError(msg.removeprefix("Value error, "), where=flag,
+                               fix=f"give one of {' / '.join(f for _, f in blamed)}" if len(blamed) > 1
+                               else f"correct the value of {flag}")
+        what = f"{msg}, got {got!r} (the flag overrides {key} of {Path(source).name})"
+        return ConfigError(what, where=flag, fix=_unit_hint(loc, got, first["type"])
+                           or f"correct the value of {flag}")
     return ConfigError(what, where=source, fix=fix)
+
+
+def _blamed_flags(loc: str, flags: dict[str, str], cross_field_msg: str | None) -> list[tuple[str, str]]:
+    """The flags an error at `loc` is about: the one that set `loc` or a key above it (search.quants
+    for search.quants.0); for a cross-field check at `loc` (budget), the flags that set a key under it
+    which the check's message names (latency_s, latency_fraction)."""
+    above = [(k, f) for k, f in flags.items() if loc == k or loc.startswith(k + ".")]
+    if above:
+        return above[:1]
+    if not (cross_field_msg and loc):
+        return []
+    return [(k, f) for k, f in flags.items() if k.startswith(loc + ".") and k.rsplit(".", 1)[-1] in cross_field_msg]
 
 
 def _unit_hint(loc: str, got, err_type: str) -> str | None:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.errors import ToolchainError
+from edgeprune.errors import ConfigError, ToolchainError
 from edgeprune.registry import register
 
 
@@ -39,9 +39,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's architecture in the targets' spelling (x86_64, aarch64)."""
+    m = platform.machine().lower()
+    return ARCH_ALIASES.get(m, m)
+
+
 def host_info() -> dict:
-    return {"cpu_model": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
+    return {"cpu_model": cpu_model(), "arch": host_arch(), "cores": os.cpu_count(),
             "os": platform.platform()}
+
+
+def foreign_arch_label(device) -> str | None:
+    """None when a runner that measures on this machine measures the target's own architecture;
+    else the label every number then carries. Raises (exit 2) unless device.allow_foreign_arch."""
+    arch, here = getattr(device, "arch", "any"), host_arch()
+    if arch in ("any", here):
+        return None
+    if not getattr(device, "allow_foreign_arch", False):
+        raise ConfigError(f"the target's device.arch is {arch} but the local runner would measure on this {here} "
+                          "machine", where="device.arch",
+                          fix="run on the device (runner: ssh, or edgeprune there), use a target with arch: any, "
+                              "or pass --allow-foreign-arch to measure here with every number labelled")
+    return f"measured on {here} host, not on the target ({arch})"
+
+
+def check_runner_arch(runner_name: str, device) -> str | None:
+    """foreign_arch_label for runners that measure on this machine (their spec says so); None otherwise."""
+    from edgeprune import registry
+
+    runner = registry.get("runner", runner_name)
+    return foreign_arch_label(device) if getattr(runner, "on_this_machine", False) else None
 
 
 @register("runner", "local")
@@ -60,7 +91,29 @@ def run_local(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dic
                              where=str(gguf), fix="check the GGUF loads with `edgeprune eval --model FILE`")
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out.update({"runner": "local", "measured": True, "host": host_info()})
-    return out
+    return check_spread(out, str(gguf))
+
+
+def check_spread(result: dict, where: str) -> dict:
+    """Refuse a measurement whose repetitions still disagreed after the worker retook them
+    (bench_worker.SPREAD_MAX): raising here keeps it out of the step store, the calibration and
+    the manifest, so a rerun measures again instead of reusing it."""
+    spread = result.get("spread") or {}
+    if spread.get("ok", True):
+        return result
+    series = "tg_ratio" if "tg_ratio" in spread else "tg"
+    worst = max((k for k in spread if k in ("pp", "tg", "pp_ratio", "tg_ratio")),
+                key=lambda k: spread[k] if spread[k] is not None else float("inf"), default=series)
+    samples = (result.get("paired", {}).get(worst, {}) if worst.endswith("_ratio")
+               else result.get(f"{worst}_tps", {})).get("samples", [])
+    shown = "/".join(f"{v:.3g}" for v in samples)
+    raise ToolchainError(f"benchmark repetitions disagree: {worst} {shown} (fastest/slowest "
+                         f"{spread[worst] or float('inf'):.1f} > {spread.get('bound')}) after {spread.get('retaken', 0)} "
+                         "retaken", where=where, fix="the machine was too busy to measure; rerun when it is quieter "
+                         "(nothing was cached)")
+
+
+run_local.on_this_machine = True  # capability: measures the machine edgeprune runs on (arch check)
 
 
 @register("runner", "fake")
@@ -104,10 +157,19 @@ def run_ssh(gguf: Path, spec: BenchSpec, device=None, reference: Path | None = N
 
 
 def get_runner(name: str, device=None):
-    """The runner callable (gguf, spec, reference=None) -> dict; ssh is bound to the target's device section."""
+    """The runner callable (gguf, spec, reference=None) -> dict; ssh is bound to the target's device section.
+    With a device, a runner that measures this machine refuses a target of another arch, or (with
+    device.allow_foreign_arch) labels its every result "measured on <arch> host, not on the target"."""
     import functools
 
     from edgeprune import registry
 
     runner = registry.get("runner", name)
-    return functools.partial(runner, device=device) if name == "ssh" else runner
+    bound = functools.partial(runner, device=device) if name == "ssh" else runner
+    label = check_runner_arch(name, device) if device is not None else None
+    if label is None:
+        return bound
+
+    def labelled(*args, **kwargs) -> dict:
+        return bound(*args, **kwargs) | {"foreign_arch": label}
+    return labelled

@@ -65,7 +65,7 @@ def searcher_for(cfg: dict, target, recipe) -> Searcher:
 
 
 def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_over: dict, r_over: dict,
-                     flags: dict | None = None) -> str:
+                     flags: dict | None = None, recipe_flags: dict | None = None) -> str:
     from edgeprune.planner.run import load_recipe
     from edgeprune.targets import load_target
 
@@ -73,7 +73,7 @@ def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_ov
     target = load_target(target_name, t_over, flags)
     from edgeprune.planner.methods import resolve_methods
 
-    recipe = resolve_methods(load_recipe(recipe_name, r_over))
+    recipe = resolve_methods(load_recipe(recipe_name, r_over, recipe_flags))
     s = searcher_for(cfg, target, recipe)
     return "\n".join(describe_prediction(s, name, cfg))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -26,17 +27,22 @@ def prepare_out(out: Path) -> None:
 
 @contextmanager
 def out_lock(out: Path):
-    """One plan per output dir: a second run fails at once instead of interleaving files."""
-    fh = open(out / ".lock", "w")
+    """One plan per output dir: a second run fails at once instead of interleaving files.
+    The lock file is removed on the way out, success or failure, so --out keeps only results."""
+    path = out / ".lock"
+    fh = open(path, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if os.fstat(fh.fileno()).st_ino != os.stat(path).st_ino:  # locked a file a finishing run just removed
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
         fh.close()
         raise ConfigError("another edgeprune run holds this output dir", where=str(out),
                           fix="wait for it to finish or choose another --out") from None
     try:
         yield
     finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiting run then finds no stale file
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 

@@ -17,6 +17,7 @@ from edgeprune.planner.plan import Plan, make_plan, read_model_config
 from edgeprune.planner.publish import out_lock, prepare_out, publish
 from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
+from edgeprune.devices.runners import check_runner_arch
 from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
@@ -27,21 +28,22 @@ from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model
 
 
-def load_recipe(name_or_path: str, overrides: dict | None = None) -> Recipe:
+def load_recipe(name_or_path: str, overrides: dict | None = None, flags: dict[str, str] | None = None) -> Recipe:
     path = Path(name_or_path)
     if not path.suffix:
         path = repo_dir("recipes") / f"{name_or_path}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in repo_dir("recipes").glob("*.yaml"))
             raise ConfigError(f"unknown recipe '{name_or_path}'", where="--recipe", fix=f"choose one of {', '.join(known)}")
-    return load_yaml_model(path, Recipe, overrides)
+    return load_yaml_model(path, Recipe, overrides, flags)
 
 
 def build_plan(model: str | None, target: str, recipe: str, out: str | None, target_overrides: dict,
-               recipe_overrides: dict, flags: dict[str, str] | None = None, allow_pickle: bool = False) -> Plan:
-    """`flags`: which command-line flag set each override, so an error names the flag."""
+               recipe_overrides: dict, flags: dict[str, str] | None = None, allow_pickle: bool = False,
+               recipe_flags: dict[str, str] | None = None) -> Plan:
+    """`flags`, `recipe_flags`: which command-line flag set each override, so an error names the flag."""
     t = load_target(target, target_overrides, flags)
-    r = resolve_methods(load_recipe(recipe, recipe_overrides))
+    r = resolve_methods(load_recipe(recipe, recipe_overrides, recipe_flags))
     for text_file in (r.calibration.path, r.quality.path):
         if text_file:  # empty, non-UTF-8 or malformed text fails here, before any step runs
             read_texts(Path(text_file))
@@ -79,6 +81,9 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
     line goes to `log`. A run that fails before publishing removes the --out folder it created."""
     if console is not None:
         log = console.say
+    foreign = check_runner_arch(plan.target.device.runner, plan.target.device)  # exit 2 before any work
+    if foreign:
+        log(f"note: {foreign} (--allow-foreign-arch); every number is labelled so")
     created = not plan.out.exists()
     prepare_out(plan.out)
     started = time.time()

@@ -39,10 +39,26 @@ def head_options(base: ModelShape, fractions: list[float]) -> list[tuple[int | N
     out: list[tuple[int | None, int | None]] = []
     for f in sorted(set(fractions), reverse=True):
         kv = min(base.kv_heads, max(1, int(round(base.kv_heads * f))))
+        if f < 1.0 and (kv >= base.kv_heads or base.hidden % (kv * group)):
+            _refuse_heads_keep(base, f, kv)
         val = (None, None) if kv >= base.kv_heads else (kv * group, kv)
         if val not in out:
             out.append(val)
     return out
+
+
+def _refuse_heads_keep(base: ModelShape, f: float, kv: int) -> None:
+    """A fraction below 1 that keeps every group (round(2 x 0.75) = 2) used to drop the head
+    candidates without a word; one whose query heads do not divide hidden_size cannot be saved."""
+    from edgeprune.errors import ConfigError
+
+    group = base.heads // base.kv_heads
+    ok = [k / base.kv_heads for k in range(1, base.kv_heads) if base.hidden % (k * group) == 0]
+    why = (f"keeps round({base.kv_heads} x {f:g}) = {kv} of {base.kv_heads} KV groups, i.e. all of them"
+           if kv >= base.kv_heads else f"keeps {kv * group} query heads, which do not divide hidden_size {base.hidden}")
+    raise ConfigError(f"heads_keep {f:g} {why}; heads go by whole KV groups", where="--heads-keep / search.heads_keep",
+                      fix=f"choose from {', '.join(f'{x:.3g}' for x in ok)}" if ok else
+                      "this model's heads cannot be pruned by whole groups; leave heads_keep at 1.0")
 
 
 def ffn_options(base: ModelShape, fractions: list[float], multiple: int = 32) -> list[int | None]:

@@ -49,7 +49,10 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
         return runner(gguf, spec, **paired) | {"measured_at": time.time(), "loadavg": load}
 
     # protocol: bump when the worker's measurement changes, so stale numbers are not reused
-    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 3}
+    # (4: repetitions spread beyond bench_worker.SPREAD_MAX are retaken, and refused if they stay apart)
+    key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 4}
+    if target.device.allow_foreign_arch and target.device.arch != "any":  # labelled apart (devices/runners.py)
+        key["foreign_arch_for"] = target.device.arch
     if target.device.runner == "ssh":  # another remote is another device
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     if session is not None:

@@ -16,11 +16,12 @@ from edgeprune.runner.store import store_root
 from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import CHECKPOINT_FILES, import_model
-from edgeprune.stages.prune_methods import publish_model, publish_with
+from edgeprune.stages.prune_methods import check_prune_out, publish_model, publish_with
 from edgeprune.stages.score import score_depth
 from edgeprune.stages.stream_policy import check_streamable, decide_stream, weight_bytes
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.surgery.layers_disk import remove_layers_on_disk
+from edgeprune.surgery.record import removed_layers, shape_of
 from edgeprune.toolchain.hf import load_model, resolve_model
 
 
@@ -40,21 +41,31 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
     model_path = resolve_model(model)
     n_layers = _num_layers(model_path)  # ppl-greedy searches half the depth unless asked for more
     check_layer_count(n_layers, n_remove)
-    check_writable_dir(out.parent, "--out")
+    check_prune_out(out)
     store = _scratch_store()
     hf_dir, digest = import_model(store, model_path)
-    decision = decide_stream(stream, method, weight_bytes(hf_dir))
+    weights = weight_bytes(hf_dir)
+    check_free_space(out.parent, weights, "the pruned checkpoint")  # before scoring; an upper bound
+    decision = decide_stream(stream, method, weights)
     stats, res = score_depth(store, hf_dir, digest, method, Calibration(path=calib),
                              max_remove=n_remove if n_remove > n_layers // 2 else None, stream=decision.stream)
     remove = registry.get("depth", method).select(stats, n_remove)
+    record = dict(kind="depth", method=method, source=str(model_path), shape=_shape(hf_dir),
+                  removed=removed_layers(remove), options={"remove": n_remove})
     if decision.stream:
-        publish_with(out, lambda tmp: remove_layers_on_disk(hf_dir, tmp, remove, CHECKPOINT_FILES))
+        publish_with(out, lambda tmp: remove_layers_on_disk(hf_dir, tmp, remove, CHECKPOINT_FILES), record)
     else:
         model_obj, tok = load_model(hf_dir)
         remove_layers(model_obj, remove)
-        publish_model(model_obj, tok, out)
+        publish_model(model_obj, tok, out, record)
     return {"removed": remove, "layers": n_layers - len(set(remove)), "scores": res.meta["layer_scores"],
             "scoring": decision.line(), "out": str(out)}
+
+
+def _shape(hf_dir: Path) -> dict:
+    from transformers import AutoConfig
+
+    return shape_of(AutoConfig.from_pretrained(hf_dir))
 
 
 def _num_layers(model_path: Path) -> int:

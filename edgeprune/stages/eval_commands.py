@@ -19,6 +19,9 @@ def eval_command(model: str, tasks: str | None, limit: int | None, ppl: bool, pa
     from edgeprune.report.manifest import versions
     from edgeprune.stages.quality import compare_to_parent, model_perplexity
 
+    from edgeprune.stages.evaluate import check_windows
+
+    check_windows(ctx, windows)
     path = resolve_model(model)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}", where="--limit", fix="give a positive item count")

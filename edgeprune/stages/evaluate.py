@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeprune.config.evaluate import Evaluate
-from edgeprune.errors import DataError
+from edgeprune.errors import ConfigError, DataError
 from edgeprune.runner import StepStore
 from edgeprune.toolchain import llamacpp
 
@@ -30,7 +30,20 @@ def window_nll(logits: np.ndarray, tokens: list[int]) -> tuple[float, int]:
     return float((logz - picked).sum()), len(x)
 
 
+def check_windows(ctx: int, windows: int | None, where: str = "--ctx") -> None:
+    """A window scores ctx - 1 tokens, so ctx >= 2; a window count, when given, is >= 1. Checked
+    before the model loads: llama.cpp reads n_ctx=0 as "the model's own" and a negative count
+    scored nothing (a division by zero)."""
+    if ctx < 2:
+        raise ConfigError(f"the perplexity window must be at least 2 tokens, got {ctx}", where=where,
+                          fix="e.g. --ctx 512 (a window scores every token after its first)")
+    if windows is not None and windows < 1:
+        raise ConfigError(f"the number of windows must be >= 1, got {windows}", where="--windows",
+                          fix="give a positive count, or leave --windows out to use the whole text")
+
+
 def gguf_perplexity(gguf: Path, text: str, ctx: int, windows: int | None, threads: int | None = None) -> dict:
+    check_windows(ctx, windows)
     llm = llamacpp.open_gguf(gguf, n_ctx=ctx, threads=threads, logits_all=True)
     ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
     n_win = len(ids) // ctx if windows is None else min(windows, len(ids) // ctx)

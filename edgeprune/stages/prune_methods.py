@@ -1,12 +1,17 @@
 """`edgeprune prune --method NAME`: route a method name to its kind (depth, width, sparsity).
 
 Depth keeps its own command (stages/commands.py); width and sparsity load the model, calibrate,
-change it in place and publish a plain HF checkpoint atomically (temp dir + rename).
+change it in place and publish a plain HF checkpoint atomically (temp dir + rename), with a
+record of what was removed (surgery/record.py).
+
+`--out` is checked before any work: an existing file, or a non-empty folder that is not an
+earlier edgeprune output, is refused; only a folder holding edgeprune's record is replaced.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import shutil
 import tempfile
 import time
@@ -16,7 +21,9 @@ from edgeprune import registry
 from edgeprune.config.recipe import Calibration
 from edgeprune.errors import ConfigError
 from edgeprune.methods.sparsity import check_sparsity, parse_nm
+from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.calib import calibration_windows
+from edgeprune.surgery.record import RECORD, read_record, removed_width, shape_of, write_record
 from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 
 PRUNE_KINDS = ("depth", "width", "sparsity")
@@ -33,21 +40,47 @@ def method_kind(name: str, where: str = "--method") -> str:
     raise ConfigError(f"unknown pruning method '{name}'", where=where, fix=hint)
 
 
-def publish_model(model, tok, out: Path) -> None:
-    publish_with(out, lambda tmp: save_model(model, tok, tmp))
+def check_prune_out(out: Path) -> None:
+    """Before any work: `out` must be absent, an empty folder, or an earlier edgeprune output."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is an existing file; prune writes a folder (a HF checkpoint)", where="--out",
+                          fix="give a new folder name")
+    if out.is_dir() and any(out.iterdir()) and read_record(out) is None:
+        raise ConfigError(f"{out} is a folder with files that edgeprune did not write (no {RECORD}); it is "
+                          "never emptied", where="--out", fix="give a new or empty folder")
+    check_writable_dir(out.parent, "--out")
 
 
-def publish_with(out: Path, write) -> None:
-    """`write(tmp_dir)` fills a temp dir next to `out`, which is then renamed into place."""
+def publish_model(model, tok, out: Path, record: dict | None = None) -> None:
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_free_space(out.parent, need, "the pruned checkpoint")
+    publish_with(out, lambda tmp: save_model(model, tok, tmp), record)
+
+
+def publish_with(out: Path, write, record: dict | None = None) -> None:
+    """`write(tmp_dir)` fills a temp dir next to `out`, which is then renamed into place, with
+    `record` (surgery/record.write_record's keywords) written beside the checkpoint."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".prune-"))
     try:
+        _umask_mode(tmp)
         write(tmp)
+        if record is not None:
+            write_record(tmp, **record)
+        check_prune_out(out)  # again: the folder may have gained files while we scored
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # empty, or an earlier edgeprune output (check_prune_out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask_mode(folder: Path) -> None:
+    """mkdtemp makes 0700; the published folder gets the mode any new folder would (0755 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
 
 
 def _check_options(kind: str, n_remove, sparsity, nm, fraction) -> None:
@@ -72,6 +105,7 @@ def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, 
                   head_mode: str = "groups", importance: str | None = None, stream: bool | None = None) -> dict:
     kind = method_kind(method)
     _check_options(kind, n_remove, sparsity, nm, fraction)
+    check_prune_out(out)
     if kind == "depth":
         from edgeprune.stages.commands import prune_command
 
@@ -83,18 +117,25 @@ def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, 
     nm_t = parse_nm(nm) if nm else None
     if sparsity is not None:
         check_sparsity(sparsity)
-    model_obj, tok = load_model(resolve_model(model))
+    source = resolve_model(model)
+    model_obj, tok = load_model(source)
+    check_free_space(out.parent, sum(p.numel() * p.element_size() for p in model_obj.parameters()),
+                     "the pruned checkpoint")
+    shape = shape_of(model_obj.config)
     windows = calibration_windows(tok, Calibration(path=calib))
     start = time.perf_counter()
     if kind == "width":
         from edgeprune.stages.width import prune_width
 
         info = prune_width(model_obj, windows, method, fraction, head_mode, importance)
-        info.pop("decision")
+        removed = removed_width(shape, info.pop("decision"))
+        options = {"fraction": fraction, "head_mode": head_mode, "importance": info["importance"]}
     else:
         from edgeprune.stages.sparsify import sparsify
 
         info = {"method": method, "target": nm or sparsity, **sparsify(model_obj, windows, method, sparsity or 0.0, nm_t)}
+        removed, options = {}, {"sparsity": sparsity, "nm": nm}  # weights zeroed, no structure removed
     info["prune_s"] = round(time.perf_counter() - start, 2)
-    publish_model(model_obj, tok, out)
+    publish_model(model_obj, tok, out, dict(kind=kind, method=method, source=str(source), shape=shape,
+                                            removed=removed, options=options))
     return {**info, "calibration_windows": list(windows.shape), "out": str(out)}
