@@ -123,6 +123,17 @@ def test_smollm2_keeps_the_mixture_and_the_fallbacks():
         gguf_bytes(smol, "Q1_0")                      # llama.cpp has no fallback for 128-blocks either
 
 
+# `edgeprune export --quant Q` of SmolLM2-135M-Instruct with 2 layers removed (block-influence),
+# llama-cpp-python 0.3.36 here; the size model is within 0.005 % of each and has every tensor's type.
+SMOL_28L_MEASURED = {"Q6_K": 131_280_768, "Q8_0": 137_280_384, "Q2_K": 84_445_056, "Q5_K_M": 106_895_232}
+
+
+@pytest.mark.parametrize("name", sorted(SMOL_28L_MEASURED))
+def test_smollm2_exports_are_predicted_within_0p1_percent(name):
+    smol = ModelShape(hidden=576, layers=28, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152, tied=True)
+    assert abs(gguf_bytes(smol, name) - SMOL_28L_MEASURED[name]) / SMOL_28L_MEASURED[name] < 0.001
+
+
 def test_llama70b_bumps_attn_v_and_iq2_does_not():
     s = ModelShape(hidden=8192, layers=80, heads=64, kv_heads=8, head_dim=128, ffn=28672, vocab=128256)
     types = {n: t for n, t, _ in tensor_types(s, "Q3_K_S")}
