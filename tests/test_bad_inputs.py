@@ -218,7 +218,7 @@ def recipe_unknown_key(ctx):
 @case("unknown quant type in the recipe")
 def recipe_unknown_quant(ctx):
     return plan(ctx, "--recipe", str(write_yaml(ctx.tmp / "r.yaml", "export: {quant: Q9_K}\n"))), \
-        "export.quant: Input should be 'Q4_K_M'"
+        "export.quant: unknown quant type 'Q9_K' (did you mean 'Q6_K'?)"
 
 
 @case("calibration window of 0 tokens")
