@@ -166,3 +166,95 @@ def test_plan_arm16g_on_x86_exits_2_in_one_line(tmp_path, tiny_llama):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "aarch64" in lines[0] and "x86_64" in lines[0], res.stderr
     assert not (tmp_path / "o").exists()
+
+
+# --- numbers that are not numbers: NaN weights, repetitions that disagree ------------------------
+
+def test_first_nonfinite_on_hand_made_arrays():
+    import numpy as np
+    import torch
+
+    from edgeprune.toolchain.gguf_check import first_nonfinite
+
+    ok = np.ones((2, 3))
+    assert first_nonfinite([("a", ok), ("b", torch.zeros(4))]) is None
+    assert first_nonfinite([("a", ok), ("b", np.array([1.0, np.inf, np.nan]))]) == ("b", 2, 3)
+    assert first_nonfinite([("w", torch.tensor([[0.0, float("nan")]]))]) == ("w", 1, 2)
+
+
+def test_nan_weight_fails_the_export_gate_naming_the_tensor(tmp_path, tokenizer_dir, isolated_store):
+    """A NaN compares False with any limit, so `cos < limit` let NaN weights through to the quantizer,
+    whose error named a deleted temp file. Mutant caught: export without check_finite on the weights
+    (the answer then named no tensor)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from conftest import build_tiny
+    from edgeprune.config.recipe import Export
+    from edgeprune.errors import ExportError
+    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.stages.export import export_gguf
+
+    m = build_tiny(tmp_path / "nan", tokenizer_dir)
+    st = next(m.glob("*.safetensors"))
+    w = load_file(st)
+    w["model.layers.1.mlp.down_proj.weight"][3, 5] = float("nan")
+    save_file(w, st, metadata={"format": "pt"})
+    with pytest.raises(ExportError) as err:
+        export_gguf(StepStore(isolated_store), m, tree_hash(m), Export())
+    msg = str(err.value)
+    assert "model.layers.1.mlp.down_proj.weight has 1 non-finite values" in msg and str(m) in msg
+    assert ".tmp" not in msg
+    assert not [p for p in isolated_store.iterdir() if p.name.startswith("export-")]  # nothing cached
+
+
+def _worker_with(monkeypatch, tmp_path, tg: list[float]):
+    """bench_worker.run with _one_rep replaced by a sequence of decode speeds (prefill 10x)."""
+    from edgeprune.devices import bench_worker
+
+    seq = iter(tg)
+    monkeypatch.setattr(bench_worker, "_load", lambda *a, **k: object())
+    monkeypatch.setattr(bench_worker, "_prompt", lambda llm, n: [1] * n)
+    monkeypatch.setattr(bench_worker, "_one_rep", lambda llm, p, n: (10 * (v := next(seq)), v))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    return bench_worker.run(str(gguf), 8, 4, 3, 1, 1)
+
+
+def test_repetitions_that_disagree_are_retaken(tmp_path, monkeypatch):
+    """1.2 / 3.2 / 138.8 tok/s was once accepted and cached. Mutant caught: the retake loop removed
+    (that spread then stood as the measurement)."""
+    res = _worker_with(monkeypatch, tmp_path, [5.0, 1.2, 3.2, 138.8, 3.1, 3.0, 3.2])
+    assert res["tg_tps"]["samples"] == [3.1, 3.0, 3.2] and res["tg_tps"]["median"] == 3.1
+    assert res["spread"]["ok"] and res["spread"]["retaken"] == 3
+    assert res["spread"]["discarded"]["tg_tps"] == [1.2, 3.2, 138.8]
+
+
+def test_repetitions_that_never_agree_are_refused_and_never_cached(tmp_path, monkeypatch, isolated_store):
+    """Mutant caught: check_spread returning the result as-is (the noisy benchmark was cached and
+    reused by the rerun)."""
+    import json
+    import subprocess
+
+    from edgeprune.devices import runners
+    from edgeprune.errors import ToolchainError
+    from edgeprune.runner import StepStore
+    from edgeprune.stages.bench import benchmark
+    from edgeprune.targets import load_target
+
+    bad = _worker_with(monkeypatch, tmp_path, [5.0] + [1.0, 100.0] * 20)
+    assert not bad["spread"]["ok"] and bad["spread"]["retaken"] == 9  # 12 = MAX_REPS_FACTOR 4 x 3 asked
+    good = dict(bad, spread=dict(bad["spread"], ok=True))
+    answers = [bad, good]
+    calls = []
+
+    def fake_worker(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(answers[len(calls) - 1]) + "\n", "")
+
+    monkeypatch.setattr(runners.subprocess, "run", fake_worker)
+    store, gguf = StepStore(isolated_store), tmp_path / "m.gguf"
+    target = load_target("host")
+    with pytest.raises(ToolchainError, match="benchmark repetitions disagree: tg 100/1/100"):
+        benchmark(store, gguf, "k", target, 3, 1)
+    assert benchmark(store, gguf, "k", target, 3, 1)["spread"]["ok"] and len(calls) == 2  # measured again

@@ -101,16 +101,15 @@ def check_spread(result: dict, where: str) -> dict:
     spread = result.get("spread") or {}
     if spread.get("ok", True):
         return result
-    series = "tg_ratio" if "tg_ratio" in spread else "tg"
-    worst = max((k for k in spread if k in ("pp", "tg", "pp_ratio", "tg_ratio")),
-                key=lambda k: spread[k] if spread[k] is not None else float("inf"), default=series)
-    samples = (result.get("paired", {}).get(worst, {}) if worst.endswith("_ratio")
-               else result.get(f"{worst}_tps", {})).get("samples", [])
-    shown = "/".join(f"{v:.3g}" for v in samples)
-    raise ToolchainError(f"benchmark repetitions disagree: {worst} {shown} (fastest/slowest "
-                         f"{spread[worst] or float('inf'):.1f} > {spread.get('bound')}) after {spread.get('retaken', 0)} "
-                         "retaken", where=where, fix="the machine was too busy to measure; rerun when it is quieter "
-                         "(nothing was cached)")
+    inf = float("inf")
+    series = [k for k in ("tg", "pp", "tg_ratio", "pp_ratio") if k in spread]  # decode named first on a tie
+    worst = max(series, key=lambda k: inf if spread[k] is None else spread[k])
+    stats = result.get("paired", {}).get(worst, {}) if worst.endswith("_ratio") else result.get(f"{worst}_tps", {})
+    shown = "/".join(f"{v:.3g}" for v in stats.get("samples", []))
+    ratio = inf if spread[worst] is None else spread[worst]
+    raise ToolchainError(f"benchmark repetitions disagree: {worst} {shown} (fastest/slowest {ratio:.1f} > "
+                         f"{spread.get('bound')}) after {spread.get('retaken', 0)} retaken", where=where,
+                         fix="the machine was too busy to measure; rerun when it is quieter (nothing was cached)")
 
 
 run_local.on_this_machine = True  # capability: measures the machine edgeprune runs on (arch check)

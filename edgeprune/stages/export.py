@@ -28,7 +28,7 @@ from edgeprune.runner import StepStore
 from edgeprune.targets.gguf_size import ModelShape, tensor_types
 from edgeprune.toolchain import llamacpp
 from edgeprune.toolchain.checkpoint import checkpoint_tensors, parameter_count
-from edgeprune.toolchain.gguf_check import check_gguf
+from edgeprune.toolchain.gguf_check import check_finite, check_gguf
 from edgeprune.toolchain.hf import load_model
 
 VERIFY_PROMPT = ("The tower is 324 metres tall, about the same height as an 81-storey building, "
@@ -66,8 +66,10 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     def build(out: Path) -> dict:
         bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
         model, tok = load_model(hf_dir)
+        check_finite(model.state_dict().items(), str(hf_dir), "weight")
         tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
         ref = hf_logits(model, tokens)
+        check_finite([("of the HF model", ref)], str(hf_dir), "the verify prompt's logits")
         expect = expected_header(model.config)
         del model
         f16 = out / "model.F16.gguf"
@@ -78,8 +80,9 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         bar.update()
         bar.set_postfix_str("verify F16")
         f16_logits = llamacpp.gguf_logits(f16, tokens)
+        check_finite([("of the F16 GGUF", f16_logits)], str(hf_dir), "the verify prompt's logits")
         f16_vs_hf = compare_logits(ref, f16_logits)
-        if f16_vs_hf["cos_min"] < cfg.logits_cos_min:
+        if not f16_vs_hf["cos_min"] >= cfg.logits_cos_min:  # `not >=` also catches NaN
             raise ExportError(f"F16 GGUF logits disagree with the HF model (cos {f16_vs_hf['cos_min']:.4f} "
                               f"< {cfg.logits_cos_min})", where=str(hf_dir), fix="report a converter bug")
         bar.update()

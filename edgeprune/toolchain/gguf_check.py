@@ -1,5 +1,7 @@
 """GGUF structure gate: the header agrees with the model it came from, every block is whole,
-and every tensor's bytes lie inside the file (a truncated copy fails here, not on a device)."""
+and every tensor's bytes lie inside the file (a truncated copy fails here, not on a device).
+Finiteness gate: a NaN or inf in a weight or in the logits fails the export naming where it is
+(a NaN compares False with any limit, so a plain `cos < limit` gate let it through)."""
 
 from __future__ import annotations
 
@@ -63,3 +65,32 @@ def check_gguf(path: Path, meta: dict, expect: dict) -> None:
     if problems:
         raise ExportError("GGUF structure check failed: " + "; ".join(problems[:3]), where=str(path),
                           fix="re-export; if it persists, report a converter bug")
+
+
+def first_nonfinite(named_arrays) -> tuple[str, int, int] | None:
+    """(name, non-finite count, element count) of the first array with a NaN or inf, or None.
+    `named_arrays`: (name, torch tensor or numpy array) pairs."""
+    import numpy as np
+
+    for name, arr in named_arrays:
+        if hasattr(arr, "detach"):  # torch
+            import torch
+
+            bad = int((~torch.isfinite(arr.detach())).sum())
+            total = arr.numel()
+        else:
+            bad = int((~np.isfinite(arr)).sum())
+            total = arr.size
+        if bad:
+            return name, bad, total
+    return None
+
+
+def check_finite(named_arrays, where: str, what: str) -> None:
+    """ExportError naming the first tensor (or logits row set) holding a NaN or inf."""
+    hit = first_nonfinite(named_arrays)
+    if hit:
+        name, bad, total = hit
+        raise ExportError(f"{what} {name} has {bad} non-finite values (NaN or inf) of {total}", where=where,
+                          fix="the checkpoint is broken (diverged training or a bad conversion); export a "
+                              "checkpoint whose weights are all finite")
