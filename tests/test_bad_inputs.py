@@ -746,9 +746,7 @@ def answers_table(tmp: Path) -> str:
     tok = cache_dir() / "test-tokenizer-smollm2"  # made by the tokenizer_dir fixture of any test run
     tiny = conftest.build_tiny(tmp / "tiny-llama", tok)
     calib = tmp / "calib.jsonl"
-    from edgeprune.paths import data_dir
-
-    calib.write_text("\n".join((data_dir() / "c4_en_2k.part1of2.jsonl").read_text().splitlines()[:40]) + "\n")
+    calib.write_text("\n".join(conftest.c4_lines(40)) + "\n")
     mp = pytest.MonkeyPatch()
     for i, (name, (desc, _)) in enumerate(CASES.items(), 1):
         case_dir = tmp / name

@@ -43,14 +43,13 @@ def _budget_for_one_layer(model: Path) -> float:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tokenizer_dir):
     """The same plan twice in one store: the first builds every step, the second must reuse them."""
-    from conftest import build_tiny
-    from edgeprune.paths import data_dir
+    from conftest import build_tiny, c4_lines
 
     tmp = tmp_path_factory.mktemp("stages")
     # wider layers and tied embeddings so one layer is 7 % of the file and a file budget picks -1 layer
     tiny = build_tiny(tmp / "tiny", tokenizer_dir, hidden_size=256, intermediate_size=2048, head_dim=64,
                       tie_word_embeddings=True)
-    lines = (data_dir() / "c4_en_2k.part1of2.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = c4_lines(52)
     (tmp / "calib.jsonl").write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
     (tmp / "text.jsonl").write_text("\n".join(lines[40:52]) + "\n", encoding="utf-8")
     recipe = tmp / "recipe.yaml"

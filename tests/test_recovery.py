@@ -14,8 +14,6 @@ from edgeprune.config.recovery import Recovery
 from edgeprune.errors import BudgetError, DataError
 from edgeprune.methods.distill import IGNORE
 
-C4 = "c4_en_2k.part1of2.jsonl"
-
 
 def tiny_cfg(data: Path, **train) -> Recovery:
     t = {"lr": 1e-2, "batch_size": 2, "warmup_steps": 0, "eval_every": 2, "checkpoint_every": 2,
@@ -27,9 +25,9 @@ def tiny_cfg(data: Path, **train) -> Recovery:
 
 @pytest.fixture
 def text_jsonl(tmp_path) -> Path:
-    from edgeprune.paths import data_dir
+    from conftest import c4_lines
 
-    lines = (data_dir() / C4).read_text(encoding="utf-8").splitlines()[:12]
+    lines = c4_lines(12)
     path = tmp_path / "text.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -179,12 +177,12 @@ def test_resume_refuses_a_checkpoint_from_another_recipe(tmp_path, tiny_llama, t
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_llama) -> Path:
     """A teacher that knows something about text: the tiny model after a short SFT run."""
-    from edgeprune.paths import data_dir
+    from conftest import c4_lines
     from edgeprune.stages.recover import run_recovery
 
     tmp = tmp_path_factory.mktemp("teacher")
     text = tmp / "text.jsonl"
-    text.write_text("\n".join((data_dir() / C4).read_text(encoding="utf-8").splitlines()[:12]) + "\n")
+    text.write_text("\n".join(c4_lines(12)) + "\n")
     run_recovery(tiny_llama, tiny_cfg(text, steps=16, lr=3e-2, eval_every=100), tmp / "model")
     return tmp / "model"
 

@@ -36,10 +36,10 @@ def _run(cmd: list[str], cwd: Path) -> None:
 def test_two_process_ddp_matches_single_process(tmp_path, tiny_llama):
     from safetensors.torch import load_file
 
-    from edgeprune.paths import data_dir
+    from conftest import c4_lines
 
     text = tmp_path / "text.jsonl"
-    text.write_text("\n".join((data_dir() / "c4_en_2k.part1of2.jsonl").read_text().splitlines()[:12]) + "\n")
+    text.write_text("\n".join(c4_lines(12)) + "\n")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE % text)
     args = ["recover", "--model", str(tiny_llama), "--recipe", str(recipe), "--steps", "4"]

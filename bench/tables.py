@@ -1,0 +1,177 @@
+"""The tables of bench/README.md, rendered from the JSON committed under bench/out/.
+
+    python bench/tables.py NAME      # print one table (NAME: see TABLES)
+    python bench/tables.py --check   # exit 1 if a table in bench/README.md differs from its JSON
+
+In bench/README.md every generated table sits between `<!-- table: NAME -->` and `<!-- /table -->`;
+tests/test_bench_readme.py regenerates each one and diffs it against the README.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+README = Path(__file__).resolve().parent / "README.md"
+BLOCK = re.compile(r"<!-- table: ([\w-]+) -->\n(.*?)<!-- /table -->", re.S)
+
+
+def _load(rel: str):
+    return json.loads((OUT / rel).read_text())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def first_run() -> str:
+    """`edgeprune plan --target host` on a fresh machine: every iteration of bench/out/first-run."""
+    m = _load("first-run/manifest.json")
+    base = m["iterations"][0]
+    rows = []
+    for it in m["iterations"]:
+        b = it["bench"]
+        at_level = it.get("latency_at_level_s", it["latency_s"])
+        ok = all(c["met"] for c in it["checks"].values()) and it.get("ppl_ratio", 1.0) <= m["budget"]["max_ppl_ratio"]
+        rows.append([f"−{it['k']}" if it["k"] else "0", str(it["layers"]), f"{it['gguf_bytes'] / 1e6:.1f}",
+                     f"{b['tg_tps']['median']:.1f}", f"{it['latency_s']:.3f}", f"{at_level:.3f}",
+                     f"×{base['latency_s'] / at_level:.2f}", f"{it['ppl']['ppl']:.2f}", f"×{it.get('ppl_ratio', 1.0):.2f}",
+                     "met" if ok else "missed"])
+    return _table(["layers removed", "layers", "GGUF MB", "tg tok/s", "latency s", "latency at baseline level s",
+                   "speed-up", "ppl (8×512)", "ppl ratio", "budget"], rows)
+
+
+def slice_() -> str:
+    """A fixed 1.2 s budget on SmolLM2 (bench/out/slice)."""
+    m = _load("slice/manifest.json")
+    rows = []
+    for it in m["iterations"]:
+        b = it["bench"]
+        ok = all(c["met"] for c in it["checks"].values()) and it.get("ppl_ratio", 1.0) <= m["budget"]["max_ppl_ratio"]
+        rows.append([str(it["k"]), str(it["layers"]), f"{it['gguf_bytes'] / 1e6:.1f}", f"{b['pp_tps']['median']:.0f}",
+                     f"{b['tg_tps']['median']:.1f} ± {b['tg_tps']['stdev']:.1f}", f"{it['latency_s']:.3f}",
+                     f"{b['peak_rss_bytes'] / 1e6:.0f}", f"{it['ppl']['ppl']:.2f}", f"×{it.get('ppl_ratio', 1.0):.2f}",
+                     "met" if ok else "missed"])
+    return _table(["layers removed", "layers", "GGUF MB", "pp tok/s", "tg tok/s", "latency s", "peak RSS MB",
+                   "ppl (8×512)", "ppl ratio", "budget"], rows)
+
+
+def methods() -> str:
+    """Every pruning method on SmolLM2 (bench/out/methods.json)."""
+    results = _load("methods.json")["results"]
+    base = next(r["ppl"] for r in results if r["family"] == "baseline")
+    rows = []
+    for r in results:
+        s = r.get("scoring") or {}
+        load = s.get("load_avg_1m")
+        rows.append([r["family"], r["label"], f"{100 * r['removed']:.1f}%", f"{r['ppl']:.2f}", f"{r['ppl'] / base:.2f}",
+                     f"{s['wall_s']:.1f}" if "wall_s" in s else "", f"{load:.1f}" if load is not None else "",
+                     str(s["peak_rss_mb"]) if "peak_rss_mb" in s else "", str(r.get("calib_tokens", ""))])
+    return _table(["family", "configuration", "layer params removed", "WikiText-2 ppl", "x baseline",
+                   "scoring wall s", "load avg", "scoring peak RSS MB", "calib tokens"], rows)
+
+
+def methods_memory() -> str:
+    """Block-influence scoring in memory vs streamed layer by layer (bench/out/methods.json, `memory`)."""
+    rows = [[r["label"], r["method"], str(r["calib_tokens"]), f"{r['wall_s']:.1f}", str(r["rss_after_imports_mb"]),
+             str(r["peak_rss_mb"]), str(r["model_bytes_mb"])] for r in _load("methods.json")["memory"]]
+    return _table(["scoring path", "method", "calib tokens", "wall s", "RSS after imports MB", "peak RSS MB",
+                   "weights on disk MB"], rows)
+
+
+EVAL_ROWS = {"unpruned-Q4_K_M": "unpruned Q4_K_M GGUF", "bi6-hf": "−6 layers, HF fp32",
+             "bi6-Q4_K_M": "−6 layers, Q4_K_M GGUF", "bi6-recovered-Q4_K_M": "−6 layers + recovery, Q4_K_M"}
+
+
+def eval_ppl() -> str:
+    """WikiText-2 perplexity and KL divergence vs the HF parent (bench/out/eval/full/ppl.json)."""
+    data = _load("eval/full/ppl.json")
+    first = next(iter(data.values()))
+    rows = [["parent, HF fp32 (30 layers)", f"{first['parent_ppl']:.2f}", "—", "—"]]
+    for key, r in data.items():
+        rows.append([EVAL_ROWS.get(key, key), f"{r['ppl']:.2f}",
+                     f"{r['kld_mean']:.3f} / {r['kld_median']:.3f} / {r['kld_p99']:.2f}", f"{100 * r['top1_agree']:.1f} %"])
+    return _table(["model", "ppl", "KLD vs parent (mean / median / p99, nats)", "top-1 agree with parent"], rows)
+
+
+ZERO_SHOT = ("unpruned", "bi6", "bi6-recovered")
+
+
+def eval_zero_shot() -> str:
+    """Zero-shot accuracies on the full sets, --backend torch (bench/out/eval/full/<model>/<task>.json)."""
+    tasks = sorted(p.stem for p in (OUT / "eval" / "full" / "unpruned").glob("*.json"))
+    rows = []
+    for task in tasks:
+        cells = [task]
+        for model in ZERO_SHOT:
+            path = OUT / "eval" / "full" / model / f"{task}.json"
+            rec = json.loads(path.read_text()) if path.is_file() else None
+            cells.append(_score_cell(rec, task) if rec else "—")
+        rows.append(cells)
+    return _table(["task (metric, items)", "unpruned Q4_K_M", "−6 layers (BI) Q4_K_M", "−6 layers + recovery Q4_K_M"],
+                  rows)
+
+
+def _score_cell(rec: dict, task: str) -> str:
+    scores = rec["scores"].get(task) or next(iter(rec["scores"].values()))
+    metric = "acc_norm" if "acc_norm" in scores else ("acc" if "acc" in scores else next(iter(scores)))
+    n = rec["n"].get(task) if isinstance(rec.get("n"), dict) else None
+    value = scores[metric]
+    shown = f"{100 * value:.1f}" if metric.startswith("acc") else f"{value:.2f}"
+    return f"{shown} ({metric}{f', n={n}' if n else ''})"
+
+
+def planner() -> str:
+    """Relative budgets on host-dram, runs 8 and 9 (bench/out/planner-run8.json, planner-run9.json)."""
+    rows = []
+    for run in ("planner-run8.json", "planner-run9.json"):
+        for res in _load(run)["results"]:
+            if res["latency_fraction"] is None:
+                continue
+            for row in res["rows"][1:]:
+                rows.append([run.split("-")[1].split(".")[0], f"{res['budget']} {res['latency_fraction']:g}",
+                             str(row["iteration"]), row["candidate"],
+                             f"{row['tg_measured']:.1f} / {row['tg_predicted']:.1f}",
+                             f"{row['tg_err_paired_pct']:+.1f} % ({row['tg_err_pct']:+.1f} %)",
+                             f"{row['latency_at_level']:.3f} / {row['latency_predicted']:.3f}",
+                             f"{row['latency_err_paired_pct']:+.1f} % ({row['latency_err_pct']:+.1f} %)",
+                             f"{row['ppl_ratio']:.3f} ({row['ppl_ratio_predicted']:.3f})", "yes" if row["met"] else "no"])
+    return _table(["run", "budget", "iter", "candidate", "tg tok/s measured / predicted", "tg err at drift (abs)",
+                   "latency at level / predicted, s", "latency err at drift (abs)", "ppl ratio (pred)", "met"], rows)
+
+
+TABLES = {"slice": slice_, "methods": methods, "methods-memory": methods_memory,
+          "eval-ppl": eval_ppl,
+          "eval-zero-shot": eval_zero_shot, "planner": planner}
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    return {name: body for name, body in BLOCK.findall(text)}
+
+
+def check() -> list[str]:
+    """Names of the README tables that differ from what their JSON renders."""
+    blocks = readme_blocks(README.read_text())
+    return [name for name, body in blocks.items() if TABLES[name]() != body]
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--check"]:
+        stale = check()
+        for name in stale:
+            print(f"bench/README.md table '{name}' differs from `python bench/tables.py {name}`")
+        return 1 if stale else 0
+    if len(argv) != 1 or argv[0] not in TABLES:
+        print(f"usage: python bench/tables.py {{{','.join(TABLES)}}} | --check", file=sys.stderr)
+        return 2
+    sys.stdout.write(TABLES[argv[0]]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
