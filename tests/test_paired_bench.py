@@ -316,19 +316,35 @@ def test_latency_and_latency_fraction_together_are_refused(tmp_path):
 
 
 def test_eviction_runs_before_every_timed_step_and_is_not_counted_as_the_models_ram(monkeypatch):
+    """The eviction read costs 1000 clock units here and the models 1 or 2 per token, so a read inside
+    the timer would show as a thousandfold slower model. Mutant caught: _timed starting the clock
+    before _evict() (the old test recorded reads without advancing the clock, so it passed that too)."""
     import numpy
 
-    m = _DriftingMachine()
-    monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: m.t)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(bench_worker.time, "perf_counter", lambda: clock["t"])
+
+    def model(cost: float):
+        class Llm:
+            def reset(self):
+                pass
+
+            def eval(self, toks):
+                clock["t"] += cost * len(toks)
+        return Llm()
+
     reads = []
 
-    def evict():  # the buffer read, as the clock sees it: before the timer starts
-        reads.append(m.t)
+    def evict():
+        reads.append(clock["t"])
+        clock["t"] += 1000.0
 
     monkeypatch.setattr(bench_worker, "_EVICT", numpy.ones(1 << 17))  # 1 MB
     monkeypatch.setattr(bench_worker, "_evict", evict)
-    bench_worker._paired_rep([m.model(1.0), m.model(2.0)], [[1] * 4, [1] * 4], 12, flip=False)
+    (c_pp, c_tg), (r_pp, r_tg) = bench_worker._paired_rep([model(1.0), model(2.0)], [[1] * 4, [1] * 4], 12,
+                                                          flip=False)
     assert len(reads) == 2 * bench_worker.PREFILL_ROUNDS + 2 * 12  # every prefill and every decoded token
+    assert (c_pp, c_tg, r_pp, r_tg) == pytest.approx((1.0, 1.0, 0.5, 0.5))  # the models' own cost, no read
     assert bench_worker._evict_mb() == 1
     hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:"))
     assert bench_worker._peak_rss_kb() == pytest.approx(hwm - 1024, abs=64)
