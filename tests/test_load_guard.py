@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgeprune.errors import MachineBusyError
-from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark
+from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark, load_now_reason
 
 POLICY = LoadPolicy(retakes=3, wait_s=60.0, cores=2)
 
@@ -15,19 +15,23 @@ def bench(load: float, tg: float = 50.0, measured: bool = True) -> dict:
     return {"loadavg": load, "tg_tps": {"median": tg}, "measured": measured}
 
 
-def run(readings: list[dict], on_this_machine: bool = True, drifts: list[float | None] | None = None):
-    """Feed `readings` in order as the benchmark's tries; returns (result, tries taken, waits, log)."""
+def run(readings: list[dict], on_this_machine: bool = True, drifts: list[float | None] | None = None,
+        loads_now: list[float] | None = None):
+    """Feed `readings` in order as the benchmark's tries and `loads_now` as the load read after each wait;
+    returns (result, tries taken, waits, log)."""
     taken, waits, log = [], [], []
     drifts = drifts or [None] * len(readings)
+    loads = iter(loads_now or [0.5] * 10)
 
     def take(attempt: int) -> dict:
         taken.append(attempt)
-        return readings[attempt]
+        return readings[len(taken) - 1]
 
     def reason(b: dict) -> str | None:
         return busy_reason(b, drifts[len(taken) - 1], on_this_machine, POLICY)
 
-    res = guarded_benchmark(take, reason, "-3 layers Q4_K_M", POLICY, log=log.append, sleep=waits.append)
+    res = guarded_benchmark(take, reason, "-3 layers Q4_K_M", POLICY, log=log.append, sleep=waits.append,
+                            busy_now=lambda: load_now_reason(on_this_machine, POLICY, read_load=lambda: next(loads)))
     return res, taken, waits, log
 
 
@@ -53,11 +57,20 @@ def test_load_exactly_at_the_cores_is_not_oversubscribed():
 
 def test_always_busy_stops_with_one_line_and_its_own_exit_code():
     with pytest.raises(MachineBusyError) as err:
-        run([bench(6.0), bench(5.5), bench(6.3), bench(7.0)])
+        run([bench(6.0), bench(5.5), bench(6.3), bench(7.0)], loads_now=[5.5, 6.3, 7.0])
     line = err.value.one_line()
     assert "\n" not in line and err.value.exit_code == 3
-    assert "4 tries over 3 min" in line and "last: load average 7.0 above the 2 cores" in line
+    assert "4 tries over 3 min" in line and "last: load average 7.0 above the 2 cores, not measured" in line
     assert "rerun when it is quieter" in line
+
+
+def test_while_the_load_stays_high_the_retakes_wait_instead_of_measuring():
+    # one refused measurement (which may take minutes at 2 tok/s), then only waits until the load falls
+    res, taken, waits, log = run([bench(6.9, tg=2.0), bench(1.1, tg=60.0)], loads_now=[6.5, 4.0, 1.2])
+    assert taken == [0, 3] and waits == [60.0, 60.0, 60.0] and res["tg_tps"]["median"] == 60.0
+    assert res["retaken_because"] == ["load average 6.9 above the 2 cores", "load average 6.5 above the 2 cores, "
+                                      "not measured", "load average 4.0 above the 2 cores, not measured"]
+    assert [line.split(" (")[0] for line in log] == ["benchmark of -3 layers Q4_K_M not used"] * 3
 
 
 def test_paired_measurement_far_below_the_level_is_retaken_even_at_low_load():

@@ -28,7 +28,7 @@ from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
 from edgeprune.planner.budget import with_relative_latency
 from edgeprune.planner.drift import at_level, fresh_benchmark, paired_drift, session_start
-from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark
+from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark, load_now_reason
 from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_delivered, evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -113,7 +113,8 @@ def guarded_bench(state: RunState, gguf: Path, gguf_key: str, cand: Candidate) -
         return busy_reason(bench, drift, here, state.load_policy)
 
     label = "the unpruned model" if not state.iterations else f"-{cand.layers_removed} layers {cand.quant}"
-    return guarded_benchmark(take, reason, label, state.load_policy, log=state.log)
+    return guarded_benchmark(take, reason, label, state.load_policy, log=state.log,
+                             busy_now=lambda: load_now_reason(here, state.load_policy))
 
 
 def _reference(state: RunState, gguf: Path) -> tuple[Path, str] | None:

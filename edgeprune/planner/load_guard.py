@@ -55,22 +55,36 @@ def busy_reason(bench: dict, drift_tg: float | None, on_this_machine: bool, poli
     return load or slow_reason(drift_tg, policy)
 
 
+def load_now_reason(on_this_machine: bool, policy: LoadPolicy, read_load=lambda: os.getloadavg()[0]) -> str | None:
+    """Why measuring now would be wasted (None: go ahead): this machine's load is above its cores."""
+    return overload_reason(read_load(), policy.cores) if on_this_machine else None
+
+
 def guarded_benchmark(take: Callable[[int], dict], reason: Callable[[dict], str | None], label: str,
-                      policy: LoadPolicy, log=print, sleep: Callable[[float], None] = time.sleep) -> dict:
+                      policy: LoadPolicy, log=print, sleep: Callable[[float], None] = time.sleep,
+                      busy_now: Callable[[], str | None] = lambda: None) -> dict:
     """`take(attempt)`: the benchmark (attempt 0 may come from the cache; a retake must measure anew).
-    Returns the first benchmark with no busy reason, recording the retakes and why; raises
-    MachineBusyError when every try was busy."""
-    reasons: list[str] = []
-    for attempt in range(policy.retakes + 1):
+    Returns the first benchmark with no busy reason, recording the retakes and why. Before a retake,
+    `busy_now()` is asked after the wait: while the machine is still oversubscribed the try is spent
+    waiting, not on a measurement that would be refused. Raises MachineBusyError when every try was busy."""
+    bench = take(0)
+    why = reason(bench)
+    if why is None:
+        return bench
+    reasons = [why]
+    for attempt in range(1, policy.retakes + 1):
+        log(f"benchmark of {label} not used ({reasons[-1]}); retaking in {policy.wait_s:.0f} s "
+            f"({attempt}/{policy.retakes})")
+        sleep(policy.wait_s)
+        still = busy_now()
+        if still is not None:
+            reasons.append(f"{still}, not measured")
+            continue
         bench = take(attempt)
         why = reason(bench)
         if why is None:
-            return bench | {"retaken_because": reasons} if reasons else bench
+            return bench | {"retaken_because": reasons}
         reasons.append(why)
-        if attempt < policy.retakes:
-            log(f"benchmark of {label} not used ({why}); retaking in {policy.wait_s:.0f} s "
-                f"({attempt + 1}/{policy.retakes})")
-            sleep(policy.wait_s)
     raise MachineBusyError(
         f"every benchmark of {label} ran on an oversubscribed machine ({len(reasons)} tries over "
         f"{policy.retakes * policy.wait_s / 60:.0f} min; last: {reasons[-1]})",
