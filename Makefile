@@ -17,7 +17,7 @@ converter:
 	$(PY) -m edgeprune.toolchain.converter
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10   # the slowest tests, to keep the tier under 20 min
 
 test-slow:
 	$(PY) -m pytest -q -m slow
@@ -28,5 +28,5 @@ plan:
 bench:
 	$(PY) bench/slice.py
 
-clean:
-	rm -rf runs bench/out .pytest_cache
+clean:  # bench/out is kept: it holds the committed results behind bench/README.md
+	rm -rf runs .pytest_cache
