@@ -47,7 +47,12 @@ def test_summary_says_what_was_removed_the_speedup_quality_and_where(tmp_path):
 
 
 def test_summary_of_a_missed_budget_names_the_closest_and_publishes_nothing(tmp_path):
-    lines = summary_lines(manifest(met=False), tmp_path)
+    m = manifest(met=False)
+    further = dict(m["iterations"][1], k=2, removed_layers=[14, 17])  # measured last, but further off
+    m["iterations"][1]["checks"] = {"latency_s": {"measured": 1.15, "required": 1.12, "kind": "max", "met": False}}
+    further["checks"] = {"latency_s": {"measured": 1.30, "required": 1.12, "kind": "max", "met": False}}
+    m["iterations"].append(further)
+    lines = summary_lines(m, tmp_path)
     assert lines[0] == "budget NOT met: why"
     assert lines[1].startswith("removed:  closest measured: 5 of 30 layers")
     assert "GGUF:     none published (the budget was not met)" in lines

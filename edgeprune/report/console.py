@@ -121,7 +121,7 @@ def summary_lines(manifest: dict, out) -> list[str]:
     base = its[0]
     final = its[res["iteration"]] if res.get("iteration") is not None else None
     lines = [f"{'budget met' if res['met'] else 'budget NOT met'}: {res['reason']}"]
-    shown = final or (its[-1] if len(its) > 1 else None)
+    shown = final or (min(its[1:], key=_shortfall) if len(its) > 1 else None)
     if shown is not None:
         lead = "" if final is not None else "closest measured: "
         lines += [f"removed:  {lead}{removed_text(shown, base, manifest['depth_scores']['method'])}",
@@ -136,6 +136,13 @@ def summary_lines(manifest: dict, out) -> list[str]:
         lines.append("GGUF:     none published (the budget was not met)")
     lines.append(f"report:   {out}/report.md (manifest.json, bench.json beside it)")
     return lines
+
+
+def _shortfall(it: dict) -> float:
+    """How far a measured candidate is from its budget: the worst measured/required over its checks."""
+    ratios = [c["measured"] / c["required"] if c["kind"] == "max" else c["required"] / c["measured"]
+              for c in it.get("checks", {}).values() if c["required"] and c["measured"]]
+    return max(ratios, default=float("inf"))
 
 
 def removed_text(it: dict, base: dict, method: str) -> str:
