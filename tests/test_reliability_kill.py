@@ -43,7 +43,7 @@ def plan(model, calib, recipe, out, store, latency, kill_at=None, *extra):
            "PYTHONUNBUFFERED": "1", "EDGEPRUNE_CALIBRATION": str(Path(store).with_name(Path(store).name + "-calib"))}
     argv = [sys.executable, "-c", "from edgeprune.cli import main; main()", "plan", "--model", str(model), "--runner", "fake",
             "--calib", str(calib), "--recipe", str(recipe), "--max-ppl-ratio", "5", "--latency", f"{latency:.6f}",
-            "--out", str(out), *extra]
+            "--out", str(out), "--verbose", *extra]  # --verbose: the store's "built:"/"cache hit:" lines
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
 
 
