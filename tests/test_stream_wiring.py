@@ -23,13 +23,32 @@ def test_auto_streams_only_when_the_weights_are_a_large_share_of_free_ram():
     gb = 10**9
     assert not decide_stream(None, "block-influence", 1 * gb, available=10 * gb).stream
     big = decide_stream(None, "angular", int(STREAM_SHARE * 10 * gb) + 1, available=10 * gb)
-    assert big.stream and "auto: weights 3,000 MB > 30% of 10.0 GB" in big.line()
+    assert big.stream and "auto: weights 3,000 MB > 30% of available RAM; available RAM: 10.0 GB" in big.line()
     greedy = decide_stream(None, "ppl-greedy", 9 * gb, available=10 * gb)
     assert not greedy.stream and "ppl-greedy cannot stream" in greedy.reason
     assert not decide_stream(False, "angular", 9 * gb, available=10 * gb).stream
     assert decide_stream(True, "angular", 1, available=10 * gb).stream
     with pytest.raises(ConfigError, match="ppl-greedy cannot stream.*--no-stream"):
         decide_stream(True, "ppl-greedy", 1, available=10 * gb)
+
+
+def test_two_identical_plans_have_equal_records_whatever_ram_is_free(tiny_llama, monkeypatch):
+    """The plan record (manifest "plan") holds what the inputs decide; free RAM goes to "environment".
+    Mutant caught: the free-RAM figure back in StreamDecision.reason (it was "... 24.1 GB available
+    RAM" against "24.2 GB" in the slow kill-and-resume test, so identical plans never compared equal)."""
+    from edgeprune.planner.run import build_plan
+    from edgeprune.stages import stream_policy
+
+    records, environments = [], []
+    for free_gb in (24.1, 24.2):
+        monkeypatch.setattr(stream_policy, "available_bytes", lambda gb=free_gb: int(gb * 10**9))
+        plan = build_plan(str(tiny_llama), "host", "default", "out", {}, {})
+        records.append(json.loads(json.dumps(plan.to_dict(), default=str)))
+        environments.append(plan.environment)
+    assert records[0] == records[1]
+    assert "available RAM" in records[0]["methods"]["scoring"]
+    assert environments == [{"stream_decision": "available RAM: 24.1 GB"},
+                            {"stream_decision": "available RAM: 24.2 GB"}]
 
 
 def test_weight_bytes_are_what_scoring_would_hold(tiny_llama):

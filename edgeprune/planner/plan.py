@@ -22,6 +22,9 @@ class Plan:
     steps: list[str] = field(default_factory=list)
     allow_pickle: bool = False  # --allow-pickle: the import stage may load .bin weights
     methods: dict = field(default_factory=dict)  # names and the scoring decision (planner/methods.py)
+    # What this machine had when planning (free RAM behind the stream decision): it differs between
+    # two runs of one plan, so it stays out of to_dict() and goes to the manifest's "environment".
+    environment: dict = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int | None:
@@ -48,6 +51,7 @@ class Plan:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        """The plan record: only what the inputs decide, so two identical plans compare equal."""
         return {"model": str(self.model), "target": self.target.model_dump(mode="json"),
                 "recipe": self.recipe.model_dump(mode="json"), "out": str(self.out), "steps": self.steps,
                 "methods": {k: v for k, v in self.methods.items() if k != "lines"}}

@@ -59,6 +59,7 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
     weights = weight_bytes(model_path, model_config) if r.calibration.stream is None else 0  # auto needs it
     scoring = decide_stream(r.calibration.stream, r.depth.method, weights)
     plan.methods = plan_methods(r, scoring)
+    plan.environment = {"stream_decision": scoring.environment} if scoring.environment else {}
     return plan
 
 

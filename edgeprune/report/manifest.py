@@ -40,6 +40,7 @@ def build_manifest(state, model_hash: str, wall_s: float, artifact: Path | None)
         "versions": versions(),
         "llama_cpp": build_info(),
         "host": host_info() | {"platform": platform.platform()},
+        "environment": plan.environment,  # volatile facts behind the plan's decisions, not in "plan"
         "depth_scores": {"method": plan.recipe.depth.method, "per_layer": state.scores},
         "iterations": state.iterations,
         "search": getattr(state, "search_log", []),  # every decision: front + choice, all predicted

@@ -20,11 +20,17 @@ STREAMABLE = "block-influence, angular, attention-norm"
 
 @dataclass(frozen=True)
 class StreamDecision:
+    """`reason` depends only on the inputs (model, method, flags) and goes into the plan record;
+    `environment` is what this machine had free when deciding ("available RAM: 24.1 GB"), which
+    differs between two runs of the same plan, so it is kept out of that record (manifest
+    "environment") and only printed."""
     stream: bool
     reason: str
+    environment: str = ""
 
     def line(self) -> str:
-        return f"scoring: {'streamed layer by layer' if self.stream else 'in memory'} ({self.reason})"
+        now = f"; {self.environment}" if self.environment else ""
+        return f"scoring: {'streamed layer by layer' if self.stream else 'in memory'} ({self.reason}{now})"
 
 
 def can_stream(depth_method: str) -> bool:
@@ -75,11 +81,11 @@ def decide_stream(forced: bool | None, depth_method: str, weights: int, availabl
         return StreamDecision(False, "forced by --no-stream / calibration.stream")
     available = available_bytes() if available is None else available
     big = weights > STREAM_SHARE * available
-    size = (f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of "
-            f"{available / 1e9:.1f} GB available RAM")
+    size = f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of available RAM"
+    now = f"available RAM: {available / 1e9:.1f} GB"
     if big and not can_stream(depth_method):
-        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream")
-    return StreamDecision(big, f"auto: {size}")
+        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream", now)
+    return StreamDecision(big, f"auto: {size}", now)
 
 
 def width_stream_note(width_method: str | None, decision: StreamDecision) -> str | None:
