@@ -1,5 +1,11 @@
 """Fixtures: a tiny random Llama with GQA, built in code (no download), with SmolLM2's tokenizer
-so llama.cpp's converter recognises it. The tokenizer is extracted once and cached."""
+so llama.cpp's converter recognises it.
+
+Tests run on a temporary cache ($EDGEPRUNE_CACHE, one per session) and never write into the real
+one (~/.cache/edgeprune). What is slow to make is reused from the real cache without writing to it:
+the converter `make install` unpacked is pointed at ($EDGEPRUNE_LLAMA_CPP_DIR), the extracted test
+tokenizer is copied. With no unpacked converter the first export fails with "run `make converter`"
+($EDGEPRUNE_OFFLINE) instead of running `pip download`."""
 
 from __future__ import annotations
 
@@ -18,12 +24,31 @@ TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_att
             tie_word_embeddings=False, initializer_range=0.1)
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir() -> Path:
-    from edgeprune.paths import cache_dir
+REAL_CACHE = Path(os.environ.get("EDGEPRUNE_CACHE") or Path.home() / ".cache" / "edgeprune")
+TOKENIZER = "test-tokenizer-smollm2"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_cache(tmp_path_factory) -> Path:
+    """The session's $EDGEPRUNE_CACHE, set before any test asks paths.cache_dir()."""
+    from edgeprune.toolchain.converter import bindings_version
+
+    cache = tmp_path_factory.mktemp("edgeprune-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEPRUNE_CACHE", str(cache))
+    mp.setenv("EDGEPRUNE_OFFLINE", "1")
+    unpacked = REAL_CACHE / f"llama.cpp-{bindings_version()}"
+    if "EDGEPRUNE_LLAMA_CPP_DIR" not in os.environ and (unpacked / "convert_hf_to_gguf.py").is_file():
+        mp.setenv("EDGEPRUNE_LLAMA_CPP_DIR", str(unpacked))
+    yield cache
+    mp.undo()
+
+
+def extract_tokenizer(cache: Path) -> Path:
+    """SmolLM2's tokenizer as a HF folder under `cache`, extracted from the default GGUF once."""
     from edgeprune.toolchain.hf import default_model_path
 
-    target = cache_dir() / "test-tokenizer-smollm2"
+    target = cache / TOKENIZER
     if not (target / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
@@ -34,6 +59,15 @@ def tokenizer_dir() -> Path:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(temp_cache) -> Path:
+    made = REAL_CACHE / TOKENIZER
+    if (made / "tokenizer.json").is_file():  # copied, so no test can change the real cache's copy
+        shutil.copytree(made, temp_cache / TOKENIZER)
+        return temp_cache / TOKENIZER
+    return extract_tokenizer(temp_cache)
 
 
 def build_tiny(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:

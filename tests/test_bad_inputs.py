@@ -743,7 +743,7 @@ def answers_table(tmp: Path) -> str:
     rows = ["| # | bad input | exit | the one line on stderr |", "|---|---|---|---|"]
     from edgeprune.paths import cache_dir
 
-    tok = cache_dir() / "test-tokenizer-smollm2"  # made by the tokenizer_dir fixture of any test run
+    tok = conftest.extract_tokenizer(cache_dir())  # run by hand, not by pytest: the user's cache
     tiny = conftest.build_tiny(tmp / "tiny-llama", tok)
     calib = tmp / "calib.jsonl"
     calib.write_text("\n".join(conftest.c4_lines(40)) + "\n")

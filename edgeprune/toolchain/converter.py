@@ -42,6 +42,11 @@ def converter_dir() -> Path:
 
 def fetch_converter(dest: Path) -> None:
     ver = bindings_version()
+    if os.environ.get("EDGEPRUNE_OFFLINE"):  # the tests set it: no test may reach PyPI
+        raise ToolchainError(f"llama.cpp's converter is not unpacked and EDGEPRUNE_OFFLINE forbids downloading "
+                             f"the llama-cpp-python {ver} sdist", where=str(dest),
+                             fix="run `make converter` once (it unpacks into ~/.cache/edgeprune), "
+                             "or set EDGEPRUNE_LLAMA_CPP_DIR to a llama.cpp checkout")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                f"llama-cpp-python=={ver}", "-d", tmp, "-q"]
