@@ -18,8 +18,8 @@ STEP_LABELS = {"import": "import model", "score": "score layers", "prune": "prun
 
 
 class Console:
-    """StepStore observer + the planner's `log`. Writes to `stream` (stderr by default: stdout stays
-    for what a script might parse)."""
+    """StepStore observer + the planner's `log`. `plan` passes stdout, where its lines have always gone;
+    progress bars draw on stderr (on a terminal, over the step's open line, which finished() rewrites)."""
 
     def __init__(self, verbose: bool = False, stream=None):
         self.verbose = verbose
