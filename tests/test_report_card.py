@@ -108,3 +108,40 @@ def test_compare_command_pairs_items(run_dir):
                                     str(run_dir / "eval" / "pruned.json"), "--iters", "500"])
     assert res.exit_code == 0, res.output
     assert "arc_easy" in res.output and "n=    4  0.750 -> 0.500  diff -0.250" in res.output
+
+
+def test_every_speed_says_how_it_was_measured(run_dir):
+    """bench.json, report.md and the card label each speed with threads, machine (CPU, arch),
+    cache eviction, pairing and the --allow-foreign-arch label. Mutants caught: a label without
+    eviction (host-dram numbers read as warm-cache ones), without pairing, or without the foreign
+    arch label (an x86 speed read as the ARM target's); the card's old line named none of them."""
+    from edgeprune.report.markdown import llama_bench_records, render_report
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    foreign = "measured on x86_64 host, not on the target (aarch64)"
+    for it in manifest["iterations"]:
+        it["bench"] |= {"runner": "local", "evict_mb": 700, "foreign_arch": foreign}
+    manifest["iterations"][1]["bench"]["paired"] = {"order": "ABBA", "pairs": 3}
+    records = llama_bench_records(manifest)
+    assert len(records) == 4
+    for r in records:
+        assert r["n_threads"] == 2 and r["cpu_info"] == "Test CPU" and r["arch"] == "x86_64"
+        assert r["evict_mb"] == 700 and r["cache_evicted"] and r["foreign_arch"] == foreign
+        assert r["paired"] == (r["k_removed"] == 4) and r["measured"] and r["runner"] == "local"
+        assert ("paired with the baseline" if r["paired"] else "unpaired") in r["how_measured"]
+    md = render_report(manifest)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| 0 |") or ln.startswith("| 4 |")]
+    assert rows[0].endswith("| unpaired |") and rows[1].endswith("| paired with the baseline |")
+    assert ("Speeds measured by the local runner on Test CPU (x86_64), 2 threads, cache evicted (700 MB read "
+            f"before each timed step); {foreign}.") in md
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    build_report(run_dir)
+    card = (run_dir / "README.md").read_text()
+    assert ("Measured by the local runner on Test CPU (x86_64), 2 threads, cache evicted (700 MB read before "
+            f"each timed step), paired with the baseline; {foreign}: decode 125.0") in card
+    # a warm-cache, same-arch, fake-runner baseline says so too
+    manifest["iterations"][0]["bench"] |= {"evict_mb": 0, "foreign_arch": None, "measured": False, "runner": "fake"}
+    md = render_report(manifest)
+    assert "Speeds of the rows with 0 layers removed NOT measured: synthetic numbers of the fake runner." in md
+    assert "Speeds of the rows with 4 layers removed measured by" in md
+    assert llama_bench_records(manifest)[0]["cache_evicted"] is False

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from edgeprune.report.labels import HowMeasured
+
 # Known parents: GGUF/HF file stem (lower case, prefix) -> (Hub id, license). Others fall back to the
 # manifest's own `inputs.base_model`/`inputs.license` when present, else the path's name and "other".
 KNOWN_BASES = {
@@ -54,12 +56,15 @@ def _recovery_line(manifest: dict) -> str:
     return line
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def render_card(manifest: dict, quality_md: str = "", plots: list[str] = ()) -> str:
     fm = front_matter(manifest)
     it = chosen_iteration(manifest)
     res = manifest["result"]
     b = it["bench"]
-    host = b.get("host", {})
     artifact = res.get("artifact") or Path(it["gguf"]).name
     removed = it.get("removed_layers", [])
     n_total = it["layers"] + len(removed)
@@ -76,8 +81,7 @@ def render_card(manifest: dict, quality_md: str = "", plots: list[str] = ()) -> 
              f"(llama-cpp-python {manifest.get('llama_cpp', {}).get('llama_cpp_python', '?')}).",
              f"- **Budget**: {'met' if res.get('met') else 'NOT met'} — {res.get('reason')}.", "",
              "## Measured speed", "",
-             f"On {host.get('cpu_model', 'unknown CPU')} ({host.get('arch', '?')}, {b['n_threads']} threads), "
-             f"{'measured' if b.get('measured') else 'NOT measured (fake runner)'}: "
+             f"{_sentence(HowMeasured.of(b).text())}: "
              f"decode {b['tg_tps']['median']:.1f} ± {b['tg_tps']['stdev']:.1f} tok/s, prompt "
              f"{b['pp_tps']['median']:.1f} tok/s, peak RSS {b['peak_rss_bytes'] / 1e6:.0f} MB, file "
              f"{it['gguf_bytes'] / 1e6:.1f} MB (median ± sd of {b['repetitions']} repetitions).", "",

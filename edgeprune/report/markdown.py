@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeprune.report.labels import HowMeasured
 
 KLD_NOTE = ("KLD vs parent: mean KL(parent || GGUF) of next-token distributions on the perplexity windows, "
             "parent = the unpruned HF checkpoint (nats).")
@@ -14,7 +15,7 @@ def _kld_cell(it: dict) -> str:
 
 def iteration_table(iterations: list[dict], budget: dict) -> str:
     rows = ["| layers removed | layers | GGUF MB | pp tok/s | tg tok/s (± sd) | latency s | peak RSS MB | "
-            "ppl | ppl ratio | KLD vs parent | budget |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "ppl | ppl ratio | KLD vs parent | budget | bench |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for it in iterations:
         b = it["bench"]
         ok = all(c["met"] for c in it["checks"].values()) and it.get("ppl_ratio", 1) <= budget["max_ppl_ratio"]
@@ -23,8 +24,19 @@ def iteration_table(iterations: list[dict], budget: dict) -> str:
             f"{b['tg_tps']['median']:.1f} ± {b['tg_tps']['stdev']:.1f} | {it['latency_s']:.3f} | "
             f"{b['peak_rss_bytes'] / 1e6:.0f} | {it['ppl']['ppl']:.2f} | {it.get('ppl_ratio', 1):.3f} | "
             f"{_kld_cell(it)} | "
-            f"{'met' if ok else 'missed'} |")
+            f"{'met' if ok else 'missed'} | {HowMeasured.of(b).pairing} |")
     return "\n".join(rows)
+
+
+def how_measured_lines(iterations: list[dict]) -> list[str]:
+    """Where and how the table's speeds were measured: one line when every row shares it (a run's
+    rows normally do; the `bench` column says which were paired), else one per group of rows."""
+    groups: dict[str, list[str]] = {}
+    for it in iterations:
+        groups.setdefault(HowMeasured.of(it["bench"]).machine(), []).append(str(it["k"]))
+    if len(groups) == 1:
+        return [f"Speeds {next(iter(groups))}."]
+    return [f"Speeds of the rows with {', '.join(ks)} layers removed {text}." for text, ks in groups.items()]
 
 
 def _budget(b: dict) -> str:
@@ -83,9 +95,8 @@ def render_report(manifest: dict, with_evaluation: bool = True) -> str:
              f"Perplexity: WikiText-2 test, {first['ppl']['windows']} non-overlapping windows of "
              f"{first['ppl']['ctx']} tokens ({first['ppl']['tokens_scored']} tokens scored), llama.cpp logits.",
              f"Benchmark: {first['bench']['n_prompt']}-token prompt, {first['bench']['n_gen']} generated tokens, "
-             f"{first['bench']['repetitions']} repetitions after {first['bench']['warmup']} warm-up, "
-             f"{first['bench']['n_threads']} threads on {first['bench']['host'].get('cpu_model')} "
-             f"({'measured' if first['bench']['measured'] else 'NOT measured: fake runner'}).",
+             f"{first['bench']['repetitions']} repetitions after {first['bench']['warmup']} warm-up.",
+             *how_measured_lines(its),
              f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).",
              *relative_budget_note(budget, its),
              *([KLD_NOTE] if first.get("kld") else []), "",
@@ -107,5 +118,5 @@ def llama_bench_records(manifest: dict) -> list[dict]:
                         "n_layer": it["layers"], "n_threads": b["n_threads"], "n_prompt": n_p, "n_gen": n_g,
                         "avg_ts": b[key]["mean"], "stddev_ts": b[key]["stdev"], "median_ts": b[key]["median"],
                         "samples_ts": b[key]["samples"], "cpu_info": b["host"].get("cpu_model"),
-                        "peak_rss_bytes": b["peak_rss_bytes"], "measured": b["measured"], "k_removed": it["k"]})
+                        "peak_rss_bytes": b["peak_rss_bytes"], "k_removed": it["k"]} | HowMeasured.of(b).record())
     return out
