@@ -134,7 +134,7 @@ def test_kv_cache_counts_layers_kv_heads_and_context():
 
 
 def test_width_options_keep_gqa_groups_and_aligned_channels():
-    assert head_options(L8B, [1.0, 0.8]) == [(None, None), (24, 6)]
+    assert head_options(L8B, [1.0, 0.5]) == [(None, None), (16, 4)]  # 24 heads (0.75) would not divide 4096
     assert head_options(SMOL, [1.0, 0.7]) == [(None, None), (6, 2)]
     assert ffn_options(L8B, [1.0, 0.75]) == [None, 10752]
 
@@ -209,11 +209,11 @@ def test_config_only_dry_run_prints_prediction_front_and_reference(tmp_path, mon
     from edgeprune.cli import main
 
     res = CliRunner().invoke(main, ["plan", "--target", "arm16g", "--model-config", "llama-3.1-8b.json",
-                                    "--dry-run", "--heads-keep", "1.0,0.8"])
+                                    "--dry-run", "--heads-keep", "1.0,0.5"])
     assert res.exit_code == 0, res.output
     out = res.output
     assert "full depth Q4_K_M" in out and "4.918 GB" in out and "100-token answer" in out
-    assert "INFEASIBLE" in out and "Pareto front" in out and "heads 24/32 kv 6" in out
+    assert "INFEASIBLE" in out and "Pareto front" in out and "heads 16/32 kv 4" in out
     assert "reference case study" in out and "claimed" in out
     res = CliRunner().invoke(main, ["plan", "--model-config", "llama-3.1-8bb", "--dry-run"])
     assert res.exit_code == 2 and "did you mean 'llama-3.1-8b'" in res.output

@@ -67,6 +67,9 @@ class Device(Strict):
     ssh_python: str = "python3"        # interpreter on the remote with llama-cpp-python
     connect_timeout_s: PositiveInt = 10
     compute_gflops: PositiveFloat | None = None  # cost-model prior for prefill; None: from threads
+    # The CPU features that decide which weights llama.cpp repacks at load, a second copy in RAM
+    # (targets/repack.py). None: avx2 for x86_64, dotprod for aarch64, this machine's for arch any.
+    cpu_features: list[Literal["avx2", "avx512", "dotprod", "i8mm"]] | None = None
     # MB read (untimed) before every decoded token and prefill, so the weights come from DRAM: for a host
     # whose last-level cache holds the model, which makes its speed follow other tenants' cache use
     # (devices/bench_worker.set_eviction). 0: measure as llama-bench does.

@@ -9,17 +9,18 @@ token plus attention over the prompt. Both are written as theta . x with two fea
     prefill s/token = p1 * flops_per_token / compute       + p2 * (layers * LAYER_S_PP + TOKEN_S_PP)
 
 theta = 1 is the uncalibrated prior (efficiency 1/t1 of the datasheet bandwidth); measured runs
-fit theta per target (calibration.py), the
-bandwidth / compute term per quant type (t1, p1), the dispatch term shared. Peak RAM = file (mmapped, resident) + KV cache at the
-context + compute buffers + CPU-repacked copies (Q4_0) + a runtime overhead (the python +
-libllama process), the last one calibrated as the median residual of measured peak RSS.
+fit theta per target (calibration.py), the bandwidth / compute term per quant type (t1, p1), the
+dispatch term shared. Peak RAM = file (mmapped, resident) + KV cache at the context + compute
+buffers + the copies ggml-cpu repacks on the device's CPU (repack.py) + a runtime overhead (the
+python + libllama process), the last one calibrated as the median residual of measured peak RSS.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from edgeprune.targets.gguf_size import ModelShape, gguf_bytes, tensor_types
+from edgeprune.targets.gguf_size import ModelShape, gguf_bytes, tensor_list, tensor_types
+from edgeprune.targets.repack import device_features, repacks
 
 # Priors (seconds) for per-op dispatch: llama.cpp runs ~15 graph nodes per layer per token.
 LAYER_S = 30e-6
@@ -36,6 +37,8 @@ class DeviceSpec:
     bandwidth_gbs: float
     compute_gflops: float
     threads: int
+    # the CPU features llama.cpp's repack rules test (repack.py); empty: nothing is repacked
+    cpu_features: frozenset = frozenset()
 
     @classmethod
     def from_target(cls, target, host_threads: int | None = None) -> "DeviceSpec":
@@ -43,7 +46,8 @@ class DeviceSpec:
 
         d = target.device
         threads = d.threads or host_threads or os.cpu_count() or 1
-        return cls(d.mem_bandwidth_gbs, d.compute_gflops or GFLOPS_PER_THREAD * threads, threads)
+        return cls(d.mem_bandwidth_gbs, d.compute_gflops or GFLOPS_PER_THREAD * threads, threads,
+                   device_features(d))
 
 
 @dataclass(frozen=True)
@@ -121,14 +125,12 @@ def compute_buffer_bytes(s: ModelShape, ubatch: int, context: int) -> int:
     return act + kq + s.vocab * 4 * 2
 
 
-# ggml-cpu repacks these types into interleaved copies at load ("CPU_REPACK" buffer) while the
-# mmapped originals stay resident: measured here, SmolLM2 Q4_0 peaks 30-37 MB above Q4_K_M with a
-# 14 MB smaller file. The token embedding is only gathered from, never repacked.
-REPACKED_TYPES = {"Q4_0", "IQ4_NL"}
-
-
-def repacked_bytes(s: ModelShape, quant: str) -> int:
-    return sum(b for name, t, b in tensor_types(s, quant) if t in REPACKED_TYPES and name != "token_embd.weight")
+def repacked_bytes(s: ModelShape, quant: str, features: frozenset = frozenset()) -> int:
+    """Bytes of the interleaved copies ggml-cpu makes at load on a CPU with `features` (repack.py):
+    matmul weights only, so never the token embedding, which is gathered from."""
+    rows = {name: n // ncols for name, ncols, n in tensor_list(s)}
+    return sum(b for name, t, b in tensor_types(s, quant)
+               if name != "token_embd.weight" and rows[name] > 1 and repacks(t, rows[name], features))
 
 
 def weights_read_per_token(s: ModelShape, quant: str) -> int:
@@ -164,6 +166,7 @@ def predict(base: ModelShape, cand: Candidate, dev: DeviceSpec, factors: Factors
     ctx = context or prompt + answer
     file_b = gguf_bytes(s, cand.quant, kv_bytes_meta)
     kv = kv_cache_bytes(s, ctx)
-    static = file_b + kv + compute_buffer_bytes(s, min(prompt, 512), ctx) + repacked_bytes(s, cand.quant)
+    static = (file_b + kv + compute_buffer_bytes(s, min(prompt, 512), ctx)
+              + repacked_bytes(s, cand.quant, dev.cpu_features))
     return Prediction(file_bytes=file_b, weights_read=weights_read_per_token(s, cand.quant),
                       ram_bytes=static + factors.ram_overhead, ram_static=static, kv_bytes=kv, tg_tps=1.0 / t_tg, pp_tps=1.0 / t_pp, features=x)
