@@ -230,6 +230,15 @@ def _ppl_prior(name: str, bits: float) -> float:
     return MEASURED_PRIOR["Q4_K_M"] * LLAMA3_8B_PPL_DELTA[near] / LLAMA3_8B_PPL_DELTA["Q4_K_M"]
 
 
+def ppl_prior_source(name: str) -> str:
+    """Where a type's planner prior (QuantSpec.ppl_prior) came from, as _ppl_prior chose it."""
+    if name in MEASURED_PRIOR:
+        return ("llama.cpp's quantize README table (LLaMA-7B, WikiText-2), doubled for small models")
+    if get(name).bits >= 16:
+        return "unquantized: no cost"
+    return "Q4_K_M's prior scaled by llama.cpp's Llama-3-8B perplexity table (tools/quantize/quantize.cpp)"
+
+
 def _kld_max(name: str, bits: float) -> float:
     if name in MEASURED_KLD_MAX:
         return MEASURED_KLD_MAX[name]

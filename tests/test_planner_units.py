@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -217,6 +218,21 @@ def test_config_only_dry_run_prints_prediction_front_and_reference(tmp_path, mon
     assert "reference case study" in out and "claimed" in out
     res = CliRunner().invoke(main, ["plan", "--model-config", "llama-3.1-8bb", "--dry-run"])
     assert res.exit_code == 2 and "did you mean 'llama-3.1-8b'" in res.output
+
+
+def test_paper_plan_names_its_priors_and_their_sources():
+    """The 8B verdict on arm16g rests on priors fitted elsewhere; the plan says which and where from.
+    Mutant caught: prior_lines dropped from describe_prediction (or a source line lost)."""
+    from edgeprune.planner.predict_only import plan_from_config
+
+    out = plan_from_config("llama-3.1-8b", "arm16g", "default", {}, {"search.quants": ["Q4_K_M", "Q6_K"]})
+    assert "priors:" in out and "40 GB/s (target YAML device.mem_bandwidth_gbs" in out
+    assert "= 5.5 x fraction of layers removed (BETA_PRIOR), fitted on SmolLM2-135M" in out
+    assert "(GAMMA_PRIOR), set by hand" in out and "repacked copies for CPU features dotprod" in out
+    assert "Q4_K_M: ln ratio 0.0180 from llama.cpp's quantize README table" in out
+    assert "Q6_K: ln ratio" in out and "scaled by llama.cpp's Llama-3-8B perplexity table" in out
+    committed = (Path(__file__).resolve().parents[1] / "bench" / "out" / "planner" / "paper-plan-arm16g.txt")
+    assert "priors:" in committed.read_text()  # bench/planner.py wrote it with this code
 
 
 def test_a_candidate_failing_its_export_gate_is_rejected_and_the_search_goes_on(monkeypatch):

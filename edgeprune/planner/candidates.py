@@ -28,6 +28,10 @@ from edgeprune.targets.costmodel import Candidate, Prediction
 QUANT_PRIOR = {name: spec.ppl_prior for name, spec in quants.SPECS.items()}
 BETA_PRIOR = 5.5    # ln(ppl ratio) per fraction of layers removed: -8 of 30 layers -> x4.3
 GAMMA_PRIOR = (1.5, 1.0)  # heads, ffn: ln ratio per fraction removed
+# Where each quality prior came from, printed by the paper plan (predict_only.prior_lines)
+BETA_PRIOR_SOURCE = ("fitted on SmolLM2-135M (30 layers; block-influence, ppl-greedy and angular orders "
+                     "measured x4.19 at -8 layers), not on this model")
+GAMMA_PRIOR_SOURCE = "set by hand when width pruning was added, never fitted to a measurement"
 
 
 @dataclass

@@ -93,6 +93,7 @@ def describe_prediction(s: Searcher, name: str, cfg: dict) -> list[str]:
              f"target:  {t.name} ({t.device.description}); {t.device.mem_bandwidth_gbs:g} GB/s, "
              f"{s.device.compute_gflops:g} GFLOPS, {s.device.threads} threads",
              f"costs:   predicted by the roofline cost model, {calib}"]
+    lines += prior_lines(s)
     req = s.requirements()
     lines.append("budget:  " + "; ".join(req.notes or ("no speed budget",)))
     if req.max_ram_bytes:
@@ -118,6 +119,37 @@ def describe_prediction(s: Searcher, name: str, cfg: dict) -> list[str]:
     if _is_llama31_8b(cfg):
         lines += ["", *reference_comparison(s)]
     return lines
+
+
+def prior_lines(s: Searcher) -> list[str]:
+    """Which inputs of this plan are priors, and where each came from: a verdict resting on them is
+    only as good as they are for this model and this device."""
+    from edgeprune import quants
+    from edgeprune.planner.candidates import BETA_PRIOR_SOURCE, GAMMA_PRIOR_SOURCE
+    from edgeprune.targets import costmodel as cm
+
+    d, q, calibrated = s.target.device, s.quality, s.factors.samples > 0
+    compute = (f"device.compute_gflops {d.compute_gflops:g} GFLOPS" if d.compute_gflops
+               else f"{cm.GFLOPS_PER_THREAD:g} GFLOPS per thread (GFLOPS_PER_THREAD, AVX2/NEON int8 dot)")
+    features = ("device.cpu_features" if d.cpu_features is not None else
+                f"default for arch {d.arch}" if d.arch != "any" else "this machine's /proc/cpuinfo")
+    quant_rows = [f"    {name}: ln ratio {q.quant.get(name, 0.0):.4f} from {quants.ppl_prior_source(name)}"
+                  for name in dict.fromkeys(s.recipe.search.quants)]
+    cost = [] if calibrated else [
+        f"  decode:  {d.mem_bandwidth_gbs:g} GB/s (target YAML device.mem_bandwidth_gbs, a datasheet figure) at "
+        f"{cm.BW_EFFICIENCY_PRIOR:.0%} efficiency (BW_EFFICIENCY_PRIOR: llama.cpp typically reaches 60-80 %)",
+        f"  prefill: {compute}",
+        f"  dispatch: {cm.LAYER_S * 1e6:g} us per layer + {cm.TOKEN_S * 1e6:g} us per token (LAYER_S, TOKEN_S), "
+        "set by hand",
+        f"  RAM:     {cm.RUNTIME_OVERHEAD_PRIOR / 1e6:g} MB runtime (RUNTIME_OVERHEAD_PRIOR); repacked copies for "
+        f"CPU features {', '.join(sorted(s.device.cpu_features)) or 'none'} ({features})"]
+    return ["priors:  (each replaced by a measurement once this target has one; file sizes are exact, not priors)",
+            *cost,
+            f"  depth quality: ln(ppl ratio) = {q.beta:g} x fraction of layers removed (BETA_PRIOR), "
+            f"{BETA_PRIOR_SOURCE}",
+            f"  width quality: {q.gamma[0]:g} (heads), {q.gamma[1]:g} (ffn) x fraction removed (GAMMA_PRIOR), "
+            f"{GAMMA_PRIOR_SOURCE}",
+            "  quant quality (QUANT_PRIOR, vs F16):", *quant_rows]
 
 
 def needed(s: Searcher, d: dict, req) -> list[str]:
