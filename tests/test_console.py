@@ -108,7 +108,7 @@ def test_failed_run_removes_the_run_folder_it_created(tmp_path, monkeypatch):
     plan = types.SimpleNamespace(out=tmp_path / "runs" / "host-1", target=types.SimpleNamespace(device=device))
     with pytest.raises(DataError):
         run_mod.run_plan(plan, str(tmp_path / "store"), False, log=lambda s: None)
-    assert not plan.out.exists()
+    assert not plan.out.exists() and not plan.out.parent.exists()  # runs/ too: this run created it
     kept = tmp_path / "mine"  # a folder the user made is never removed
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")

@@ -79,13 +79,14 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
              console=None) -> dict:
     """`force` rebuilds every step; `redo_from` rebuilds that stage and the later ones. `console`
     (report/console.py) takes the planner's lines and draws one line per step; without it every
-    line goes to `log`. A run that fails before publishing removes the --out folder it created."""
+    line goes to `log`. A run that fails before publishing removes the --out folder it created (and
+    the empty parents it created, such as runs/)."""
     if console is not None:
         log = console.say
     foreign = check_runner_arch(plan.target.device.runner, plan.target.device)  # exit 2 before any work
     if foreign:
         log(f"note: {foreign} (--allow-foreign-arch); every number is labelled so")
-    created = not plan.out.exists()
+    created = [d for d in (plan.out, *plan.out.parents) if not d.exists()]  # innermost first
     prepare_out(plan.out)
     started = time.time()
     try:
@@ -102,11 +103,17 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
             return manifest
     except Exception:
         if created:
-            remove_unfinished_out(plan.out)
+            remove_unfinished_out(plan.out, created[1:])
         raise
 
 
-def remove_unfinished_out(out: Path) -> None:
-    """The --out folder a failed run created, unless it holds a manifest (then it published)."""
+def remove_unfinished_out(out: Path, parents: list[Path]) -> None:
+    """The --out folder a failed run created, unless it holds a manifest (then it published), and
+    the parents it created for it while they are empty."""
     if out.is_dir() and not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
+        for parent in parents:
+            try:
+                parent.rmdir()  # only an empty folder goes
+            except OSError:
+                break
