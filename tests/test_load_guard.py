@@ -115,3 +115,21 @@ def tiny_gguf_for_bench(tmp_path):
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF" + bytes(4096))
     return path, "tiny:Q4_K_M"
+
+
+def test_a_runner_refusing_its_own_busy_measurement_is_a_retake():
+    """The worker refuses repetitions that stayed too far apart (tg ratio 0.17-1.84 under load 5):
+    raised as MachineBusyError it is one more busy try, not the end of the run."""
+    tries = iter([MachineBusyError("benchmark repetitions disagree: tg_ratio 0.166/1.84"), bench(0.8, tg=60.0)])
+
+    def take(attempt):
+        got = next(tries)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    waits = []
+    res = guarded_benchmark(take, lambda b: busy_reason(b, None, True, POLICY), "-1 layers Q4_K_M", POLICY,
+                            log=lambda s: None, sleep=waits.append)
+    assert res["tg_tps"]["median"] == 60.0 and waits == [60.0]
+    assert res["retaken_because"] == ["benchmark repetitions disagree: tg_ratio 0.166/1.84"]

@@ -67,8 +67,7 @@ def guarded_benchmark(take: Callable[[int], dict], reason: Callable[[dict], str 
     Returns the first benchmark with no busy reason, recording the retakes and why. Before a retake,
     `busy_now()` is asked after the wait: while the machine is still oversubscribed the try is spent
     waiting, not on a measurement that would be refused. Raises MachineBusyError when every try was busy."""
-    bench = take(0)
-    why = reason(bench)
+    bench, why = _try(take, 0, reason)
     if why is None:
         return bench
     reasons = [why]
@@ -80,8 +79,7 @@ def guarded_benchmark(take: Callable[[int], dict], reason: Callable[[dict], str 
         if still is not None:
             reasons.append(f"{still}, not measured")
             continue
-        bench = take(attempt)
-        why = reason(bench)
+        bench, why = _try(take, attempt, reason)
         if why is None:
             return bench | {"retaken_because": reasons}
         reasons.append(why)
@@ -90,3 +88,13 @@ def guarded_benchmark(take: Callable[[int], dict], reason: Callable[[dict], str 
         f"{policy.retakes * policy.wait_s / 60:.0f} min; last: {reasons[-1]})",
         where="this machine",
         fix="rerun when it is quieter (finished steps are kept), or stop what else is running")
+
+
+def _try(take: Callable[[int], dict], attempt: int, reason: Callable[[dict], str | None]) -> tuple[dict, str | None]:
+    """One benchmark and why it may not be used. A runner that refuses its own measurement as taken on a
+    busy machine (MachineBusyError, e.g. repetitions too far apart) is a busy try like the others."""
+    try:
+        bench = take(attempt)
+    except MachineBusyError as exc:
+        return {}, exc.what
+    return bench, reason(bench)
