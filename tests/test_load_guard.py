@@ -57,7 +57,7 @@ def test_load_exactly_at_the_cores_is_not_oversubscribed():
 
 def test_always_busy_stops_with_one_line_and_its_own_exit_code():
     with pytest.raises(MachineBusyError) as err:
-        run([bench(6.0), bench(5.5), bench(6.3), bench(7.0)], loads_now=[5.5, 6.3, 7.0])
+        run([bench(6.0)], loads_now=[1.0, 5.5, 6.3, 7.0])
     line = err.value.one_line()
     assert "\n" not in line and err.value.exit_code == 3
     assert "4 tries over 3 min" in line and "last: load average 7.0 above the 2 cores, not measured" in line
@@ -66,7 +66,7 @@ def test_always_busy_stops_with_one_line_and_its_own_exit_code():
 
 def test_while_the_load_stays_high_the_retakes_wait_instead_of_measuring():
     # one refused measurement (which may take minutes at 2 tok/s), then only waits until the load falls
-    res, taken, waits, log = run([bench(6.9, tg=2.0), bench(1.1, tg=60.0)], loads_now=[6.5, 4.0, 1.2])
+    res, taken, waits, log = run([bench(6.9, tg=2.0), bench(1.1, tg=60.0)], loads_now=[1.5, 6.5, 4.0, 1.2])
     assert taken == [0, 3] and waits == [60.0, 60.0, 60.0] and res["tg_tps"]["median"] == 60.0
     assert res["retaken_because"] == ["load average 6.9 above the 2 cores", "load average 6.5 above the 2 cores, "
                                       "not measured", "load average 4.0 above the 2 cores, not measured"]
@@ -133,3 +133,10 @@ def test_a_runner_refusing_its_own_busy_measurement_is_a_retake():
                             log=lambda s: None, sleep=waits.append)
     assert res["tg_tps"]["median"] == 60.0 and waits == [60.0]
     assert res["retaken_because"] == ["benchmark repetitions disagree: tg_ratio 0.166/1.84"]
+
+
+def test_no_measurement_while_the_machine_is_already_oversubscribed():
+    # load 5 before the first try: wait instead of a 9-minute benchmark that would be refused anyway
+    res, taken, waits, _ = run([bench(0.9, tg=61.0)], loads_now=[5.0, 1.4])
+    assert taken == [1] and waits == [60.0] and res["tg_tps"]["median"] == 61.0
+    assert res["retaken_because"] == ["load average 5.0 above the 2 cores, not measured"]

@@ -64,10 +64,11 @@ def guarded_benchmark(take: Callable[[int], dict], reason: Callable[[dict], str 
                       policy: LoadPolicy, log=print, sleep: Callable[[float], None] = time.sleep,
                       busy_now: Callable[[], str | None] = lambda: None) -> dict:
     """`take(attempt)`: the benchmark (attempt 0 may come from the cache; a retake must measure anew).
-    Returns the first benchmark with no busy reason, recording the retakes and why. Before a retake,
-    `busy_now()` is asked after the wait: while the machine is still oversubscribed the try is spent
-    waiting, not on a measurement that would be refused. Raises MachineBusyError when every try was busy."""
-    bench, why = _try(take, 0, reason)
+    Returns the first benchmark with no busy reason, recording the retakes and why. Before every try
+    `busy_now()` is asked (after the wait, for a retake): while the machine is oversubscribed the try is
+    spent waiting, not on a measurement that would be refused. Raises MachineBusyError when every try was busy."""
+    busy = busy_now()  # under load 5 on 2 cores one benchmark took 9 min, only to be refused
+    bench, why = ({}, f"{busy}, not measured") if busy is not None else _try(take, 0, reason)
     if why is None:
         return bench
     reasons = [why]
