@@ -25,6 +25,7 @@ def import_model(store: StepStore, model_path: Path, allow_pickle: bool = False)
     if model_path.is_dir() and list(model_path.glob("*.safetensors")):
         def build(out: Path) -> dict:
             copied = copy_checkpoint(model_path, out)
+            check_checkpoint(out, model_path)  # a failed build leaves nothing in the store
             return {"source": str(model_path), "files": copied}
 
         need = sum(f.stat().st_size for f in model_path.glob("*.safetensors"))
@@ -48,6 +49,40 @@ def copy_checkpoint(src: Path, dst: Path) -> list[str]:
     for name in names:
         shutil.copyfile(src / name, dst / name)
     return names
+
+
+def check_checkpoint(folder: Path, source: Path) -> None:
+    """What a copied checkpoint must be before it is stored: a config transformers reads, and every
+    safetensors file whole (its header parses and its tensors cover the file) with every shard the
+    index names present. Copied unchecked, a truncated or corrupt file was stored as a good import
+    and reused by every later run, each failing only when a stage loaded it."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoConfig
+
+    from edgeprune.errors import ModelError
+
+    fix = "re-download or re-save the checkpoint (model.save_pretrained) and run again"
+    try:
+        AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"config.json is not a transformers config: {str(e).splitlines()[0]}",
+                         where=str(source / "config.json"), fix=fix) from None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        missing = sorted(set(json.loads(index.read_text())["weight_map"].values())
+                         - {f.name for f in folder.glob("*.safetensors")})
+        if missing:
+            raise ModelError(f"shard(s) named by model.safetensors.index.json missing: {', '.join(missing)}",
+                             where=str(source), fix=fix)
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(f, framework="pt") as st:
+                list(st.keys())
+        except (SafetensorError, OSError) as e:
+            raise ModelError(f"{f.name} is not a whole safetensors file ({str(e).splitlines()[0]})",
+                             where=str(source / f.name), fix=fix) from None
 
 
 def _folder_bytes(folder: Path) -> int:
