@@ -159,16 +159,24 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
 @click.option("--stream/--no-stream", default=None,
               help="Depth: score and cut layer by layer from the safetensors, never loading the model "
                    "(default: stream when the weights exceed 30 % of available RAM).")
+@click.option("--heal", default=None,
+              help="Training-free healing after the cut: a heal method (see `edgeprune methods`) or 'auto'.")
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
 @VERBOSE
 @friendly
-def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, out, verbose):
+def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, heal, out, verbose):
     """Prune by any registered method and write a HF checkpoint."""
     from edgeprune.stages.prune_methods import prune_by_name
 
+    kw = dict(n_remove=n_remove, sparsity=sparsity, nm=nm, fraction=fraction, head_mode=head_mode,
+              importance=importance, stream=stream)
     with quiet(verbose):
-        info = prune_by_name(model, method, calib, Path(out), n_remove=n_remove, sparsity=sparsity, nm=nm,
-                             fraction=fraction, head_mode=head_mode, importance=importance, stream=stream)
+        if heal:
+            from edgeprune.stages.heal_step import prune_then_heal
+
+            info = prune_then_heal(model, method, calib, Path(out), heal, **kw)
+        else:
+            info = prune_by_name(model, method, calib, Path(out), **kw)
     if "scoring" in info:
         click.echo(info["scoring"], err=True)
     click.echo(json.dumps(info, indent=2))

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
 
 from edgeprune import quants
-
 from edgeprune.config.evaluate import Evaluate
 from edgeprune.config.recovery import Recovery
 from edgeprune.errors import ConfigError
@@ -51,6 +50,21 @@ def _usable_quant(name: str) -> str:
 
 # A registered quant type (edgeprune/quants.py) that needs no importance matrix.
 QuantName = Annotated[str, AfterValidator(_usable_quant)]
+
+
+class Heal(Strict):
+    """Training-free healing after pruning (stages/heal.py): a registered heal method, or "auto"
+    (try the candidates and keep the one with the lowest held-out calibration loss)."""
+
+    method: str = "auto"
+    # The teacher's states are kept in RAM: samples x seq_len x layers x hidden x 8 bytes.
+    calibration: Calibration = Calibration(samples=32, seq_len=512, seed=1)
+    # "auto" scores each candidate method on these many extra windows, never fitted on.
+    holdout_samples: PositiveInt = 8
+    # Layer-local distillation after the closed-form fit (stages/heal_local.py): wall-clock minutes
+    # shared by the layers before the cuts; 0 turns it off. Kept only if the held-out loss improves.
+    local_minutes: float = Field(0.0, ge=0)
+    local_lr: float = Field(5e-5, gt=0)
 
 
 class Export(Strict):
@@ -101,5 +115,6 @@ class Recipe(Strict):
     quality: Quality = Quality()
     max_iterations: PositiveInt = 4
     search: Search = Search()
+    heal: Heal | None = None  # None: no training-free healing between prune and export
     recovery: Recovery | None = None  # None: no recovery stage between prune and export
     evaluate: Evaluate | None = None  # None: no zero-shot tasks on the delivered GGUF

@@ -69,6 +69,12 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     if cand.heads is not None or cand.ffn is not None:
         pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
                                                   cand.ffn, r.calibration, r.width.method)
+    heal = None
+    if r.heal is not None and pruned_key != state.model_hash:  # heal only what was pruned
+        from edgeprune.stages.heal_step import heal_step
+
+        pruned_dir, pruned_key, heal = heal_step(store, ctx["hf_dir"], state.model_hash, pruned_dir, pruned_key,
+                                                 remove, r.heal)
     recovery = None
     if r.recovery is not None and pruned_key != state.model_hash:  # recover only what was pruned
         from edgeprune.stages.recover import recover_stage
@@ -86,6 +92,8 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
           "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
           "width_method": (r.width.method or "heads+ffn") if cand.heads or cand.ffn else None,
           "ppl": ppl, "measured_where": measured_where(plan.target, bench)}
+    if heal is not None:
+        it["heal"] = heal
     if recovery is not None:
         it["recovery"] = recovery
     if r.quality.kld:

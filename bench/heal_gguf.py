@@ -1,0 +1,133 @@
+"""Healing on the deployed path: prune -> heal -> GGUF (llama.cpp's converter and quantizer) ->
+perplexity from llama.cpp's logits, through the same cached steps the planner runs.
+
+    python bench/heal_gguf.py --out bench/out/heal/gguf-depth6.json
+    python bench/heal_gguf.py --table bench/out/heal/gguf-depth6.json
+
+Protocol (issue #15): WikiText-2 test and a held-out non-Wikipedia text (LAMBADA passages, fiction),
+each in `--windows` (40) non-overlapping `--ctx` (1024) token windows, every token after the first
+of a window scored (stages/evaluate.gguf_perplexity). Q8_0 stands in for the unquantized model
+(KL to F16 ~0.005 nats on the verify prompt), Q4_K_M is what ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from edgeprune import registry
+from edgeprune.config.recipe import Calibration, Export, Heal
+from edgeprune.data import eval_text
+from edgeprune.data.texts import read_texts
+from edgeprune.paths import data_dir
+from edgeprune.runner import StepStore
+from edgeprune.stages.evaluate import evaluate_ppl
+from edgeprune.stages.export import export_gguf
+from edgeprune.stages.heal_step import heal_step
+from edgeprune.stages.load import import_model
+from edgeprune.stages.prune import prune_layers
+from edgeprune.stages.score import score_depth
+from edgeprune.toolchain.hf import resolve_model
+
+
+def heldout_text(rows: int = 2000) -> str:
+    """LAMBADA test passages (novels): neither Wikipedia nor C4."""
+    return "\n\n".join(read_texts(data_dir() / "lambada_openai_test.jsonl")[:rows])
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def measure(store, model_dir, key, label, args, texts, extra) -> dict:
+    row = {"model": label, **extra}
+    for quant in args.quants.split(","):
+        gguf, meta = export_gguf(store, model_dir, key, Export(quant=quant))
+        row[f"bytes_{quant}"] = meta["bytes"]
+        for name, text in texts.items():
+            t0 = time.perf_counter()
+            ppl = evaluate_ppl(store, gguf, f"{key}:{quant}", text, _sha(text), args.ctx, args.windows, args.threads)
+            row[f"ppl_{name}_{quant}"] = round(ppl["ppl"], 3)
+            row[f"eval_s_{name}_{quant}"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def rows_for(store, hf_dir, digest, args, texts) -> list[dict]:
+    rows = [measure(store, hf_dir, digest, "unpruned", args, texts, {"heal": "-"})]
+    for depth in args.depth.split(","):
+        stats, _ = score_depth(store, hf_dir, digest, depth, Calibration())
+        removed = registry.get("depth", depth).select(stats, args.remove)
+        pruned_dir, pruned_key = prune_layers(store, hf_dir, digest, removed)
+        for heal in args.heal.split(","):
+            d, k, info, t0 = pruned_dir, pruned_key, {}, time.perf_counter()
+            if heal != "none":
+                method, _, minutes = heal.partition("+local=")
+                cfg = Heal(method=method, calibration=Calibration(samples=args.calib_samples, seq_len=args.calib_len,
+                                                                  seed=1), local_minutes=float(minutes or 0))
+                d, k, info = heal_step(store, hf_dir, digest, pruned_dir, pruned_key, removed, cfg)
+            extra = {"depth": depth, "removed": removed, "heal": heal, "chosen": info.get("chosen"),
+                     "heal_s": info.get("seconds"), "holdout_ppl": info.get("holdout_ppl"),
+                     "local": info.get("local")}
+            rows.append(measure(store, d, k, f"-{args.remove}L {depth}", args, texts, extra))
+    return rows
+
+
+def table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    rows, quants = data["rows"], data["quants"]
+    base = rows[0]
+    head = "| model | heal (chosen) | " + " | ".join(f"wiki {q} | × | held-out {q} | ×" for q in quants) + " |"
+    lines = [head, "|" + "---|" * (2 + 4 * len(quants))]
+    for r in rows:
+        cells = []
+        for q in quants:
+            for t in ("wiki", "heldout"):
+                v = r[f"ppl_{t}_{q}"]
+                cells += [f"{v:.2f}", f"{v / base[f'ppl_{t}_{q}']:.2f}"]
+        heal = r["heal"] + (f" ({r['chosen']})" if r.get("chosen") and r["heal"] == "auto" else "")
+        lines.append(f"| {r['model']} | {heal} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--table", type=Path)
+    ap.add_argument("--remove", type=int, default=6)
+    ap.add_argument("--depth", default="block-influence,angular")
+    ap.add_argument("--heal", default="none,down-cut,auto",
+                    help="heal methods; METHOD+local=M adds M minutes of layer-local distillation")
+    ap.add_argument("--quants", default="Q8_0,Q4_K_M")
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--store", type=Path, default=Path.home() / ".cache" / "edgeprune" / "steps")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    store = StepStore(args.store)
+    hf_dir, digest = import_model(store, resolve_model(None))
+    texts = {"wiki": eval_text(), "heldout": heldout_text()}
+    rows = rows_for(store, hf_dir, digest, args, texts)
+    out = {"command": "python " + " ".join(sys.argv), "quants": args.quants.split(","),
+           "protocol": {"ctx": args.ctx, "windows": args.windows, "scorer": "llama.cpp logits",
+                        "heldout": "lambada_openai_test.jsonl, first 2000 passages", "heldout_sha256": _sha(texts["heldout"]),
+                        "wiki_sha256": _sha(texts["wiki"])},
+           "heal_calibration": {"samples": args.calib_samples, "seq_len": args.calib_len, "seed": 1},
+           "threads": args.threads, "rows": rows}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

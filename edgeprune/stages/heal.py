@@ -1,0 +1,184 @@
+"""Heal a pruned model without training: plumbing around methods/heal.py.
+
+The unpruned teacher runs once over the calibration windows and keeps, for every layer l, its
+input h_l and its post-attention residual u_l. The pruned student then runs one layer at a time
+(stages/layerwise.py); each projection that the method refits sees the inputs the already-healed
+layers before it produce, and is fitted to the teacher's residual stream at the matching depth:
+
+    o_proj of student layer k    ->  u_teacher[origin(k)] - h_student      (attention output)
+    down_proj of student layer k ->  h_teacher[origin(k+1)] - u_student    (MLP output)
+
+where origin(k) is the teacher index of student layer k and origin(n) = L. Layer k's output then
+lands on the teacher's input to the next kept layer, so a removed run of layers is replaced by a
+linear correction folded into the layer before it; nothing is added to the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from edgeprune import registry
+from edgeprune.errors import ConfigError
+from edgeprune.methods.heal import HealMethod, NormalEquations, residual_error, token_weights
+from edgeprune.stages.layerwise import layer0_inputs, run_layer
+
+
+@dataclass
+class TeacherStates:
+    """h[l]: input of layer l (h[L]: last output); u[l]: residual after layer l's attention.
+    Each is a list over calibration batches of (batch, seq, hidden) float32 tensors."""
+
+    h: list[list[torch.Tensor]]
+    u: list[list[torch.Tensor]]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.u)
+
+
+def _hook_input(module, store: dict, key: str):
+    def fn(_mod, args, kwargs):
+        store[key] = (args[0] if args else next(iter(kwargs.values()))).detach()
+    return module.register_forward_pre_hook(fn, with_kwargs=True)
+
+
+@torch.no_grad()
+def teacher_states(model, windows: torch.Tensor, batch_size: int = 8) -> TeacherStates:
+    layers = model.model.layers
+    h: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
+    u: list[list[torch.Tensor]] = [[] for _ in range(len(layers))]
+    for start in tqdm(range(0, len(windows), batch_size), desc="teacher states", unit="batch", leave=False):
+        ids = windows[start:start + batch_size]
+        x, kw = layer0_inputs(model, ids)
+        for i, layer in enumerate(layers):
+            seen: dict = {}
+            handle = _hook_input(layer.post_attention_layernorm, seen, "u")
+            h[i].append(x.float())
+            try:
+                x = run_layer(layer, x, kw)
+            finally:
+                handle.remove()
+            u[i].append(seen["u"].float())
+        h[-1].append(x.float())
+    return TeacherStates(h=h, u=u)
+
+
+def _check_plain(model) -> None:
+    for layer in model.model.layers:
+        for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            if proj.bias is not None:
+                raise ConfigError("healing refits bias-free projections; this model's o_proj/down_proj have biases",
+                                  where="--heal", fix="drop --heal for this model")
+
+
+def origins(n_teacher: int, removed: list[int]) -> list[int]:
+    """Teacher index of every kept layer, in order."""
+    drop = set(removed)
+    return [i for i in range(n_teacher) if i not in drop]
+
+
+class _Student:
+    """The pruned model's hidden states over the calibration batches, advanced one layer at a time."""
+
+    def __init__(self, model, windows: torch.Tensor, batch_size: int):
+        self.model = model
+        self.batches = [windows[s:s + batch_size] for s in range(0, len(windows), batch_size)]
+        self.h, self.kw = [], []
+        for ids in self.batches:
+            x, kw = layer0_inputs(model, ids)
+            self.h.append(x)
+            self.kw.append(kw)
+
+    @torch.no_grad()
+    def capture(self, layer, modules: dict) -> list[dict]:
+        """Run `layer` on every batch (outputs discarded) and return each batch's hooked inputs."""
+        seen_all = []
+        for x, kw in zip(self.h, self.kw):
+            seen: dict = {}
+            handles = [_hook_input(m, seen, k) for k, m in modules.items()]
+            try:
+                run_layer(layer, x, kw)
+            finally:
+                for hd in handles:
+                    hd.remove()
+            seen_all.append(seen)
+        return seen_all
+
+    @torch.no_grad()
+    def advance(self, layer) -> None:
+        self.h = [run_layer(layer, x, kw) for x, kw in zip(self.h, self.kw)]
+
+
+def _refit_o_proj(student: _Student, layer, teacher_u: list[torch.Tensor], method: HealMethod) -> None:
+    proj = layer.self_attn.o_proj
+    eq = NormalEquations(proj.in_features, proj.out_features)
+    for seen, h_in, u_t in zip(student.capture(layer, {"x": proj}), student.h, teacher_u):
+        eq.add(seen["x"], u_t - h_in, token_weights(u_t, method.objective))
+    proj.weight.data = eq.solve(proj.weight.data, method.damp).to(proj.weight.dtype)
+
+
+def _refit_down(student: _Student, layer, target_h: list[torch.Tensor], method: HealMethod) -> None:
+    proj = layer.mlp.down_proj
+    caps = student.capture(layer, {"a": proj, "u": layer.post_attention_layernorm})
+    w = proj.weight.data
+    d_in = proj.in_features if method.fit == "down" else proj.out_features
+    eq = NormalEquations(d_in, proj.out_features)
+    for seen, h_t in zip(caps, target_h):
+        x = seen["a"] if method.fit == "down" else seen["a"] @ w.T
+        eq.add(x, h_t - seen["u"], token_weights(h_t, method.objective))
+    if method.fit == "down":
+        proj.weight.data = eq.solve(w, method.damp).to(w.dtype)
+    else:  # ReplaceMe: M acts on the MLP output, folded as W_down <- M W_down
+        m = eq.solve(torch.eye(proj.out_features, dtype=w.dtype), method.damp)
+        proj.weight.data = (m @ w.double()).to(w.dtype)
+
+
+@torch.no_grad()
+def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: list[int], method_name: str | HealMethod,
+               width: frozenset[str] = frozenset(), batch_size: int = 8) -> dict:
+    """Heal `model` in place: `removed` teacher layers are gone and `width` names what was cut in
+    every layer ("heads": o_proj sees fewer heads; "ffn": down_proj sees fewer channels).
+    Cut projections are always refitted; depth cuts refit the layer before each removed run, and
+    scope "all" every kept layer from the first change on. Returns per-layer fit errors."""
+    method = method_name if isinstance(method_name, HealMethod) else registry.get("heal", method_name)
+    method_name = method.name
+    _check_plain(model)
+    layers = list(model.model.layers)
+    origin = origins(teacher.n_layers, removed) + [teacher.n_layers]
+    if len(origin) - 1 != len(layers):
+        raise ConfigError(f"student has {len(layers)} layers, {teacher.n_layers} - {len(set(removed))} expected",
+                          where="--heal", fix="heal the model the removal list describes")
+    cuts = {k for k in range(len(layers)) if origin[k + 1] != origin[k] + 1}
+    first = 0 if width else min(cuts, default=len(layers))
+    student = _Student(model, windows, batch_size)
+    log = []
+    for k, layer in enumerate(tqdm(layers, desc=f"heal {method_name}", unit="layer", leave=False)):
+        target = teacher.h[origin[k + 1]]
+        later = method.scope == "all" and k >= first
+        refit_o = "heads" in width or (later and method.o_proj)
+        refit_down = k in cuts or "ffn" in width or later
+        if refit_o:
+            _refit_o_proj(student, layer, teacher.u[origin[k]], method)
+        before = _layer_error(student, layer, target) if refit_down else None
+        if refit_down:
+            _refit_down(student, layer, target, method)
+        student.advance(layer)
+        if refit_down or refit_o:
+            log.append({"layer": k, "teacher_layer": origin[k], "target": origin[k + 1], "o_proj": refit_o,
+                        "down_proj": refit_down, "error_before": before,
+                        "error_after": _mean_error(student.h, target)})
+    return {"method": method_name, "refits": log, "final_error": _mean_error(student.h, teacher.h[-1]),
+            "calibration_tokens": int(windows.numel())}
+
+
+def _layer_error(student: _Student, layer, target: list[torch.Tensor]) -> float:
+    outs = [run_layer(layer, x, kw) for x, kw in zip(student.h, student.kw)]
+    return _mean_error(outs, target)
+
+
+def _mean_error(hs: list[torch.Tensor], target: list[torch.Tensor]) -> float:
+    errs = [residual_error(x, t) for x, t in zip(hs, target)]
+    return sum(errs) / len(errs)

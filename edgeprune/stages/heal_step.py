@@ -1,0 +1,153 @@
+"""The heal stage: a pruned checkpoint in, a healed standard checkpoint out, cached in the step store.
+
+`auto` heals with each candidate method and keeps the one with the lowest next-token loss on
+held-out calibration windows (windows after the fitting ones in the same shuffled stream, never
+fitted on); if no method beats the unhealed model there, the model is kept as it was. The
+decision and every trial's loss are in the step's meta and `heal.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from edgeprune import registry
+from edgeprune.config.recipe import Heal
+from edgeprune.runner import StepStore
+from edgeprune.stages.calib import calibration_windows
+from edgeprune.stages.heal import heal_model, teacher_states
+from edgeprune.toolchain.hf import load_model, save_model
+
+# The order matters only for ties; bench/README (Healing) has what each gives on SmolLM2.
+AUTO_CANDIDATES = ("down-all", "down-cut", "replaceme-relative")
+
+
+def check_heal_method(name: str) -> None:
+    if name != "auto":
+        registry.get("heal", name)
+
+
+@torch.no_grad()
+def holdout_nll(model, windows: torch.Tensor, batch_size: int = 4) -> float:
+    total, count = 0.0, 0
+    for s in range(0, len(windows), batch_size):
+        ids = windows[s:s + batch_size]
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
+        count += ids[:, 1:].numel()
+    return total / count
+
+
+def split_windows(tok, cfg: Heal) -> tuple[torch.Tensor, torch.Tensor]:
+    calib = cfg.calibration
+    both = calibration_windows(tok, calib.model_copy(update={"samples": calib.samples + cfg.holdout_samples}))
+    fit = min(calib.samples, len(both) - 1) if len(both) > 1 else len(both)
+    return both[:fit], both[fit:] if len(both) > fit else both[-1:]
+
+
+def width_cut(teacher_cfg, student_cfg) -> frozenset[str]:
+    """What a width step cut in every layer: fewer query heads (o_proj narrower) or FFN channels."""
+    cut = set()
+    if student_cfg.num_attention_heads < teacher_cfg.num_attention_heads:
+        cut.add("heads")
+    if student_cfg.intermediate_size < teacher_cfg.intermediate_size:
+        cut.add("ffn")
+    return frozenset(cut)
+
+
+def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cfg: Heal, out: Path) -> dict:
+    teacher, tok = load_model(teacher_dir)
+    student, _ = load_model(student_dir)
+    width = width_cut(teacher.config, student.config)
+    teacher.float().eval()
+    student.float().eval()
+    fit, holdout = split_windows(tok, cfg)
+    t0 = time.perf_counter()
+    states = teacher_states(teacher, fit)
+    losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
+    del teacher
+    best, trials = ("none", student, None), []
+    methods = AUTO_CANDIDATES if cfg.method == "auto" else (cfg.method,)
+    for name in methods:
+        model = copy.deepcopy(student) if len(methods) > 1 else student
+        info = heal_model(model, states, fit, removed, name, width=width)
+        losses[name] = holdout_nll(model, holdout)
+        trials.append({"method": name, "holdout_nll": losses[name], "final_error": info["final_error"],
+                       "refits": len(info["refits"])})
+        if losses[name] < losses[best[0]]:
+            best = (name, model, info)
+    chosen, model, info = best
+    local = None
+    if cfg.local_minutes > 0 and removed:
+        model, local = _local_stage(model, states, fit, holdout, removed, cfg, losses)
+    save_model(model, tok, out)
+    record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
+              "holdout_nll": losses, "holdout_ppl": {k: math.exp(v) for k, v in losses.items()},
+              "trials": trials, "refits": info["refits"] if info else [], "local": local,
+              "fit_tokens": int(fit.numel()), "holdout_tokens": int(holdout.numel()),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "heal.json").write_text(json.dumps(record, indent=1))
+    return {k: v for k, v in record.items() if k != "refits"}
+
+
+def _local_stage(model, states, fit, holdout, removed, cfg: Heal, losses: dict):
+    """Layer-local distillation on top of the chosen fit; kept only if the held-out loss drops."""
+    from edgeprune.stages.heal_local import local_distill
+
+    before = copy.deepcopy(model)
+    info = local_distill(model, states, fit, removed, cfg.local_minutes, lr=cfg.local_lr)
+    losses["local"] = holdout_nll(model, holdout)
+    info["kept"] = losses["local"] < min(v for k, v in losses.items() if k not in ("teacher", "local"))
+    return (model if info["kept"] else before), info
+
+
+def heal_step(store: StepStore, teacher_dir: Path, teacher_hash: str, student_dir: Path, student_key: str,
+              removed: list[int], cfg: Heal) -> tuple[Path, str, dict]:
+    """Cached heal of `student_dir` (the teacher minus `removed` layers, maybe narrower) against
+    the unpruned `teacher_dir`. Returns (healed dir, its key, the heal record)."""
+    check_heal_method(cfg.method)
+    key = {"model": student_key, "teacher": teacher_hash, "removed": sorted(removed), "heal": cfg.model_dump(mode="json")}
+    res = store.run("heal", key, lambda out: heal_checkpoint(teacher_dir, student_dir, removed, cfg, out))
+    return res.path, res.path.name, res.meta
+
+
+def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path, heal: str, **prune_kw) -> dict:
+    """`edgeprune prune ... --heal METHOD`: prune into a temp folder beside `out`, heal against the
+    unpruned model, then publish `out` in one rename (with the prune record, now naming the heal)."""
+    import shutil
+    import tempfile
+
+    from edgeprune.config.recipe import Calibration
+    from edgeprune.errors import ConfigError
+    from edgeprune.runner.store import store_root
+    from edgeprune.stages.load import import_model
+    from edgeprune.stages.prune_methods import check_prune_out, method_kind, prune_by_name, publish_with
+    from edgeprune.surgery.record import RECORD
+    from edgeprune.toolchain.hf import resolve_model
+
+    check_heal_method(heal)
+    if method_kind(method) == "sparsity":
+        raise ConfigError(f"--heal refits dense projections, which would fill in {method}'s zeros", where="--heal",
+                          fix="drop --heal for sparsity methods")
+    check_prune_out(out)
+    cfg = Heal(method=heal, calibration=Heal().calibration.model_copy(update={"path": calib}))
+    teacher_dir, _ = import_model(StepStore(store_root(None)), resolve_model(model))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".heal-") as tmp:
+        pruned = Path(tmp) / "pruned"
+        info = prune_by_name(model, method, calib, pruned, **prune_kw)
+        removed = info.get("removed", []) if method_kind(method) == "depth" else []
+
+        def write(dst: Path) -> None:
+            info["heal"] = heal_checkpoint(teacher_dir, pruned, removed, cfg, dst)
+            record = json.loads((pruned / RECORD).read_text()) if (pruned / RECORD).is_file() else {}
+            (dst / RECORD).write_text(json.dumps({**record, "heal": info["heal"]}, indent=1))
+
+        publish_with(out, write)
+    info["out"] = str(out)
+    return info

@@ -1,0 +1,176 @@
+"""Training-free healing: the closed-form maths on hand-made tensors, then the plumbing on the tiny Llama."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeprune import registry
+from edgeprune.methods.heal import NormalEquations, residual_error, token_weights
+
+
+def test_normal_equations_recover_a_known_projection():
+    torch.manual_seed(0)
+    w_true = torch.randn(6, 10)
+    x = torch.randn(500, 10)
+    eq = NormalEquations(10, 6)
+    for part in x.split(100):  # batched accumulation equals one big fit
+        eq.add(part, part @ w_true.T)
+    w = eq.solve(torch.zeros(6, 10), damp=1e-9)
+    assert torch.allclose(w.float(), w_true, atol=1e-5)
+
+
+def test_ridge_keeps_the_original_weights_where_data_is_silent():
+    """Input column 3 is always zero: its weights cannot be learnt and must stay W0's
+    (a solver that regularises towards 0 instead of W0 zeroes them)."""
+    torch.manual_seed(1)
+    w0 = torch.randn(4, 5)
+    x = torch.randn(200, 5)
+    x[:, 3] = 0
+    eq = NormalEquations(5, 4)
+    eq.add(x, x @ (w0 + 0.5).T)
+    w = eq.solve(w0, damp=1e-3)
+    assert torch.allclose(w[:, 3].float(), w0[:, 3], atol=1e-6)
+    assert torch.allclose(w[:, [0, 1, 2, 4]].float(), (w0 + 0.5)[:, [0, 1, 2, 4]], atol=1e-2)
+
+
+def test_relative_objective_is_not_captured_by_one_huge_token():
+    """One token 1000x larger than the rest with an inconsistent target: plain L2 bends the whole
+    fit towards it; relative weights keep the fit of the ordinary tokens."""
+    torch.manual_seed(2)
+    w_true = torch.randn(3, 3)
+    x = torch.randn(300, 3)
+    y = x @ w_true.T
+    x[0] *= 1000.0
+    y[0] = -x[0] @ w_true.T  # the outlier wants the opposite map
+    errs = {}
+    for objective in ("l2", "relative"):
+        eq = NormalEquations(3, 3)
+        eq.add(x, y, token_weights(y, objective))
+        w = eq.solve(torch.zeros(3, 3), damp=1e-9).float()
+        errs[objective] = residual_error(x[1:] @ w.T, y[1:])
+    assert errs["relative"] < 0.1 < errs["l2"]
+
+
+def test_heal_methods_are_registered_with_their_facts():
+    names = registry.names("heal")
+    assert {"replaceme", "down-cut", "down-all"} <= set(names)
+    for name in names:
+        m = registry.get("heal", name)
+        assert m.fit in ("map", "down") and m.objective in ("l2", "relative") and m.scope in ("cut", "all")
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from edgeprune.config.recipe import Calibration
+    from edgeprune.stages.calib import calibration_windows
+    from edgeprune.stages.heal import teacher_states
+    from edgeprune.toolchain.hf import load_model
+
+    teacher, _ = load_model(tiny_llama)
+    teacher.float().eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    windows = calibration_windows(tok, Calibration(samples=16, seq_len=64))
+    return teacher, windows, teacher_states(teacher, windows, batch_size=4)
+
+
+def _final_error(model, teacher_states, windows) -> float:
+    from edgeprune.stages.heal import _mean_error, _Student
+
+    student = _Student(model, windows, 4)
+    for layer in model.model.layers:
+        student.advance(layer)
+    return _mean_error(student.h, teacher_states.h[-1])
+
+
+@pytest.mark.parametrize("method", ["replaceme", "down-cut", "down-all"])
+def test_healing_a_removed_layer_moves_the_output_towards_the_teacher(tiny_pair, method):
+    from edgeprune.stages.heal import heal_model
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, states = tiny_pair
+    pruned = remove_layers(copy.deepcopy(teacher), [1])
+    unhealed = _final_error(pruned, states, windows)
+    info = heal_model(pruned, states, windows, [1], method, batch_size=4)
+    healed = _final_error(pruned, states, windows)
+    assert abs(healed - info["final_error"]) < 1e-6
+    assert healed < 0.8 * unhealed, (method, unhealed, healed)
+    assert info["refits"][0]["layer"] == 0 and info["refits"][0]["target"] == 2  # layer 0 now lands on h_2
+
+
+def test_nothing_removed_refits_nothing(tiny_pair):
+    from edgeprune.stages.heal import heal_model
+
+    teacher, windows, states = tiny_pair
+    model = copy.deepcopy(teacher)
+    info = heal_model(model, states, windows, [], "down-all", batch_size=4)
+    assert info["refits"] == []
+    for a, b in zip(model.parameters(), teacher.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_width_refit_of_pruned_heads_and_channels(tiny_pair):
+    from edgeprune.stages.heal import heal_model
+    from edgeprune.stages.width import prune_width
+
+    teacher, windows, states = tiny_pair
+    for method, cut in (("heads", "heads"), ("ffn", "ffn")):
+        model = copy.deepcopy(teacher)
+        prune_width(model, windows, method, 0.5, "groups", None)
+        unhealed = _final_error(model, states, windows)
+        info = heal_model(model, states, windows, [], "down-cut", width=frozenset({cut}), batch_size=4)
+        assert len(info["refits"]) == len(model.model.layers)
+        assert info["final_error"] < 0.9 * unhealed, (method, unhealed, info["final_error"])
+
+
+def test_healed_checkpoint_is_plain_and_reloads(tiny_pair, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeprune.stages.heal import heal_model
+    from edgeprune.surgery.layers import remove_layers
+    from edgeprune.toolchain.hf import save_model
+
+    teacher, windows, states = tiny_pair
+    model = remove_layers(copy.deepcopy(teacher), [2])
+    heal_model(model, states, windows, [2], "down-all", batch_size=4)
+    save_model(model, AutoTokenizer.from_pretrained(teacher.name_or_path), tmp_path / "healed")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "healed").float().eval()
+    with torch.no_grad():
+        a = model(input_ids=windows[:2]).logits
+        b = again(input_ids=windows[:2]).logits
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_relative_mse_is_scale_free():
+    from edgeprune.stages.heal_local import relative_mse
+
+    t = torch.randn(5, 8)
+    p = t + 0.1 * torch.randn(5, 8)
+    assert float(relative_mse(p * 1000, t * 1000)) == pytest.approx(float(relative_mse(p, t)), rel=1e-5)
+    assert float(relative_mse(t, t)) == 0.0
+
+
+def test_layer_local_distillation_trains_only_the_layer_before_the_cut(tiny_pair):
+    """After a closed-form heal, a few seconds of local training lower the layer's relative error
+    further, and no other layer's weights move (mutant caught: training every layer, or none)."""
+    from edgeprune.stages.heal import heal_model
+    from edgeprune.stages.heal_local import local_distill
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, states = tiny_pair
+    model = remove_layers(copy.deepcopy(teacher), [2])
+    heal_model(model, states, windows, [2], "down-cut", batch_size=4)
+    frozen = [copy.deepcopy(model.model.layers[i].state_dict()) for i in (0, 2)]
+    healed = _final_error(model, states, windows)
+    torch.manual_seed(0)
+    info = local_distill(model, states, windows, [2], minutes=60, lr=1e-3, batch_size=4, max_steps=30)
+    assert [r["layer"] for r in info["layers"]] == [1] and info["layers"][0]["steps"] == 30
+    assert info["layers"][0]["loss_last_10"] < info["layers"][0]["loss_first"]
+    assert _final_error(model, states, windows) < healed
+    for i, before in zip((0, 2), frozen):
+        for name, w in model.model.layers[i].state_dict().items():
+            assert torch.equal(w, before[name]), (i, name)

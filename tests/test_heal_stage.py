@@ -1,0 +1,89 @@
+"""The heal stage end to end on the tiny Llama: `prune --heal`, its errors, and the planner's heal step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeprune.cli import main
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory) -> Path:
+    from conftest import c4_lines
+
+    path = tmp_path_factory.mktemp("healcalib") / "calib.jsonl"
+    path.write_text("\n".join(c4_lines(60)) + "\n", encoding="utf-8")
+    return path
+
+
+def test_prune_heal_auto_publishes_a_healed_plain_checkpoint(tiny_llama, calib, tmp_path):
+    out = tmp_path / "healed"
+    res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), "--method", "block-influence", "--remove", "1",
+                                    "--calib", str(calib), "--heal", "auto", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "edgeprune-pruned.json").read_text())
+    heal = record["heal"]
+    assert heal["method"] == "auto" and {t["method"] for t in heal["trials"]} == {"down-all", "down-cut",
+                                                                                  "replaceme-relative"}
+    losses = heal["holdout_nll"]
+    # auto keeps the lowest held-out loss, and never a model worse than the unhealed one
+    assert heal["chosen"] == min(losses, key=lambda k: losses[k] if k != "teacher" else float("inf"))
+    assert losses[heal["chosen"]] <= losses["none"]
+    assert record["removed"]["layers"] == heal["removed"] and len(heal["removed"]) == 1
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 3
+    assert not list(tmp_path.glob(".heal-*"))  # the temp folder is gone
+
+
+def test_prune_heal_refuses_sparsity_and_typos_in_one_line(tiny_llama, calib, tmp_path):
+    for args, words in ((["--method", "wanda", "--sparsity", "0.5", "--heal", "down-cut"], "would fill in"),
+                        (["--method", "block-influence", "--remove", "1", "--heal", "down-cutt"], "did you mean 'down-cut'")):
+        out = tmp_path / "x"
+        res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), "--calib", str(calib), *args,
+                                        "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert words in res.output and "Traceback" not in res.output
+        assert not out.exists()
+
+
+RECIPE = """\
+version: 1
+name: tiny-heal
+calibration: {{path: {calib}, samples: 4, seq_len: 64}}
+quality: {{ctx: 64, windows: 2}}
+bench: {{repetitions: 1, warmup: 0}}
+search: {{quants: [Q4_K_M]}}
+heal: {{method: down-cut, calibration: {{path: {calib}, samples: 8, seq_len: 64}}, holdout_samples: 2}}
+"""
+
+
+def test_planner_heals_every_pruned_candidate(tmp_path, tokenizer_dir, calib):
+    from conftest import build_tiny
+
+    from test_planner_stages import _budget_for_one_layer
+
+    tiny = build_tiny(tmp_path / "tiny", tokenizer_dir, hidden_size=256, intermediate_size=2048, head_dim=64,
+                      tie_word_embeddings=True)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(calib=calib))
+    res = CliRunner().invoke(main, ["plan", "--model", str(tiny), "--runner", "fake", "--recipe", str(recipe),
+                                    "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"),
+                                    "--max-ppl-ratio", "5", "--latency", "600",
+                                    "--max-file-gb", f"{_budget_for_one_layer(tiny):.6f}"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    base, cand = m["iterations"][0], m["iterations"][-1]
+    assert "heal" not in base and cand["k"] == 1
+    heal = cand["heal"]
+    assert heal["chosen"] in ("down-cut", "none") and heal["removed"] == cand["removed_layers"]
+    assert heal["holdout_nll"]["down-cut"] < heal["holdout_nll"]["none"]  # the refit helps on held-out windows
+    steps = [s["step"] for s in m["steps"]]
+    assert steps.index("prune") < steps.index("heal") < steps.index("export", steps.index("heal"))
+    export_key = json.loads((Path(cand["gguf"]).parent / "step.json").read_text())["key"]
+    assert export_key["model"].startswith("heal-")  # the GGUF was made from the healed weights
