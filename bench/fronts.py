@@ -48,7 +48,8 @@ def models(store, hf_dir, digest, args) -> list[dict]:
         d, key, _ = heal_step(store, hf_dir, digest, d, key, removed, heal)
         pts += [dict(label=f"-{k}L healed {q}", front="pruned+healed", dir=d, key=key, quant=q)
                 for q in args.pruned_quants.split(",")]
-    for label, heads, kv, ffn in (("-1/3 KV groups", 6, 2, None), ("-20% FFN", None, None, 1216)):
+    widths = (("-1/3 KV groups", 6, 2, None), ("-20% FFN", None, None, 1216)) if args.width else ()
+    for label, heads, kv, ffn in widths:
         d, key = prune_width_step(store, hf_dir, digest, heads, kv, ffn, Calibration(), None)
         d, key, _ = heal_step(store, hf_dir, digest, d, key, [], heal)
         pts.append(dict(label=f"{label} healed Q4_K_M", front="pruned+healed", dir=d, key=key, quant="Q4_K_M"))
@@ -129,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", default="3,6")
     ap.add_argument("--pruned-quants", default="Q4_K_M,Q4_0,Q3_K_M")
     ap.add_argument("--heal", default="down-cut")
+    ap.add_argument("--width", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the healed width cuts at Q4_K_M")
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--kld-windows", type=int, default=0)

@@ -50,7 +50,8 @@ def measure(store, model_dir, key, label, args, texts, extra) -> dict:
         row[f"bytes_{quant}"] = meta["bytes"]
         for name, text in texts.items():
             t0 = time.perf_counter()
-            ppl = evaluate_ppl(store, gguf, f"{key}:{quant}", text, _sha(text), args.ctx, args.windows, args.threads)
+            windows = args.heldout_windows if name == "heldout" else args.windows
+            ppl = evaluate_ppl(store, gguf, f"{key}:{quant}", text, _sha(text), args.ctx, windows, args.threads)
             row[f"ppl_{name}_{quant}"] = round(ppl["ppl"], 3)
             row[f"eval_s_{name}_{quant}"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(row), flush=True)
@@ -107,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--heldout-windows", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=Path.home() / ".cache" / "edgeprune" / "steps")
     args = ap.parse_args(argv)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     texts = {"wiki": eval_text(), "heldout": heldout_text()}
     rows = rows_for(store, hf_dir, digest, args, texts)
     out = {"command": "python " + " ".join(sys.argv), "quants": args.quants.split(","),
-           "protocol": {"ctx": args.ctx, "windows": args.windows, "scorer": "llama.cpp logits",
+           "protocol": {"ctx": args.ctx, "windows": args.windows, "heldout_windows": args.heldout_windows, "scorer": "llama.cpp logits",
                         "heldout": "lambada_openai_test.jsonl, first 2000 passages", "heldout_sha256": _sha(texts["heldout"]),
                         "wiki_sha256": _sha(texts["wiki"])},
            "heal_calibration": {"samples": args.calib_samples, "seq_len": args.calib_len, "seed": 1},

@@ -234,12 +234,47 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
         log(f"search: {decision['choice'].label} predicted latency {decision['choice'].latency_s:.3f}s, "
             f"ppl x{decision['choice'].ppl_ratio:.2f} (front of {len(decision['front'])})")
         try_candidate(state, s, decision["choice"].cand, ctx, log)
+    challenge_with_quant_only(state, s, ctx, log)
     state.outcome = _outcome(state, decision, s)
     if r.evaluate is not None:
         delivered = state.outcome["final"] or state.iterations[-1]
         state.evaluation = evaluate_delivered(store, state.iterations[0], delivered, r.evaluate,
                                               plan.target.device.threads)
     return state
+
+
+def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> None:
+    """Never ship a pruned model that a quant type alone beats on speed and quality: when the best
+    met candidate is pruned, measure every unmeasured full-model quant type of the search that the
+    cost model gives a chance of being as fast (within the search noise); _outcome then keeps
+    whichever met candidate has the lowest perplexity. Each challenge is logged in the search log."""
+    met = _met(state)
+    if not met:
+        return
+    best = min(met, key=lambda it: (it.get("ppl_ratio", 1.0), it["k"]))
+    cand = best["candidate"]
+    if not (best["k"] or cand.get("heads") or cand.get("ffn")):
+        return
+    noise = state.plan.recipe.search.noise
+    limit = best.get("latency_at_level_s", best["latency_s"]) * (1 + noise)
+    for q in state.plan.recipe.search.quants:
+        full = Candidate(quant=q)
+        if full in s.measured or any(it["k"] == 0 and it["quant"] == q and not it["candidate"].get("heads")
+                                     and not it["candidate"].get("ffn") for it in state.iterations):
+            continue
+        predicted = latency_s_of(s, full)
+        entry = {"challenger": full.label(s.base), "predicted_latency_s": predicted, "pruned_latency_s": limit}
+        if predicted > limit:
+            state.search_log.append({**entry, "measured": False, "why": "predicted slower than the pruned choice"})
+            continue
+        log(f"check: would {full.label(s.base)} alone beat the pruned choice? measuring it")
+        try_candidate(state, s, full, ctx, log)
+        state.search_log.append({**entry, "measured": True})
+
+
+def latency_s_of(s: Searcher, cand: Candidate) -> float:
+    b = s.target.budget
+    return s.predict_level(cand).latency_s(b.prompt_tokens, b.answer_tokens)
 
 
 def resolve_relative_budget(state: RunState, s: Searcher, log) -> None:
