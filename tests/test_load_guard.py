@@ -53,6 +53,8 @@ def test_loaded_baseline_is_retaken_until_the_load_falls():
 def test_load_exactly_at_the_cores_is_not_oversubscribed():
     _, taken, _, _ = run([bench(2.0)])
     assert taken == [0]
+    _, _, _, log = run([bench(2.03), bench(1.0)])
+    assert log[0].startswith("benchmark of -3 layers Q4_K_M not used (load average 2.03 above the 2 cores)")
 
 
 def test_always_busy_stops_with_one_line_and_its_own_exit_code():

@@ -36,7 +36,8 @@ class LoadPolicy:
 
 def overload_reason(load1: float | None, cores: int) -> str | None:
     if load1 is not None and load1 > cores:
-        return f"load average {load1:.1f} above the {cores} cores"
+        shown = f"{load1:.1f}" if round(load1, 1) > cores else f"{load1:.2f}"  # never "2.0 above the 2 cores"
+        return f"load average {shown} above the {cores} cores"
     return None
 
 
