@@ -108,7 +108,8 @@ def table(path: Path) -> str:
     data = json.loads(path.read_text())
     base = data["unpruned"]
     lines = ["| model | heal | WikiText-2 ppl | × unpruned | held-out ppl | × unpruned | heal s |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|",
+             f"| unpruned | – | {base['ppl_wiki']:.2f} | 1.00 | {base['ppl_heldout']:.2f} | 1.00 | – |"]
     for r in data["rows"]:
         lines.append(f"| {r['model']} | {r['heal']} | {r['ppl_wiki']:.2f} | {r['ppl_wiki'] / base['ppl_wiki']:.2f} | "
                      f"{r['ppl_heldout']:.2f} | {r['ppl_heldout'] / base['ppl_heldout']:.2f} | {r['heal_s']} |")

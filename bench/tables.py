@@ -145,9 +145,40 @@ def planner() -> str:
                    "latency at level / predicted, s", "latency err at drift (abs)", "ppl ratio (pred)", "met"], rows)
 
 
+def _bench_script(name: str):
+    """A bench script's module (bench/ is not a package): its own `table` renders its JSON."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def heal_methods() -> str:
+    return _bench_script("heal").table(OUT / "heal/dev-bf16-methods.json") + "\n"
+
+
+def heal_variants() -> str:
+    return _bench_script("heal").table(OUT / "heal/dev-bf16-depth6.json") + "\n"
+
+
+def heal_width() -> str:
+    return _bench_script("heal").table(OUT / "heal/dev-bf16-width.json") + "\n"
+
+
+def heal_gguf() -> str:
+    return _bench_script("heal_gguf").table(OUT / "heal/gguf-depth6.json") + "\n"
+
+
+def heal_fronts() -> str:
+    return _bench_script("fronts").table(OUT / "heal/fronts.json") + "\n"
+
+
 TABLES = {"slice": slice_, "methods": methods, "methods-memory": methods_memory,
           "eval-ppl": eval_ppl,
-          "eval-zero-shot": eval_zero_shot, "planner": planner}
+          "eval-zero-shot": eval_zero_shot, "planner": planner,
+          "heal-methods": heal_methods, "heal-variants": heal_variants}
 
 
 def readme_blocks(text: str) -> dict[str, str]:

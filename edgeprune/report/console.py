@@ -127,6 +127,8 @@ def summary_lines(manifest: dict, out) -> list[str]:
         lines += [f"removed:  {lead}{removed_text(shown, base, manifest['depth_scores']['method'])}",
                   f"speed:    {speed_text(shown, base)}",
                   f"quality:  {quality_text(shown, base, budget['max_ppl_ratio'])}"]
+        if shown.get("heal"):
+            lines.append(f"healed:   {heal_text(shown['heal'])}")
     if res.get("artifact"):
         v = final["verify"]
         lines.append(f"GGUF:     {out}/{res['artifact']} ({final['gguf_bytes'] / 1e6:.1f} MB, {final['quant']}; "
@@ -143,6 +145,15 @@ def _shortfall(it: dict) -> float:
     ratios = [c["measured"] / c["required"] if c["kind"] == "max" else c["required"] / c["measured"]
               for c in it.get("checks", {}).values() if c["required"] and c["measured"]]
     return max(ratios, default=float("inf"))
+
+
+def heal_text(heal: dict) -> str:
+    """Which heal was kept and what it did to the held-out calibration perplexity."""
+    ppl = heal["holdout_ppl"]
+    chosen = heal["chosen"]
+    if chosen == "none":
+        return f"{heal['method']} tried, not kept (held-out ppl {ppl['none']:.2f} unhealed was lower)"
+    return f"{chosen}: held-out calibration ppl {ppl['none']:.2f} -> {ppl[chosen]:.2f} (unpruned {ppl['teacher']:.2f})"
 
 
 def removed_text(it: dict, base: dict, method: str) -> str:

@@ -57,6 +57,20 @@ def recovery_lines(iterations: list[dict]) -> list[str]:
     return out + ([""] if out else [])
 
 
+def heal_lines(iterations: list[dict]) -> list[str]:
+    """Per healed candidate: every heal tried and the held-out calibration perplexity before/after."""
+    out = []
+    for it in iterations:
+        h = it.get("heal")
+        if h:
+            ppl = h["holdout_ppl"]
+            tried = ", ".join(f"{k} {v:.2f}" for k, v in ppl.items() if k not in ("teacher", "none"))
+            out.append(f"Heal of -{it['k']} layers: kept {h['chosen']}; held-out calibration ppl unhealed "
+                       f"{ppl['none']:.2f}, healed {tried} (unpruned {ppl['teacher']:.2f}; {h['fit_tokens']} "
+                       f"fitting tokens, {h['seconds']:.0f} s).")
+    return out + ([""] if out else [])
+
+
 def evaluation_lines(manifest: dict) -> list[str]:
     """The evaluate stage's zero-shot table (recipe `evaluate:`), parent column first with paired CIs."""
     from edgeprune.report.quality import quality_table
@@ -100,6 +114,7 @@ def render_report(manifest: dict, with_evaluation: bool = True) -> str:
              f"Latency = prompt / pp tok/s + answer / tg tok/s (medians).",
              *relative_budget_note(budget, its),
              *([KLD_NOTE] if first.get("kld") else []), "",
+             *heal_lines(its),
              *recovery_lines(its),
              f"Artifact: `{res['artifact']}`. Wall time {manifest['wall_time_s']} s. "
              f"Cache hits: {sum(s['cache_hit'] for s in manifest['steps'])}/{len(manifest['steps'])} steps."]
