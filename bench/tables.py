@@ -178,7 +178,7 @@ def heal_fronts() -> str:
 TABLES = {"slice": slice_, "methods": methods, "methods-memory": methods_memory,
           "eval-ppl": eval_ppl,
           "eval-zero-shot": eval_zero_shot, "planner": planner,
-          "heal-methods": heal_methods, "heal-variants": heal_variants}
+          "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
