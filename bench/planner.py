@@ -274,7 +274,7 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
                        b.answer_tokens, b.context_tokens, max(0, meta["bytes"] - gguf_bytes(shape, q, kv_bytes=0)))
         sample = cal.normalized(cal.sample_from(pred, bench, Candidate(quant=q).label(shape), args.runner, q),
                                 drift, level)
-        cal.add_sample(cal.calibration_path(target.name, args.runner), fp, sample)
+        cal.add_sample(cal.calibration_path(target.name, args.runner, cal.shape_key(shape)), fp, sample)
         rows.append({"quant": q, "gguf": str(gguf), "ref_tg": bench["reference"]["tg_tps"]["median"],
                      "level_tg": level["tg_tps"], "tg": {k: bench["tg_tps"][k] for k in ("median", "min", "max")},
                      "tg_ratio": {k: bench["paired"]["tg_ratio"][k] for k in ("median", "min", "max")},

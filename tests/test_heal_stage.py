@@ -90,6 +90,9 @@ def test_planner_heals_every_pruned_candidate(tmp_path, tokenizer_dir, calib):
     assert steps.index("prune") < steps.index("heal") < steps.index("export", steps.index("heal"))
     export_key = json.loads((Path(cand["gguf"]).parent / "step.json").read_text())["key"]
     assert export_key["model"].startswith("heal-")  # the GGUF was made from the healed weights
+    # the run's speed samples went to the file of this (target, model shape), not the target's only
+    files = [p.name for p in (tmp_path / "calibration").glob("*.json")]
+    assert files == ["host.fake.L4-h256-q4-kv2-d64-f2048-v49152-tied.json"], files
 
 
 def test_planner_never_ships_a_pruned_model_a_quant_type_alone_beats(tmp_path, tokenizer_dir, calib):

@@ -57,6 +57,7 @@ class RunState:
     evaluation: dict = field(default_factory=dict)  # the evaluate stage's zero-shot records (recipe.evaluate)
     log: Callable[[str], None] = print
     load_policy: LoadPolicy = field(default_factory=LoadPolicy)  # planner/load_guard.py
+    shared_calibration: Path | None = None  # the (target, model shape) calibration file this run feeds
 
 
 def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
@@ -169,7 +170,8 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     t = plan.target
     fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if t.device.runner == "local" else None)
     # a private copy in --out, so a resumed run decides with what the first attempt knew
-    calib = run_calibration_path(plan.out, cal.calibration_path(t.name, t.device.runner))
+    state.shared_calibration = cal.calibration_path(t.name, t.device.runner, cal.shape_key(base))
+    calib = run_calibration_path(plan.out, state.shared_calibration)
     return Searcher.build(base, t, r, max_k, dcost, calib, fp)
 
 

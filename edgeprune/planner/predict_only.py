@@ -55,7 +55,7 @@ def searcher_for(cfg: dict, target, recipe) -> Searcher:
     max_k = max(0, min(base.layers - 1, int(base.layers * recipe.depth.max_removed_fraction)))
     # no weights, no depth scores: every layer is assumed to carry the same share of quality
     order = [list(range(k)) for k in range(max_k + 1)]
-    path = cal.calibration_path(target.name, target.device.runner)
+    path = cal.calibration_path(target.name, target.device.runner, cal.shape_key(base))
     fp = cal.load(path).get("fingerprint")
     s = Searcher.build(base, target, recipe, max_k, depth_costs(order, base.layers), path, fp)
     b = target.budget  # a relative latency budget is resolved on the predicted baseline

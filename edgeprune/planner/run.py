@@ -96,7 +96,7 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
             steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from),
                               echo=console.echo if console is not None else log, observer=console)
             state = execute(plan, steps, log=log)
-            shared = calibration_path(plan.target.name, plan.target.device.runner)
+            shared = state.shared_calibration or calibration_path(plan.target.name, plan.target.device.runner)
             merge_run_calibration(plan.out, shared)
             manifest = publish(state, started)
             clear_run_calibration(plan.out)

@@ -41,9 +41,18 @@ def calibration_dir() -> Path:
     return d
 
 
-def calibration_path(target_name: str, runner: str) -> Path:
-    """The file for a target; its name is checked again here (a Target built with model_copy skips
-    the validator), so no name can put the file outside calibration_dir()."""
+def shape_key(shape) -> str:
+    """A model shape as a file-name part: efficiencies fitted on one shape (a 135M model whose
+    GGUF sits in the CPU cache) must not predict another (an 8B one read from DRAM)."""
+    return (f"L{shape.layers}-h{shape.hidden}-q{shape.heads}-kv{shape.kv_heads}-d{shape.head_dim}"
+            f"-f{shape.ffn}-v{shape.vocab}{'-tied' if shape.tied else ''}")
+
+
+def calibration_path(target_name: str, runner: str, model: str | None = None) -> Path:
+    """The file for a (target, model shape); quant types are keyed inside it, per sample. The names
+    are checked again here (a Target built with model_copy skips the validator), so no name can put
+    the file outside calibration_dir(). `model`: shape_key(...); None only for tools that read the
+    target's files as a whole."""
     from edgeprune.config.target import TARGET_NAME
     from edgeprune.errors import ConfigError
 
@@ -52,6 +61,11 @@ def calibration_path(target_name: str, runner: str) -> Path:
             raise ConfigError(f"target {what} {part!r} cannot name a calibration file", where=f"target {what}",
                               fix="use letters, digits, '.', '_' or '-', starting with a letter or digit")
     suffix = "" if runner == "local" else f".{runner}"
+    if model is not None:
+        if not TARGET_NAME.fullmatch(model):
+            raise ConfigError(f"model key {model!r} cannot name a calibration file", where="model shape",
+                              fix="report a bug: shape keys are letters, digits and '-'")
+        suffix += f".{model}"
     return calibration_dir() / f"{target_name}{suffix}.json"
 
 
