@@ -171,6 +171,10 @@ def heal_gguf() -> str:
     return _bench_script("heal_gguf").table(OUT / "heal/gguf-depth6.json") + "\n"
 
 
+def heal_local() -> str:
+    return _bench_script("heal_gguf").table(OUT / "heal/gguf-local.json") + "\n"
+
+
 def heal_fronts() -> str:
     return _bench_script("fronts").table(OUT / "heal/fronts.json") + "\n"
 
@@ -178,7 +182,8 @@ def heal_fronts() -> str:
 TABLES = {"slice": slice_, "methods": methods, "methods-memory": methods_memory,
           "eval-ppl": eval_ppl,
           "eval-zero-shot": eval_zero_shot, "planner": planner,
-          "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf}
+          "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
+          "heal-local": heal_local}
 
 
 def readme_blocks(text: str) -> dict[str, str]:

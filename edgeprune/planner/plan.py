@@ -87,6 +87,12 @@ def optional_steps(recipe: Recipe) -> list[str]:
     out = []
     if recipe.quality.kld:
         out.append("kld: every measured GGUF vs the unpruned HF model on the perplexity windows")
+    if recipe.heal is not None:
+        h = recipe.heal
+        local = f", then {h.local_minutes:g} min of layer-local distillation" if h.local_minutes else ""
+        out.append(f"heal (every pruned candidate, before its export): {h.method} on {h.calibration.samples} "
+                   f"calibration windows of {h.calibration.seq_len} tokens, kept only if {h.holdout_samples} "
+                   f"held-out windows improve{local}")
     if recipe.recovery is not None:
         rc, t = recipe.recovery, recipe.recovery.train
         budget = ", ".join(f"{v} {k}" for k in ("minutes", "steps", "epochs") if (v := getattr(t, k)) is not None)
