@@ -179,7 +179,7 @@ def heal_fronts() -> str:
     return _bench_script("fronts").table(OUT / "heal/fronts.json") + "\n"
 
 
-TABLES = {"slice": slice_, "methods": methods, "methods-memory": methods_memory,
+TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-memory": methods_memory,
           "eval-ppl": eval_ppl,
           "eval-zero-shot": eval_zero_shot, "planner": planner,
           "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
