@@ -56,6 +56,15 @@ def _recovery_line(manifest: dict) -> str:
     return line
 
 
+def _heal_line(it: dict) -> str:
+    heal = it.get("heal")
+    if not heal or heal.get("chosen") in (None, "none"):
+        return "none (the weights left by pruning were kept as they were)"
+    ppl = heal["holdout_ppl"]
+    return (f"training-free `{heal['chosen']}`, projections refitted in closed form on {heal['fit_tokens']} "
+            f"calibration tokens (held-out calibration ppl {ppl['none']:.2f} -> {ppl[heal['chosen']]:.2f})")
+
+
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -76,6 +85,7 @@ def render_card(manifest: dict, quality_md: str = "", plots: list[str] = ()) -> 
              "", "## What was done", "",
              f"- **Removed layers**: {len(removed)} of {n_total} ({', '.join(map(str, removed)) or 'none'}), "
              f"chosen by `{manifest['depth_scores']['method']}` scores on calibration text.",
+             f"- **Healing**: {_heal_line(it)}.",
              f"- **Recovery**: {_recovery_line(manifest)}.",
              f"- **Quantization**: {fm['tags'][-1]} with llama.cpp "
              f"(llama-cpp-python {manifest.get('llama_cpp', {}).get('llama_cpp_python', '?')}).",
