@@ -72,7 +72,9 @@ def measure(store, pts, args) -> list[dict]:
             k = evaluate_kld(store, gguf, gkey, hf_dir, pts[0]["key"], text, text_hash, 512, args.kld_windows,
                              args.threads)
             row.update(kld_mean=k["kld_mean"], kld_p99=k["kld_p99"], top1_agree=k["top1_agree"])
-        if Path(gguf) != Path(ref):
+        if args.prepare:
+            pass  # exports, heals and perplexities are cached steps: a later run only benchmarks
+        elif Path(gguf) != Path(ref):
             t0 = time.perf_counter()
             b = run_local(gguf, BenchSpec(64, 100, args.reps, 1, args.threads), reference=ref)
             row.update(tg_ratio=b["paired"]["tg_ratio"]["median"], pp_ratio=b["paired"]["pp_ratio"]["median"],
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--kld-windows", type=int, default=0)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--prepare", action="store_true",
+                    help="build and score every point without timing it (safe while other jobs run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=Path.home() / ".cache" / "edgeprune" / "steps")
     args = ap.parse_args(argv)
