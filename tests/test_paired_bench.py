@@ -37,7 +37,13 @@ def tiny_pair(tiny_llama, tmp_path_factory):
 
 def test_local_worker_measures_both_models_interleaved_in_one_process(tiny_pair):
     gguf, ref = tiny_pair
-    res = get_runner("local")(gguf, BenchSpec(prompt_tokens=16, gen_tokens=8, repetitions=3, warmup=1), reference=ref)
+    from edgeprune.errors import MachineBusyError
+
+    try:
+        res = get_runner("local")(gguf, BenchSpec(prompt_tokens=16, gen_tokens=8, repetitions=3, warmup=1),
+                                  reference=ref)
+    except MachineBusyError as exc:  # a real timing on a shared machine: refused, never used (check_spread)
+        pytest.skip(f"machine too busy to measure: {exc}")
     c_tg, r_tg = res["tg_tps"]["samples"], res["reference"]["tg_tps"]["samples"]
     pairs = res["paired"]["pairs"]  # 3 asked; more while the ratios are noisier than the bound
     assert len(c_tg) == len(r_tg) == pairs and 3 <= pairs <= 3 * bench_worker.MAX_REPS_FACTOR
@@ -199,7 +205,8 @@ def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_cali
     lat = 64 / cand["bench"]["pp_tps"]["median"] + 100 / cand["bench"]["tg_tps"]["median"]
     assert cand["checks"]["latency_s"]["measured"] == pytest.approx(lat, rel=1e-3)
     # the calibration sample of the candidate is stored at the level: measured / 1.25
-    samples = json.loads((tmp_path / "calibration" / "host.fake.json").read_text())["samples"]
+    (calib_file,) = (tmp_path / "calibration").glob("host.fake.*.json")  # keyed by the model's shape
+    samples = json.loads(calib_file.read_text())["samples"]
     stored = next(s for s in samples if s.get("drift"))
     assert stored["tg_tps"] == pytest.approx(stored["measured_tg_tps"] / 1.25)
     assert stored["level"]["baseline"] == first["gguf_key"] and len(m["iterations"]) == 2

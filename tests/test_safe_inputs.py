@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprune.errors import ConfigError
+from edgeprune.errors import MachineBusyError, ConfigError
 
 BAD_NAMES = ["../../etc/x", "/abs/path", "..", ".hidden", "-rf", "a/b", "a\\b", "", "x" * 65, "name with space"]
 
@@ -255,6 +255,6 @@ def test_repetitions_that_never_agree_are_refused_and_never_cached(tmp_path, mon
     monkeypatch.setattr(runners.subprocess, "run", fake_worker)
     store, gguf = StepStore(isolated_store), tmp_path / "m.gguf"
     target = load_target("host")
-    with pytest.raises(ToolchainError, match="benchmark repetitions disagree: tg 100/1/100"):
+    with pytest.raises(MachineBusyError, match="benchmark repetitions disagree: tg 100/1/100"):
         benchmark(store, gguf, "k", target, 3, 1)
     assert benchmark(store, gguf, "k", target, 3, 1)["spread"]["ok"] and len(calls) == 2  # measured again

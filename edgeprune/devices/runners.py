@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeprune.errors import ConfigError, ToolchainError
+from edgeprune.errors import ConfigError, MachineBusyError, ToolchainError
 from edgeprune.registry import register
 
 
@@ -107,7 +107,8 @@ def check_spread(result: dict, where: str) -> dict:
     stats = result.get("paired", {}).get(worst, {}) if worst.endswith("_ratio") else result.get(f"{worst}_tps", {})
     shown = "/".join(f"{v:.3g}" for v in stats.get("samples", []))
     ratio = inf if spread[worst] is None else spread[worst]
-    raise ToolchainError(f"benchmark repetitions disagree: {worst} {shown} (fastest/slowest {ratio:.1f} > "
+    # A busy machine, not a broken model: the planner's load guard retakes it, then stops with exit 3.
+    raise MachineBusyError(f"benchmark repetitions disagree: {worst} {shown} (fastest/slowest {ratio:.1f} > "
                          f"{spread.get('bound')}) after {spread.get('retaken', 0)} retaken", where=where,
                          fix="the machine was too busy to measure; rerun when it is quieter (nothing was cached)")
 
