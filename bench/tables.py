@@ -183,7 +183,7 @@ TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-
           "eval-ppl": eval_ppl,
           "eval-zero-shot": eval_zero_shot, "planner": planner,
           "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
-          "heal-local": heal_local}
+          "heal-local": heal_local, "heal-fronts": heal_fronts}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
