@@ -24,8 +24,7 @@ import torch
 from edgeprune import registry
 from edgeprune.config.recipe import Calibration
 from edgeprune.data import eval_text
-from edgeprune.data.texts import read_texts
-from edgeprune.paths import data_dir
+from edgeprune.data.texts import heldout_text
 from edgeprune.recovery.hf_ppl import hf_perplexity
 from edgeprune.runner import StepStore
 from edgeprune.stages.calib import calibration_windows
@@ -34,11 +33,6 @@ from edgeprune.stages.load import import_model
 from edgeprune.stages.score import score_depth
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.toolchain.hf import load_model, resolve_model
-
-
-def heldout_text(rows: int = 2000) -> str:
-    """LAMBADA test passages (novels): neither Wikipedia nor C4."""
-    return "\n\n".join(read_texts(data_dir() / "lambada_openai_test.jsonl")[:rows])
 
 
 def heal_spec(spec: str):

@@ -22,8 +22,7 @@ from pathlib import Path
 from edgeprune import registry
 from edgeprune.config.recipe import Calibration, Export, Heal
 from edgeprune.data import eval_text
-from edgeprune.data.texts import read_texts
-from edgeprune.paths import data_dir
+from edgeprune.data.texts import heldout_text
 from edgeprune.runner import StepStore
 from edgeprune.stages.evaluate import evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -32,11 +31,6 @@ from edgeprune.stages.load import import_model
 from edgeprune.stages.prune import prune_layers
 from edgeprune.stages.score import score_depth
 from edgeprune.toolchain.hf import resolve_model
-
-
-def heldout_text(rows: int = 2000) -> str:
-    """LAMBADA test passages (novels): neither Wikipedia nor C4."""
-    return "\n\n".join(read_texts(data_dir() / "lambada_openai_test.jsonl")[:rows])
 
 
 def _sha(text: str) -> str:

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from edgeprune.errors import DataError
-from edgeprune.paths import builtin_data
+from edgeprune.paths import builtin_data, data_dir
 
 CALIBRATION_FILE = builtin_data("c4_en_calib512.jsonl.gz")
 EVAL_TEXT_FILE = builtin_data("wiki.test.raw.gz")
@@ -92,3 +92,9 @@ def eval_text(path: Path | None = None) -> str:
     if _logical_suffix(path) == ".jsonl":
         return "\n\n".join(read_texts(path))
     return _read_utf8(path)
+
+
+def heldout_text(rows: int = 2000) -> str:
+    """A non-Wikipedia, non-C4 perplexity text: the first LAMBADA test passages (novels), from the
+    shared data folder (not shipped with the package)."""
+    return "\n\n".join(read_texts(data_dir() / "lambada_openai_test.jsonl")[:rows])
