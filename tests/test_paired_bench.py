@@ -370,7 +370,12 @@ def test_eviction_runs_before_every_timed_step_and_is_not_counted_as_the_models_
     assert bench_worker._peak_rss_kb() == pytest.approx(hwm - 1024, abs=64)
 
 
-def test_local_runner_passes_the_targets_eviction_to_the_worker(tiny_pair):
+def test_local_runner_passes_the_targets_eviction_to_the_worker(tiny_pair, monkeypatch):
+    """Plumbing, not timing: the spread guard (tested in test_safe_inputs) is taken out, since a tiny
+    model decoding 4 tokens between 16 MB evictions times noise (CI once saw tg ratios 0.70-1.45)."""
+    from edgeprune.devices import runners
+
+    monkeypatch.setattr(runners, "check_spread", lambda result, where: result)
     gguf, ref = tiny_pair
     res = get_runner("local")(gguf, BenchSpec(8, 4, repetitions=2, warmup=0, threads=1, evict_mb=16), reference=ref)
     assert res["evict_mb"] == 16 and res["paired"]["pairs"] >= 2
