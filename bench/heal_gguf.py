@@ -52,6 +52,15 @@ def measure(store, model_dir, key, label, args, texts, extra) -> dict:
     return row
 
 
+def heal_config(spec: str, calib: Calibration) -> Heal:
+    """'down-cut', 'down-cut+local=4', 'down-cut+local=4+global=8': a method, then minutes of
+    layer-local and of global distillation."""
+    method, *opts = spec.split("+")
+    minutes = {k: float(v) for k, v in (o.split("=") for o in opts)}
+    return Heal(method=method, calibration=calib, local_minutes=minutes.get("local", 0),
+                global_minutes=minutes.get("global", 0))
+
+
 def rows_for(store, hf_dir, digest, args, texts) -> list[dict]:
     rows = [measure(store, hf_dir, digest, "unpruned", args, texts, {"heal": "-"})]
     for depth in args.depth.split(","):
@@ -61,13 +70,11 @@ def rows_for(store, hf_dir, digest, args, texts) -> list[dict]:
         for heal in args.heal.split(","):
             d, k, info, t0 = pruned_dir, pruned_key, {}, time.perf_counter()
             if heal != "none":
-                method, _, minutes = heal.partition("+local=")
-                cfg = Heal(method=method, calibration=Calibration(samples=args.calib_samples, seq_len=args.calib_len,
-                                                                  seed=1), local_minutes=float(minutes or 0))
+                cfg = heal_config(heal, Calibration(samples=args.calib_samples, seq_len=args.calib_len, seed=1))
                 d, k, info = heal_step(store, hf_dir, digest, pruned_dir, pruned_key, removed, cfg)
             extra = {"depth": depth, "removed": removed, "heal": heal, "chosen": info.get("chosen"),
                      "heal_s": info.get("seconds"), "holdout_ppl": info.get("holdout_ppl"),
-                     "local": info.get("local")}
+                     "local": info.get("local"), "global": info.get("global")}
             rows.append(measure(store, d, k, f"-{args.remove}L {depth}", args, texts, extra))
     return rows
 
@@ -96,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--remove", type=int, default=6)
     ap.add_argument("--depth", default="block-influence,angular")
     ap.add_argument("--heal", default="none,down-cut,auto",
-                    help="heal methods; METHOD+local=M adds M minutes of layer-local distillation")
+                    help="heal methods; METHOD+local=M+global=G adds M minutes of layer-local and G of global distillation")
     ap.add_argument("--quants", default="Q8_0,Q4_K_M")
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--calib-len", type=int, default=512)

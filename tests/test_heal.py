@@ -79,9 +79,9 @@ def tiny_pair(tiny_llama):
 
 
 def _final_error(model, teacher_states, windows) -> float:
-    from edgeprune.stages.heal import _mean_error, _Student
+    from edgeprune.stages.heal import StudentStates, _mean_error
 
-    student = _Student(model, windows, 4)
+    student = StudentStates(model, windows, 4)
     for layer in model.model.layers:
         student.advance(layer)
     return _mean_error(student.h, teacher_states.h[-1])

@@ -65,6 +65,13 @@ class Heal(Strict):
     # shared by the layers before the cuts; 0 turns it off. Kept only if the held-out loss improves.
     local_minutes: float = Field(0.0, ge=0)
     local_lr: float = Field(5e-5, gt=0)
+    # Then a short global distillation (stages/heal_global.py): wall-clock minutes of top-K KD against
+    # the unpruned model on the fitting windows plus `global_samples` more; 0 turns it off. Kept only
+    # if the held-out loss improves.
+    global_minutes: float = Field(0.0, ge=0)
+    global_lr: float = Field(1e-4, gt=0)
+    global_samples: int = Field(128, ge=0)
+    topk: PositiveInt = 64
 
 
 class Export(Strict):

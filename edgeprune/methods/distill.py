@@ -53,7 +53,8 @@ def kd_loss_topk(student: torch.Tensor, top_values: torch.Tensor, top_indices: t
 
     With K = V this equals `kd_loss` exactly.
     """
-    s = F.log_softmax(student.float() / temperature, dim=-1)
+    # At T = 1 the division is skipped: it is a full pass over the 49k-vocabulary logits.
+    s = F.log_softmax(student.float() if temperature == 1 else student.float() / temperature, dim=-1)
     s_k = s.gather(-1, top_indices.long())
     t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
     per_pos = (t_k.exp() * (t_k - s_k)).sum(-1)

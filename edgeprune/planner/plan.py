@@ -90,6 +90,9 @@ def optional_steps(recipe: Recipe) -> list[str]:
     if recipe.heal is not None:
         h = recipe.heal
         local = f", then {h.local_minutes:g} min of layer-local distillation" if h.local_minutes else ""
+        if h.global_minutes:
+            local += (f", then {h.global_minutes:g} min of top-{h.topk} distillation on "
+                      f"{h.calibration.samples + h.global_samples} windows")
         out.append(f"heal (every pruned candidate, before its export): {h.method} on {h.calibration.samples} "
                    f"calibration windows of {h.calibration.seq_len} tokens, kept only if {h.holdout_samples} "
                    f"held-out windows improve{local}")

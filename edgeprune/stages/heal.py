@@ -80,7 +80,13 @@ def origins(n_teacher: int, removed: list[int]) -> list[int]:
     return [i for i in range(n_teacher) if i not in drop]
 
 
-class _Student:
+def cut_layers(n_teacher: int, removed: list[int]) -> list[int]:
+    """Student indices of the kept layers directly followed by a removed run."""
+    origin = origins(n_teacher, removed) + [n_teacher]
+    return [k for k in range(len(origin) - 1) if origin[k + 1] != origin[k] + 1]
+
+
+class StudentStates:
     """The pruned model's hidden states over the calibration batches, advanced one layer at a time."""
 
     def __init__(self, model, windows: torch.Tensor, batch_size: int):
@@ -112,7 +118,7 @@ class _Student:
         self.h = [run_layer(layer, x, kw) for x, kw in zip(self.h, self.kw)]
 
 
-def _refit_o_proj(student: _Student, layer, teacher_u: list[torch.Tensor], method: HealMethod) -> None:
+def _refit_o_proj(student: StudentStates, layer, teacher_u: list[torch.Tensor], method: HealMethod) -> None:
     proj = layer.self_attn.o_proj
     eq = NormalEquations(proj.in_features, proj.out_features)
     for seen, h_in, u_t in zip(student.capture(layer, {"x": proj}), student.h, teacher_u):
@@ -120,7 +126,7 @@ def _refit_o_proj(student: _Student, layer, teacher_u: list[torch.Tensor], metho
     proj.weight.data = eq.solve(proj.weight.data, method.damp).to(proj.weight.dtype)
 
 
-def _refit_down(student: _Student, layer, target_h: list[torch.Tensor], method: HealMethod) -> None:
+def _refit_down(student: StudentStates, layer, target_h: list[torch.Tensor], method: HealMethod) -> None:
     proj = layer.mlp.down_proj
     caps = student.capture(layer, {"a": proj, "u": layer.post_attention_layernorm})
     w = proj.weight.data
@@ -151,9 +157,9 @@ def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: li
     if len(origin) - 1 != len(layers):
         raise ConfigError(f"student has {len(layers)} layers, {teacher.n_layers} - {len(set(removed))} expected",
                           where="--heal", fix="heal the model the removal list describes")
-    cuts = {k for k in range(len(layers)) if origin[k + 1] != origin[k] + 1}
+    cuts = set(cut_layers(teacher.n_layers, removed))
     first = 0 if width else min(cuts, default=len(layers))
-    student = _Student(model, windows, batch_size)
+    student = StudentStates(model, windows, batch_size)
     log = []
     for k, layer in enumerate(tqdm(layers, desc=f"heal {method_name}", unit="layer", leave=False)):
         target = teacher.h[origin[k + 1]]
@@ -174,7 +180,7 @@ def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: li
             "calibration_tokens": int(windows.numel())}
 
 
-def _layer_error(student: _Student, layer, target: list[torch.Tensor]) -> float:
+def _layer_error(student: StudentStates, layer, target: list[torch.Tensor]) -> float:
     outs = [run_layer(layer, x, kw) for x, kw in zip(student.h, student.kw)]
     return _mean_error(outs, target)
 

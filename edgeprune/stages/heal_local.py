@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from edgeprune.stages.heal import TeacherStates, _Student, origins
+from edgeprune.stages.heal import StudentStates, TeacherStates, cut_layers, origins
 from edgeprune.stages.layerwise import run_layer
 
 
@@ -77,11 +77,11 @@ def local_distill(model, teacher: TeacherStates, windows: torch.Tensor, removed:
     bf16 = bf16_ok() if bf16 is None else bf16
     layers = list(model.model.layers)
     origin = origins(teacher.n_layers, removed) + [teacher.n_layers]
-    cuts = [k for k in range(len(layers)) if origin[k + 1] != origin[k] + 1]
+    cuts = cut_layers(teacher.n_layers, removed)
     if not cuts:
         return {"layers": [], "bf16": bf16}
     share = minutes * 60 / len(cuts)
-    student = _Student(model, windows, batch_size)
+    student = StudentStates(model, windows, batch_size)
     log = []
     model.train()
     for k, layer in enumerate(layers):

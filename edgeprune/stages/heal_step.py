@@ -20,7 +20,9 @@ from edgeprune import registry
 from edgeprune.config.recipe import Heal
 from edgeprune.runner import StepStore
 from edgeprune.stages.calib import calibration_windows
-from edgeprune.stages.heal import heal_model, teacher_states
+from edgeprune.stages.heal import cut_layers, heal_model, teacher_states
+from edgeprune.stages.heal_global import global_distill, teacher_topk
+from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.toolchain.hf import load_model, save_model
 
 # The order matters only for ties; bench/README (Healing) has what each gives on SmolLM2.
@@ -43,11 +45,16 @@ def holdout_nll(model, windows: torch.Tensor, batch_size: int = 4) -> float:
     return total / count
 
 
-def split_windows(tok, cfg: Heal) -> tuple[torch.Tensor, torch.Tensor]:
+def split_windows(tok, cfg: Heal) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fitting, held-out, extra) windows from one calibration stream, in that order: the stream is
+    prefix-stable, so asking for extra windows (global distillation) leaves the first two unchanged."""
     calib = cfg.calibration
-    both = calibration_windows(tok, calib.model_copy(update={"samples": calib.samples + cfg.holdout_samples}))
+    extra = cfg.global_samples if cfg.global_minutes > 0 else 0
+    total = calib.samples + cfg.holdout_samples + extra
+    every = calibration_windows(tok, calib.model_copy(update={"samples": total}))
+    both = every[:calib.samples + cfg.holdout_samples]
     fit = min(calib.samples, len(both) - 1) if len(both) > 1 else len(both)
-    return both[:fit], both[fit:] if len(both) > fit else both[-1:]
+    return both[:fit], both[fit:] if len(both) > fit else both[-1:], every[len(both):]
 
 
 def width_cut(teacher_cfg, student_cfg) -> frozenset[str]:
@@ -66,10 +73,12 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     width = width_cut(teacher.config, student.config)
     teacher.float().eval()
     student.float().eval()
-    fit, holdout = split_windows(tok, cfg)
+    fit, holdout, extra = split_windows(tok, cfg)
     t0 = time.perf_counter()
     states = teacher_states(teacher, fit)
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
+    kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
+    topk = teacher_topk(teacher, kd_windows, cfg.topk, bf16=bf16_ok()) if kd_windows is not None else None
     del teacher
     best, trials = ("none", student, None), []
     methods = AUTO_CANDIDATES if cfg.method == "auto" else (cfg.method,)
@@ -85,10 +94,15 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     local = None
     if cfg.local_minutes > 0 and removed:
         model, local = _local_stage(model, states, fit, holdout, removed, cfg, losses)
+    first = min(cut_layers(states.n_layers, removed), default=0)  # width cuts touch every layer: 0
+    del states
+    glob = None
+    if topk is not None:
+        model, glob = _global_stage(model, kd_windows, topk, holdout, first, cfg, losses)
     save_model(model, tok, out)
     record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
               "holdout_nll": losses, "holdout_ppl": {k: math.exp(v) for k, v in losses.items()},
-              "trials": trials, "refits": info["refits"] if info else [], "local": local,
+              "trials": trials, "refits": info["refits"] if info else [], "local": local, "global": glob,
               "fit_tokens": int(fit.numel()), "holdout_tokens": int(holdout.numel()),
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "heal.json").write_text(json.dumps(record, indent=1))
@@ -103,6 +117,15 @@ def _local_stage(model, states, fit, holdout, removed, cfg: Heal, losses: dict):
     info = local_distill(model, states, fit, removed, cfg.local_minutes, lr=cfg.local_lr)
     losses["local"] = holdout_nll(model, holdout)
     info["kept"] = losses["local"] < min(v for k, v in losses.items() if k not in ("teacher", "local"))
+    return (model if info["kept"] else before), info
+
+
+def _global_stage(model, windows, topk, holdout, first: int, cfg: Heal, losses: dict):
+    """Top-K global distillation from the best model so far; kept only if the held-out loss drops."""
+    before = copy.deepcopy(model)
+    info = global_distill(model, windows, *topk, first, cfg.global_minutes, lr=cfg.global_lr)
+    losses["global"] = holdout_nll(model, holdout)
+    info["kept"] = losses["global"] < min(v for k, v in losses.items() if k not in ("teacher", "global"))
     return (model if info["kept"] else before), info
 
 

@@ -1,0 +1,105 @@
+"""Global top-K distillation after healing (stages/heal_global.py) on the tiny Llama."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeprune.methods.distill import kd_loss_topk
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from edgeprune.config.recipe import Calibration
+    from edgeprune.stages.calib import calibration_windows
+    from edgeprune.surgery.layers import remove_layers
+    from edgeprune.toolchain.hf import load_model
+
+    teacher, _ = load_model(tiny_llama)
+    teacher.float().eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    windows = calibration_windows(tok, Calibration(samples=8, seq_len=64))
+    return teacher, remove_layers(copy.deepcopy(teacher), [2]), windows
+
+
+def _grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_cached_prefix_and_chunked_loss_give_the_plain_kd_loss_and_gradients(tiny):
+    """The step's shortcuts (prefix computed once, head logits a chunk at a time, frozen head cast
+    once) change nothing: loss and every gradient equal one plain forward + kd_loss_topk.
+    Mutants caught: chunks not weighted by their share, the prefix cached from the wrong layer."""
+    from edgeprune.stages.heal_global import freeze_below, kd_step, prefix_states, teacher_topk
+
+    teacher, student, windows = tiny
+    ids = windows[:4]
+    values, indices = teacher_topk(teacher, ids, k=16, batch=2)
+    model = copy.deepcopy(student)
+    freeze_below(model, 1)
+    plain = kd_loss_topk(model(input_ids=ids, use_cache=False).logits, values, indices, 2.0)
+    plain.backward()
+    want = _grads(model)
+    assert set(want) and all(n.startswith(("model.layers.1.", "model.layers.2.", "model.norm")) for n in want)
+    model.zero_grad(set_to_none=True)
+    (x, kw), = prefix_states(model, ids, 1, micro=4, bf16=False)
+    loss = kd_step(model, x, kw, model.lm_head.weight.detach(), values, indices, 1, 2.0, chunk=37, bf16=False)
+    assert loss == pytest.approx(float(plain.detach()), rel=1e-5)
+    got = _grads(model)
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
+
+
+def test_global_distillation_lowers_the_kd_loss_and_trains_only_from_the_first_cut(tiny):
+    from edgeprune.stages.heal_global import global_distill, teacher_topk
+
+    teacher, student, windows = tiny
+    values, indices = teacher_topk(teacher, windows, k=16)
+    model = copy.deepcopy(student)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not n.startswith(("model.layers.1.",
+                                                                                     "model.layers.2.", "model.norm"))}
+    torch.manual_seed(0)
+    info = global_distill(model, windows, values, indices, first=1, minutes=60, lr=1e-3, micro=2, bf16=False,
+                          max_steps=24)
+    assert info["steps"] == 24 and info["tokens"] == 24 * 2 * 64 and info["epochs"] == 6.0
+    assert info["loss_last_10pct"] < 0.9 * info["loss_first_10pct"]  # 5.58 -> 4.75 when written
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert not any(p.requires_grad for p in model.parameters())  # handed back frozen, as the heal stage expects
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(student.named_parameters())[n])]
+    assert any(n.startswith("model.layers.1.") for n in changed)
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    from edgeprune.stages.heal_global import lr_at
+
+    assert lr_at(0.0, 1.0) == 0.0 and lr_at(0.025, 1.0) == pytest.approx(0.5)
+    assert lr_at(0.05, 1.0) == pytest.approx(1.0) and lr_at(1.0, 1.0) == pytest.approx(0.1)
+    assert lr_at(0.5, 1.0) > lr_at(0.9, 1.0) > lr_at(1.0, 1.0)
+
+
+def test_heal_stage_runs_global_distillation_and_keeps_it_only_if_held_out_loss_drops(tiny_llama, tmp_path):
+    import json
+
+    from edgeprune.config.recipe import Calibration, Heal
+    from edgeprune.stages.heal_step import heal_checkpoint
+    from edgeprune.toolchain.hf import load_model, save_model
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, tok = load_model(tiny_llama)
+    save_model(remove_layers(teacher, [2]), tok, tmp_path / "pruned")
+    cfg = Heal(method="down-cut", calibration=Calibration(samples=6, seq_len=64, seed=1), holdout_samples=2,
+               global_minutes=0.02, global_samples=4, global_lr=1e-3, topk=8)
+    rec = heal_checkpoint(tiny_llama, tmp_path / "pruned", [2], cfg, tmp_path / "healed")
+    g = rec["global"]
+    assert g["first_layer"] == 1 and g["topk"] == 8 and g["steps"] >= 1
+    assert g["tokens"] % 64 == 0 and g["tokens"] >= 64
+    losses = rec["holdout_nll"]
+    assert g["kept"] == (losses["global"] < min(losses["none"], losses["down-cut"]))
+    assert json.loads((tmp_path / "healed" / "heal.json").read_text())["global"]["kept"] == g["kept"]
