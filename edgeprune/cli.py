@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from edgeprune import registry
 from edgeprune.cli_errors import friendly
 from edgeprune.runner.store import STAGE_ORDER
 
@@ -86,7 +87,7 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @click.option("--max-file-gb", type=float, help="Max GGUF size (GB).")
 @click.option("--max-ppl-ratio", type=float, help="Quality floor: max perplexity ratio vs the unpruned model.")
 @click.option("--threads", type=int, help="Benchmark threads (default: the target's).")
-@click.option("--runner", type=click.Choice(["local", "fake", "ssh"]), help="Override the target's benchmark runner.")
+@click.option("--runner", type=click.Choice(registry.names("runner")), help="Override the target's benchmark runner.")
 @click.option("--method", default=None, help="Depth method: the order layers are removed in (see `edgeprune methods`).")
 @click.option("--width-method", default=None,
               help="Width method for --heads-keep/--ffn-keep candidates: heads | ffn | taylor (both, one Taylor pass).")
@@ -266,8 +267,6 @@ def targets(as_json):
 @friendly
 def methods(as_json):
     """List registered methods by kind."""
-    from edgeprune import registry
-
     rows = {kind: {n: getattr(registry.get(kind, n), "summary", "") for n in registry.names(kind)}
             for kind in registry.kinds()}
     if as_json:

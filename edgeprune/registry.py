@@ -24,7 +24,7 @@ def register(kind: str, name: str, **meta: Any) -> Callable:
 
 
 def names(kind: str) -> list[str]:
-    _load_builtins()
+    _load_builtins(kind)
     return sorted(_REGISTRY.get(kind, {}))
 
 
@@ -38,18 +38,26 @@ def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(kind: str, name: str) -> Any:
-    _load_builtins()
+# What an unknown name is called in the error; other kinds are methods ("unknown depth method").
+_NOUNS = {"runner": "runner", "quant": "quant type"}
+
+
+def get(kind: str, name: str, where: str = "--method") -> Any:
+    _load_builtins(kind)
     table = _REGISTRY.get(kind, {})
     if name in table:
         return table[name]
     close = difflib.get_close_matches(name, list(table), n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(sorted(table))}"
-    raise ConfigError(f"unknown {kind} method '{name}'", where="--method", fix=hint)
+    raise ConfigError(f"unknown {_NOUNS.get(kind, f'{kind} method')} '{name}'", where=where, fix=hint)
 
 
-def _load_builtins() -> None:
-    # Imported lazily so `import edgeprune` stays cheap and free of torch.
-    import edgeprune.devices  # noqa: F401
-    import edgeprune.methods  # noqa: F401
-    import edgeprune.quants  # noqa: F401
+def _load_builtins(kind: str | None = None) -> None:
+    # Imported lazily so `import edgeprune` stays cheap and free of torch; runners and quant types
+    # alone (the CLI's --runner choices, a target's validation) do not import the methods (torch).
+    if kind in (None, "runner"):
+        import edgeprune.devices  # noqa: F401
+    if kind in (None, "quant"):
+        import edgeprune.quants  # noqa: F401
+    if kind not in ("runner", "quant"):
+        import edgeprune.methods  # noqa: F401

@@ -193,6 +193,13 @@ def ssh_without_host(ctx):
     return argv, "device.ssh_host is not set"
 
 
+@case("unknown runner in the target")
+def unknown_runner(ctx):
+    argv = plan(ctx, "--target", str(target_yaml(ctx, device=", runner: shh")))
+    argv.remove("--runner"), argv.remove("fake")
+    return argv, "device.runner: unknown runner 'shh' (did you mean 'ssh'?)"
+
+
 @case("ssh target unreachable (fails fast)")
 def ssh_unreachable(ctx):
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there

@@ -8,6 +8,9 @@ from typing import Literal, NamedTuple
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, NonNegativeInt, PositiveInt, field_validator,
                       model_validator)
 
+from edgeprune import registry
+from edgeprune.errors import ConfigError
+
 # A target name becomes a file name (the calibration cache, runs/<name>-<time>): one path component,
 # no leading dot or dash.
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -49,6 +52,14 @@ def parse_ssh_host(text: str) -> SshHost:
     return SshHost(m["user"], m["host"].strip("[]"), port)
 
 
+def runner_spec(name: str):
+    """The registered runner's spec; an unknown name is a ValueError pydantic reports at device.runner."""
+    try:
+        return registry.get("runner", name)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.what} ({exc.fix})") from None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,8 +70,8 @@ class Device(Strict):
     threads: PositiveInt | None = None  # None: all cores of the machine that benchmarks
     ram_gb: PositiveFloat
     mem_bandwidth_gbs: PositiveFloat
-    runner: Literal["local", "fake", "ssh"] = "local"
-    ssh_host: str | None = None        # runner ssh: [user@]host[:port] or an ssh config alias (parse_ssh_host)
+    runner: str = "local"              # a registered runner (devices/runners.py): local, fake, ssh
+    ssh_host: str | None = None        # a remote runner's [user@]host[:port] or ssh config alias (parse_ssh_host)
     ssh_port: PositiveInt = 22
     ssh_host_key: HostKeyPolicy = "accept-new"  # ssh StrictHostKeyChecking; stated in every ssh measurement
     ssh_key: str | None = None         # identity file; None: the ssh agent / default keys
@@ -78,6 +89,12 @@ class Device(Strict):
     # measures here anyway and labels every number "measured on <arch> host, not on the target".
     allow_foreign_arch: bool = False
 
+    @field_validator("runner")
+    @classmethod
+    def _registered_runner(cls, v: str) -> str:
+        runner_spec(v)
+        return v
+
     @field_validator("ssh_host")
     @classmethod
     def _ssh_host_grammar(cls, v: str | None) -> str | None:
@@ -87,8 +104,8 @@ class Device(Strict):
 
     @model_validator(mode="after")
     def _check_ssh(self) -> "Device":
-        if self.runner == "ssh" and not self.ssh_host:
-            raise ValueError("device.runner is 'ssh' but device.ssh_host is not set (write user@host)")
+        if runner_spec(self.runner).remote and not self.ssh_host:
+            raise ValueError(f"device.runner is '{self.runner}' but device.ssh_host is not set (write user@host)")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Benchmark runners: `local` (llama-cpp-python in a subprocess) and `fake` (for tests)."""
+"""Benchmark runners, registered as specs with capability flags (runners.RunnerSpec): `local`
+(llama-cpp-python in a subprocess), `ssh` (a remote device) and `fake` (for tests)."""
 
 from edgeprune.devices.runners import BenchSpec, get_runner
 

@@ -14,9 +14,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from edgeprune import registry
 from edgeprune.errors import ConfigError, MachineBusyError, ToolchainError
-from edgeprune.registry import register
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,33 @@ class BenchSpec:
     warmup: int = 1
     threads: int | None = None
     evict_mb: int = 0  # device.evict_llc_mb: read this much memory before each timed step (bench_worker)
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """A benchmark runner and its capabilities: callers ask these flags, never the runner's name."""
+
+    name: str
+    measure: Callable[..., dict]   # (gguf, BenchSpec, reference=None) -> llama-bench-shaped dict
+    summary: str
+    on_this_machine: bool = False  # measures the machine edgeprune runs on: its arch, load average, CPU model
+    remote: bool = False           # measures a device over ssh: needs device.ssh_host; bound to the device section
+    pairing: bool = True           # measures a candidate interleaved with a reference GGUF (bench_worker.run_paired)
+    cache_eviction: bool = False   # honours BenchSpec.evict_mb (device.evict_llc_mb)
+    real: bool = True              # its numbers are measurements (false: synthetic, never stale)
+
+
+def runner(name: str, summary: str, **capabilities: bool) -> Callable:
+    """Register the decorated function as runner `name`; the function itself is returned unchanged."""
+    def deco(measure: Callable[..., dict]) -> Callable[..., dict]:
+        registry.register("runner", name)(RunnerSpec(name, measure, summary, **capabilities))
+        return measure
+    return deco
+
+
+def runner_spec(name: str, where: str = "device.runner") -> RunnerSpec:
+    """The registered runner `name`; a typo answers "did you mean"."""
+    return registry.get("runner", name, where=where)
 
 
 def cpu_model() -> str:
@@ -69,13 +97,10 @@ def foreign_arch_label(device) -> str | None:
 
 def check_runner_arch(runner_name: str, device) -> str | None:
     """foreign_arch_label for runners that measure on this machine (their spec says so); None otherwise."""
-    from edgeprune import registry
-
-    runner = registry.get("runner", runner_name)
-    return foreign_arch_label(device) if getattr(runner, "on_this_machine", False) else None
+    return foreign_arch_label(device) if runner_spec(runner_name).on_this_machine else None
 
 
-@register("runner", "local")
+@runner("local", "llama-cpp-python in a subprocess on this machine", on_this_machine=True, cache_eviction=True)
 def run_local(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict:
     threads = spec.threads or os.cpu_count() or 1
     cmd = [sys.executable, "-m", "edgeprune.devices.bench_worker", str(gguf), str(spec.prompt_tokens),
@@ -113,10 +138,7 @@ def check_spread(result: dict, where: str) -> dict:
                          fix="the machine was too busy to measure; rerun when it is quieter (nothing was cached)")
 
 
-run_local.on_this_machine = True  # capability: measures the machine edgeprune runs on (arch check)
-
-
-@register("runner", "fake")
+@runner("fake", "synthetic numbers from the file size, for tests", real=False)
 def run_fake(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict:
     """Deterministic numbers from file size, for tests: speed ~ 1 / bytes, like a memory-bound decode.
     With a reference: the reference's numbers by the same law and exact ratios (a machine that never drifts)."""
@@ -145,7 +167,7 @@ def _fake_numbers(gguf: Path, spec: BenchSpec) -> dict:
             "runner": "fake", "measured": False, "host": {"cpu_model": "fake"}}
 
 
-@register("runner", "ssh")
+@runner("ssh", "bench_worker on device.ssh_host over ssh", remote=True, cache_eviction=True)
 def run_ssh(gguf: Path, spec: BenchSpec, device=None, reference: Path | None = None) -> dict:
     """Benchmark on a remote over ssh (devices/ssh.py); `device` is the target's device section."""
     from edgeprune.devices.ssh import run_ssh as _run_ssh
@@ -157,15 +179,13 @@ def run_ssh(gguf: Path, spec: BenchSpec, device=None, reference: Path | None = N
 
 
 def get_runner(name: str, device=None):
-    """The runner callable (gguf, spec, reference=None) -> dict; ssh is bound to the target's device section.
-    With a device, a runner that measures this machine refuses a target of another arch, or (with
+    """The runner callable (gguf, spec, reference=None) -> dict; a remote one is bound to the target's device
+    section. With a device, a runner that measures this machine refuses a target of another arch, or (with
     device.allow_foreign_arch) labels its every result "measured on <arch> host, not on the target"."""
     import functools
 
-    from edgeprune import registry
-
-    runner = registry.get("runner", name)
-    bound = functools.partial(runner, device=device) if name == "ssh" else runner
+    spec = runner_spec(name)
+    bound = functools.partial(spec.measure, device=device) if spec.remote else spec.measure
     label = check_runner_arch(name, device) if device is not None else None
     if label is None:
         return bound

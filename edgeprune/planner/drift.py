@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edgeprune.devices.runners import runner_spec
 from edgeprune.runner.resume import START
 from edgeprune.stages.bench import benchmark
 
@@ -54,7 +55,8 @@ def session_start(out: Path) -> float | None:
 def stale_reason(meta: dict, runner: str, threads: int, now: float, load_now: float, cores: int,
                  started: float | None) -> str | None:
     """Why a cached measurement cannot be compared with measurements taken now (None: it can)."""
-    if runner == "fake":
+    spec = runner_spec(runner)
+    if not spec.real:
         return None
     at = meta.get("measured_at")
     if at is None:
@@ -64,7 +66,7 @@ def stale_reason(meta: dict, runner: str, threads: int, now: float, load_now: fl
     if now - at > MAX_AGE_S:
         return f"measured {(now - at) / 60:.0f} min ago (limit {MAX_AGE_S / 60:.0f} min)"
     then = meta.get("loadavg")
-    if runner == "local" and then is not None:
+    if spec.on_this_machine and then is not None:  # the load average is this machine's
         c_then, c_now = contention(then, threads, cores), contention(load_now, threads, cores)
         if abs(c_then / c_now - 1.0) > LOAD_TOLERANCE:
             return (f"load average {then:.1f} then vs {load_now:.1f} now on {cores} cores "

@@ -19,7 +19,7 @@ from typing import Callable
 
 from edgeprune import registry
 from edgeprune.data import eval_text
-from edgeprune.devices.runners import cpu_model
+from edgeprune.devices.runners import cpu_model, runner_spec
 from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
 from edgeprune.planner.candidates import depth_costs
@@ -109,9 +109,10 @@ def guarded_bench(state: RunState, gguf: Path, gguf_key: str, cand: Candidate) -
     """The candidate's benchmark, retaken while the machine is oversubscribed (planner/load_guard.py):
     the load is above the cores, or the baseline measured alongside ran far below the run's level."""
     plan, r = state.plan, state.plan.recipe
-    reference = _reference(state, gguf)
+    runner = runner_spec(plan.target.device.runner)
+    reference = _reference(state, gguf) if runner.pairing else None  # unpaired: its drift is unknown
     level = state.iterations[0]["bench"] if state.iterations else None
-    here = getattr(registry.get("runner", plan.target.device.runner), "on_this_machine", False)
+    here = runner.on_this_machine
 
     def take(attempt: int) -> dict:
         return fresh_benchmark(state.store, gguf, gguf_key, plan.target, r.bench.repetitions, r.bench.warmup,
@@ -168,7 +169,7 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     order = [method.select(stats, k) if k else [] for k in range(max_k + 1)]
     dcost = depth_costs(order, base.layers)
     t = plan.target
-    fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if t.device.runner == "local" else None)
+    fp = cal.fingerprint(t, {"cpu_model": cpu_model()} if runner_spec(t.device.runner).on_this_machine else None)
     # a private copy in --out, so a resumed run decides with what the first attempt knew
     state.shared_calibration = cal.calibration_path(t.name, t.device.runner, cal.shape_key(base))
     calib = run_calibration_path(plan.out, state.shared_calibration)

@@ -17,7 +17,7 @@ from edgeprune.planner.plan import Plan, make_plan, read_model_config
 from edgeprune.planner.publish import out_lock, prepare_out, publish
 from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
-from edgeprune.devices.runners import check_runner_arch
+from edgeprune.devices.runners import check_runner_arch, runner_spec
 from edgeprune.report.manifest import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
@@ -48,7 +48,7 @@ def build_plan(model: str | None, target: str, recipe: str, out: str | None, tar
         if text_file:  # empty, non-UTF-8 or malformed text fails here, before any step runs
             read_texts(Path(text_file))
     check_recipe_stages(r)
-    if t.device.runner == "ssh":
+    if runner_spec(t.device.runner).remote:
         check_ssh_reachable(t.device.ssh_host, t.device.ssh_port, t.device.connect_timeout_s)
     model_path = resolve_model(model, allow_pickle)
     model_config = read_model_config(model_path)

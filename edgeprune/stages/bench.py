@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgeprune.config.target import Budget, Target
 from edgeprune.devices import BenchSpec, get_runner
+from edgeprune.devices.runners import runner_spec
 from edgeprune.runner import StepStore
 
 
@@ -39,8 +40,10 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
     """`session`: a run that re-measures a stale cached benchmark (planner/drift.py) keys it by its start.
     `retake`: > 0 when planner/load_guard.py refused an oversubscribed measurement: always measured anew.
     `reference`: (GGUF, its key) measured interleaved with `gguf` in the same process (devices/runners.py)."""
+    capabilities = runner_spec(target.device.runner)
+    evict_mb = target.device.evict_llc_mb if capabilities.cache_eviction else 0  # not asked of a runner that cannot
     spec = BenchSpec(target.budget.prompt_tokens, target.budget.answer_tokens, reps, warmup, target.device.threads,
-                     target.device.evict_llc_mb)
+                     evict_mb)
     runner = get_runner(target.device.runner, target.device)
 
     def build(out: Path) -> dict:
@@ -53,7 +56,7 @@ def benchmark(store: StepStore, gguf: Path, gguf_key: str, target: Target, reps:
     key = {"gguf": gguf_key, "spec": spec.__dict__, "runner": target.device.runner, "protocol": 4}
     if target.device.allow_foreign_arch and target.device.arch != "any":  # labelled apart (devices/runners.py)
         key["foreign_arch_for"] = target.device.arch
-    if target.device.runner == "ssh":  # another remote is another device
+    if capabilities.remote:  # another remote is another device
         key["ssh_host"] = f"{target.device.ssh_host}:{target.device.ssh_port}"
     if session is not None:
         key["session"] = session
