@@ -23,7 +23,8 @@ LAYERS = [
     ("recovery", "report"),                                       # training loop; manifest, tables, cards
     ("runner", "devices", "methods", "surgery", "evaluation"),   # step store; bench runners; maths; surgery
     ("toolchain", "targets", "data"),                             # llama.cpp/gguf/hf; cost model; texts
-    ("config", "quants", "registry", "paths", "errors", "__init__"),  # strict configs, specs, the registry
+    # strict configs, specs, the registry, atomic writes
+    ("config", "quants", "registry", "paths", "errors", "atomic", "faults", "__init__"),
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 PLUGIN_DISCOVERY = ("registry", "_load_builtins")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from edgeprune.cli import main
 from edgeprune.errors import DiskError
-from edgeprune.report.manifest import atomic_copy, clear_stale_temps
+from edgeprune.atomic import atomic_copy, clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.store import stages_from
 from edgeprune.toolchain.gguf_check import TensorEntry, structure_problems
@@ -138,7 +138,7 @@ def test_killed_publish_leaves_no_half_gguf_under_its_final_name(tmp_path):
     src.write_bytes(b"GGUF" + os.urandom(1 << 20))
     out = tmp_path / "out"
     out.mkdir()
-    code = (f"from pathlib import Path; from edgeprune.report.manifest import atomic_copy; "
+    code = (f"from pathlib import Path; from edgeprune.atomic import atomic_copy; "
             f"atomic_copy(Path({str(src)!r}), Path({str(out / 'final.gguf')!r}))")
     env = {**os.environ, "EDGEPRUNE_TEST_KILL_AT": "publish"}
     proc = subprocess.run([sys.executable, "-c", code], env=env)

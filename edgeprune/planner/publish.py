@@ -9,8 +9,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from edgeprune.atomic import atomic_copy, atomic_write_text
 from edgeprune.errors import ConfigError
-from edgeprune.report.manifest import atomic_copy, atomic_write_text, build_manifest, write_json
+from edgeprune.report.manifest import build_manifest, write_json
 from edgeprune.report.markdown import llama_bench_records, render_report
 from edgeprune.runner.disk import check_free_space, check_writable_dir
 

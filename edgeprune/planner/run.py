@@ -18,7 +18,7 @@ from edgeprune.planner.publish import out_lock, prepare_out, publish
 from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
 from edgeprune.devices.runners import check_runner_arch, runner_spec
-from edgeprune.report.manifest import clear_stale_temps
+from edgeprune.atomic import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
 from edgeprune.runner.store import stages_from, store_root

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from edgeprune.atomic import atomic_write
 from edgeprune.errors import ModelError
 from edgeprune.methods.distill import kd_loss, kd_loss_topk
 
@@ -62,7 +63,5 @@ def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> Cac
             vals.append(top.values.half().cpu())
             idxs.append(top.indices.int().cpu())
     values, indices = torch.cat(vals), torch.cat(idxs)
-    tmp = path.with_suffix(".tmp")
-    save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp))
     return CachedTeacher(values, indices)

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeprune.errors import DataError
 from edgeprune.report import plots
 from edgeprune.report.card import chosen_iteration, render_card
-from edgeprune.report.manifest import atomic_write_text
+from edgeprune.atomic import atomic_write_text
 from edgeprune.report.markdown import render_report
 from edgeprune.report.quality import find_parent, load_eval_records, quality_table
 

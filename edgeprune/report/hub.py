@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeprune.errors import ConfigError, DataError, ToolchainError
 from edgeprune.report.build import build_report, load_manifest
-from edgeprune.report.manifest import atomic_copy
+from edgeprune.atomic import atomic_copy
 
 FILES = ("README.md", "manifest.json", "report.md", "report.html", "bench.json")
 

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeprune import __version__
-from edgeprune.runner.atomic import atomic_copy, atomic_write_text, clear_stale_temps  # noqa: F401  (importers)
+from edgeprune.atomic import atomic_write_text
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "llama-cpp-python", "gguf", "lm-eval", "numpy", "pydantic")
 

@@ -7,7 +7,6 @@ returns the path, or None when the data to draw it are absent.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -15,17 +14,18 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are written on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edgeprune.atomic import atomic_write  # noqa: E402
+
 SUBFIELDS = ["medical_genetics", "professional_law", "philosophy", "college_mathematics", "high_school_physics",
              "machine_learning"]
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # atomic: a killed report leaves no half PNG
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:  # atomic: a killed report leaves no half PNG
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def importance_plot(scores: list[float], removed: list[int], method: str, path: Path) -> Path | None:

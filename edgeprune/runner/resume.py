@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeprune.runner.atomic import atomic_write_text
+from edgeprune.atomic import atomic_write_text
 from edgeprune.targets import calibration as cal
 
 START, WORK = ".calibration-start.json", ".calibration-run.json"

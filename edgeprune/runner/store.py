@@ -25,7 +25,7 @@ from edgeprune import __version__
 from edgeprune.errors import ConfigError, DiskError
 from edgeprune.paths import cache_dir
 from edgeprune.runner.disk import check_free_space
-from edgeprune.runner.faults import kill_point
+from edgeprune.faults import kill_point
 
 # Pipeline order, for `--from STAGE`: that stage and every later one are rebuilt. Stages not
 # listed here are rebuilt only by --force.

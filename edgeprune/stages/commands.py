@@ -11,7 +11,7 @@ from edgeprune.config.recipe import Calibration, Export
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.errors import ConfigError
 from edgeprune.runner import StepStore
-from edgeprune.runner.atomic import atomic_copy
+from edgeprune.atomic import atomic_copy
 from edgeprune.runner.store import store_root
 from edgeprune.runner.disk import check_free_space, check_writable_dir
 from edgeprune.stages.export import export_gguf

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune.atomic import atomic_write_text
 from edgeprune.paths import cache_dir
 from edgeprune.targets.costmodel import Factors
 
@@ -96,9 +97,7 @@ def add_sample(path: Path, fp: dict, sample: dict) -> dict:
     kept = [s for s in data["samples"] if {k: v for k, v in s.items() if k != "time"} != same]
     data["samples"] = (kept + [{**sample, "time": time.time()}])[-MAX_SAMPLES:]
     data["factors"] = factors_dict(fit(common_level(data["samples"])))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2))
     return data
 
 
