@@ -83,8 +83,8 @@ def table(path: Path) -> str:
     data = json.loads(path.read_text())
     rows, quants = data["rows"], data["quants"]
     base = rows[0]
-    head = "| model | heal (chosen) | " + " | ".join(f"wiki {q} | × | held-out {q} | ×" for q in quants) + " |"
-    lines = [head, "|" + "---|" * (2 + 4 * len(quants))]
+    head = "| model | heal (chosen) | " + " | ".join(f"wiki {q} | × | held-out {q} | ×" for q in quants)
+    lines = [head + " | wiki regained | heal s |", "|" + "---|" * (4 + 4 * len(quants))]
     for r in rows:
         cells = []
         for q in quants:
@@ -92,8 +92,20 @@ def table(path: Path) -> str:
                 v = r[f"ppl_{t}_{q}"]
                 cells += [f"{v:.2f}", f"{v / base[f'ppl_{t}_{q}']:.2f}"]
         heal = r["heal"] + (f" ({r['chosen']})" if r.get("chosen") and r["heal"] == "auto" else "")
-        lines.append(f"| {r['model']} | {heal} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['model']} | {heal} | " + " | ".join(cells) + f" | {_regained(r, rows, quants[0])} | "
+                     f"{r.get('heal_s') or '–'} |")
     return "\n".join(lines)
+
+
+def _regained(row: dict, rows: list[dict], quant: str) -> str:
+    """Share of the log-perplexity lost to this row's pruning that its healing won back (WikiText-2)."""
+    from edgeprune.methods.distill import share_regained
+
+    unhealed = [r for r in rows if r["model"] == row["model"] and r["heal"] == "none"]
+    if row["heal"] in ("none", "-") or not unhealed:
+        return "–"
+    key = f"ppl_wiki_{quant}"
+    return f"{100 * share_regained(rows[0][key], unhealed[0][key], row[key]):.0f} %"
 
 
 def main(argv=None) -> int:

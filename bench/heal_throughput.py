@@ -54,12 +54,27 @@ def fast(student, windows, values, indices, steps: int, first: int) -> dict:
     return {k: info[k] for k in ("steps", "tokens", "tokens_per_s", "bf16")}
 
 
+def table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = ["| round | lean LoRA SFT tok/s | lean LoRA KD (live teacher) tok/s | global top-K KD tok/s | × lean KD | × lean SFT |",
+             "|---|---|---|---|---|---|"]
+    for n, r in enumerate(data["rounds"], 1):
+        lines.append(f"| {n} | {r['lean-sft']['tokens_per_s']:.0f} | {r['lean-kd']['tokens_per_s']:.0f} | "
+                     f"{r['global-kd']['tokens_per_s']:.0f} | {r['speedup_vs_lean_kd']:.2f} | {r['speedup_vs_lean_sft']:.2f} |")
+    lines.append(f"| median | | | | {data['median_speedup_vs_lean_kd']:.2f} | {data['median_speedup_vs_lean_sft']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--table", type=Path)
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     torch.set_num_threads(2)
     hf_dir, _ = import_model(StepStore(Path.home() / ".cache" / "edgeprune" / "steps"), resolve_model(None))
     teacher, tok = load_model(hf_dir)

@@ -179,11 +179,20 @@ def heal_fronts() -> str:
     return _bench_script("fronts").table(OUT / "heal/fronts.json") + "\n"
 
 
+def heal_throughput() -> str:
+    return _bench_script("heal_throughput").table(OUT / "heal/throughput.json") + "\n"
+
+
+def heal_recovery() -> str:
+    return _bench_script("heal_gguf").table(OUT / "heal/gguf-recovery.json") + "\n"
+
+
 TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-memory": methods_memory,
           "eval-ppl": eval_ppl,
           "eval-zero-shot": eval_zero_shot, "planner": planner,
           "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
-          "heal-local": heal_local, "heal-fronts": heal_fronts}
+          "heal-local": heal_local, "heal-fronts": heal_fronts,
+          "heal-throughput": heal_throughput, "heal-recovery": heal_recovery}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
@@ -196,14 +205,27 @@ def check() -> list[str]:
     return [name for name, body in blocks.items() if TABLES[name]() != body]
 
 
+def write() -> list[str]:
+    """Rewrite every README table block from its JSON; returns the names that changed."""
+    text = README.read_text()
+    changed = [name for name, body in readme_blocks(text).items() if TABLES[name]() != body]
+    text = BLOCK.sub(lambda m: f"<!-- table: {m.group(1)} -->\n{TABLES[m.group(1)]()}<!-- /table -->", text)
+    README.write_text(text)
+    return changed
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--write"]:
+        for name in write():
+            print(f"bench/README.md table '{name}' rewritten")
+        return 0
     if argv == ["--check"]:
         stale = check()
         for name in stale:
             print(f"bench/README.md table '{name}' differs from `python bench/tables.py {name}`")
         return 1 if stale else 0
     if len(argv) != 1 or argv[0] not in TABLES:
-        print(f"usage: python bench/tables.py {{{','.join(TABLES)}}} | --check", file=sys.stderr)
+        print(f"usage: python bench/tables.py {{{','.join(TABLES)}}} | --check | --write", file=sys.stderr)
         return 2
     sys.stdout.write(TABLES[argv[0]]())
     return 0
