@@ -95,7 +95,7 @@ def test_heal_stage_runs_global_distillation_and_keeps_it_only_if_held_out_loss_
     teacher, tok = load_model(tiny_llama)
     save_model(remove_layers(teacher, [2]), tok, tmp_path / "pruned")
     cfg = Heal(method="down-cut", calibration=Calibration(samples=6, seq_len=64, seed=1), holdout_samples=2,
-               global_minutes=0.02, global_samples=4, global_lr=1e-3, topk=8)
+               global_minutes=0.02, global_samples=4, global_lr=1e-3, topk=8, global_layers="cut")
     rec = heal_checkpoint(tiny_llama, tmp_path / "pruned", [2], cfg, tmp_path / "healed")
     g = rec["global"]
     assert g["first_layer"] == 1 and g["topk"] == 8 and g["steps"] >= 1

@@ -69,8 +69,11 @@ class Heal(Strict):
     # the unpruned model on the fitting windows plus `global_samples` more; 0 turns it off. Kept only
     # if the held-out loss improves.
     global_minutes: float = Field(0.0, ge=0)
-    global_lr: float = Field(1e-4, gt=0)
-    global_samples: int = Field(128, ge=0)
+    global_lr: float = Field(3e-4, gt=0)
+    # "all": every decoder layer trains; "cut": only the layers from the first cut up (cheaper steps,
+    # the frozen prefix computed once). On SmolLM2 -6 angular, per 4 minutes: all 52.6, cut 54.5.
+    global_layers: Literal["all", "cut"] = "all"
+    global_samples: int = Field(256, ge=0)  # the shipped C4 sample holds ~570 windows of 512
     topk: PositiveInt = 64
 
 

@@ -91,7 +91,7 @@ def optional_steps(recipe: Recipe) -> list[str]:
         h = recipe.heal
         local = f", then {h.local_minutes:g} min of layer-local distillation" if h.local_minutes else ""
         if h.global_minutes:
-            local += (f", then {h.global_minutes:g} min of top-{h.topk} distillation on "
+            local += (f", then {h.global_minutes:g} min of top-{h.topk} distillation ({h.global_layers} layers) on "
                       f"{h.calibration.samples + h.global_samples} windows")
         out.append(f"heal (every pruned candidate, before its export): {h.method} on {h.calibration.samples} "
                    f"calibration windows of {h.calibration.seq_len} tokens, kept only if {h.holdout_samples} "

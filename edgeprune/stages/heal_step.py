@@ -94,7 +94,8 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     local = None
     if cfg.local_minutes > 0 and removed:
         model, local = _local_stage(model, states, fit, holdout, removed, cfg, losses)
-    first = min(cut_layers(states.n_layers, removed), default=0)  # width cuts touch every layer: 0
+    # width cuts touch every layer: from 0
+    first = min(cut_layers(states.n_layers, removed), default=0) if cfg.global_layers == "cut" else 0
     del states
     glob = None
     if topk is not None:
