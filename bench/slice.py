@@ -29,8 +29,9 @@ def plan(out: Path, *args: str) -> tuple[dict, float]:
 
 def full_ppl(gguf: str, windows: int | None) -> dict:
     extra = ["--windows", str(windows)] if windows else []
-    res = subprocess.run(["edgeprune", "eval", "--model", gguf, "--ctx", "512", *extra], capture_output=True,
-                         text=True, check=True)
+    # the windows protocol: the one the planner's quality gate and this script's published numbers use
+    res = subprocess.run(["edgeprune", "eval", "--model", gguf, "--ctx", "512", "--protocol", "windows", *extra],
+                         capture_output=True, text=True, check=True)
     return json.loads(res.stdout)
 
 

@@ -17,8 +17,13 @@ from edgeprune.cli_errors import friendly
 @click.option("--ppl", is_flag=True, help="Also perplexity (the default when --tasks is not given).")
 @click.option("--parent", type=click.Path(), default=None, help="Parent model: adds KL divergence vs it.")
 @click.option("--text", type=click.Path(), default=None, help="Perplexity text (default WikiText-2 test).")
-@click.option("--ctx", default=512, show_default=True, help="Perplexity window (tokens).")
-@click.option("--windows", type=int, default=None, help="Limit perplexity windows (default: all).")
+@click.option("--protocol", default=None,
+              help="Perplexity protocol. llama-perplexity (default for a .gguf): llama.cpp's perplexity tool's "
+                   "chunks, BOS and scored second half, and its --kl-divergence statistics. windows (default for a "
+                   "HF folder): every token of each window, no BOS.")
+@click.option("--ctx", default=512, show_default=True, help="Perplexity window / chunk (tokens).")
+@click.option("--windows", "--chunks", "windows", type=int, default=None,
+              help="Limit perplexity windows / chunks (default: all).")
 @click.option("--data-dir", type=click.Path(), default=None, help="Task data folder (default: shared data).")
 @click.option("--threads", type=int, default=None)
 @click.option("--label", default=None, help="Name of this model in reports (default: file name).")
@@ -29,12 +34,13 @@ from edgeprune.cli_errors import friendly
               help="Activation dtype of --backend torch.")
 @click.option("--out", type=click.Path(), default=None, help="Write the full JSON (with per-item results) here.")
 @friendly
-def eval_(model, tasks, limit, ppl, parent, text, ctx, windows, data_dir, threads, label, backend, dtype, out):
+def eval_(model, tasks, limit, ppl, parent, text, protocol, ctx, windows, data_dir, threads, label, backend, dtype,
+          out):
     """Perplexity, KLD vs a parent, and zero-shot lm-eval tasks, offline."""
     from edgeprune.stages.eval_commands import eval_command, summary
 
     record = eval_command(model, tasks, limit, ppl, parent, text, ctx, windows, data_dir, threads, label, backend,
-                          dtype)
+                          dtype, protocol)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(record, indent=1))

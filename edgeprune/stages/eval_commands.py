@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.data import eval_text
 from edgeprune.errors import ConfigError, DataError
 from edgeprune.evaluation.metrics import paired_bootstrap
+from edgeprune.stages.evaluate import check_windows
+from edgeprune.stages.llama_perplexity import check_chunks, llama_kld, llama_perplexity
+from edgeprune.stages.quality import compare_to_parent, model_perplexity
 from edgeprune.toolchain.hf import resolve_model
+
+
+@dataclass(frozen=True)
+class PerplexityProtocol:
+    """How `eval` measures perplexity (and KLD vs a parent): its up-front argument check and its two measures."""
+
+    check: Callable[[int, int | None], None]
+    measure: Callable[..., dict]  # (model, text, ctx, windows, threads)
+    compare: Callable[..., dict]  # (model, parent, text, ctx, windows, threads)
+
+
+PROTOCOLS = {"llama-perplexity": PerplexityProtocol(check_chunks, llama_perplexity, llama_kld),
+             "windows": PerplexityProtocol(check_windows, model_perplexity, compare_to_parent)}
+
+
+def default_protocol(path: Path) -> str:
+    """llama.cpp's own protocol for a GGUF (numbers comparable with llama-perplexity's); the no-BOS windows of
+    stages/quality.py for a HF folder, as before."""
+    return "llama-perplexity" if path.suffix == ".gguf" else "windows"
+
+
+def check_protocol(name: str | None) -> None:
+    if name is None or name in PROTOCOLS:
+        return
+    close = difflib.get_close_matches(name, list(PROTOCOLS), n=1)
+    raise ConfigError(f"unknown perplexity protocol '{name}'", where="--protocol",
+                      fix=f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(PROTOCOLS)}")
+
+
+def perplexity_record(path: Path, parent: str | None, body: str, ctx: int, windows: int | None,
+                      threads: int | None, protocol: str) -> dict:
+    spec = PROTOCOLS[protocol]
+    if parent:
+        rec = spec.compare(path, resolve_model(parent), body, ctx, windows, threads) | {"parent": str(parent)}
+    else:
+        rec = spec.measure(path, body, ctx, windows, threads)
+    return {"protocol": protocol} | rec
 
 
 def eval_command(model: str, tasks: str | None, limit: int | None, ppl: bool, parent: str | None,
                  text: str | None, ctx: int, windows: int | None, data_dir: str | None, threads: int | None,
-                 label: str | None, backend: str = "llama.cpp", dtype: str = "bfloat16") -> dict:
+                 label: str | None, backend: str = "llama.cpp", dtype: str = "bfloat16",
+                 protocol: str | None = None) -> dict:
     """One JSON record: what was evaluated, on what, and the scores (per-item results included)."""
     from edgeprune.report.manifest import versions
-    from edgeprune.stages.quality import compare_to_parent, model_perplexity
 
-    from edgeprune.stages.evaluate import check_windows
-
+    check_protocol(protocol)
     check_windows(ctx, windows)
     path = resolve_model(model)
+    protocol = protocol or default_protocol(path)
+    PROTOCOLS[protocol].check(ctx, windows)
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}", where="--limit", fix="give a positive item count")
     record = {"schema": "edgeprune.eval/1", "model": str(path), "label": label or path.stem,
@@ -30,11 +74,7 @@ def eval_command(model: str, tasks: str | None, limit: int | None, ppl: bool, pa
     if ppl or parent or not tasks:
         t0 = time.time()
         body = eval_text(Path(text) if text else None)
-        if parent:
-            record["ppl"] = compare_to_parent(path, resolve_model(parent), body, ctx, windows, threads)
-            record["ppl"]["parent"] = str(parent)
-        else:
-            record["ppl"] = model_perplexity(path, body, ctx, windows, threads)
+        record["ppl"] = perplexity_record(path, parent, body, ctx, windows, threads, protocol)
         record["ppl"]["text"] = str(text or "WikiText-2 test (wiki.test.raw)")
         record["ppl"]["wall_s"] = round(time.time() - t0, 1)
     if tasks:

@@ -27,6 +27,12 @@ class GGUFLogits:
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
+    def tokenize_with_bos(self, text: str) -> tuple[list[int], int | None]:
+        """llama.cpp's common_tokenize(text, add_special=true): BOS first when the vocabulary adds one.
+        Returns the ids and the BOS id (None when the vocabulary adds none)."""
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        return ids, (self.llm.token_bos() if self.llm._model.add_bos_token() else None)
+
     def __call__(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids)
@@ -48,6 +54,13 @@ class HFLogits:
 
     def tokenize(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def tokenize_with_bos(self, text: str) -> tuple[list[int], int | None]:
+        """As GGUFLogits.tokenize_with_bos, by the HF tokenizer's own special-token rule."""
+        ids = self.tok(text, add_special_tokens=True)["input_ids"]
+        bos = self.tok.bos_token_id
+        adds = bos is not None and self.tok("", add_special_tokens=True)["input_ids"][:1] == [bos]
+        return ids, (bos if adds else None)
 
     def __call__(self, ids: list[int]) -> np.ndarray:
         import torch
