@@ -162,10 +162,14 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
                    "(default: stream when the weights exceed 30 % of available RAM).")
 @click.option("--heal", default=None,
               help="Training-free healing after the cut: a heal method (see `edgeprune methods`) or 'auto'.")
+@click.option("--heal-minutes", type=(click.FloatRange(min=0), click.FloatRange(min=0)), default=(0.0, 0.0),
+              metavar="LOCAL GLOBAL", help="With --heal: minutes of layer-local, then of global top-K "
+                                          "distillation after the closed-form fit (default 0 0).")
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
 @VERBOSE
 @friendly
-def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, heal, out, verbose):
+def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, heal, heal_minutes,
+          out, verbose):
     """Prune by any registered method and write a HF checkpoint."""
     from edgeprune.stages.prune_methods import prune_by_name
 
@@ -175,8 +179,13 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
         if heal:
             from edgeprune.stages.heal_step import prune_then_heal
 
-            info = prune_then_heal(model, method, calib, Path(out), heal, **kw)
+            info = prune_then_heal(model, method, calib, Path(out), heal, minutes=heal_minutes, **kw)
         else:
+            if any(heal_minutes):
+                from edgeprune.errors import ConfigError
+
+                raise ConfigError("--heal-minutes trains after the heal fit, and no --heal was given",
+                                  where="--heal-minutes", fix="add --heal METHOD (or auto), or drop --heal-minutes")
             info = prune_by_name(model, method, calib, Path(out), **kw)
     if "scoring" in info:
         click.echo(info["scoring"], err=True)

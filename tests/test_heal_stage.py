@@ -43,7 +43,9 @@ def test_prune_heal_auto_publishes_a_healed_plain_checkpoint(tiny_llama, calib, 
 
 def test_prune_heal_refuses_sparsity_and_typos_in_one_line(tiny_llama, calib, tmp_path):
     for args, words in ((["--method", "wanda", "--sparsity", "0.5", "--heal", "down-cut"], "would fill in"),
-                        (["--method", "block-influence", "--remove", "1", "--heal", "down-cutt"], "did you mean 'down-cut'")):
+                        (["--method", "block-influence", "--remove", "1", "--heal", "down-cutt"], "did you mean 'down-cut'"),
+                        (["--method", "block-influence", "--remove", "1", "--heal-minutes", "1", "2"],
+                         "no --heal was given")):
         out = tmp_path / "x"
         res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), "--calib", str(calib), *args,
                                         "--out", str(out)])

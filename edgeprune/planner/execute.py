@@ -22,7 +22,8 @@ from edgeprune.data import eval_text
 from edgeprune.devices.runners import cpu_model, runner_spec
 from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
-from edgeprune.planner.candidates import depth_costs
+from edgeprune.planner import quality_memory as qmem
+from edgeprune.planner.candidates import BETA_PRIOR, depth_costs
 from edgeprune.planner.searcher import Searcher, at_measured_drift, errors_pct, prediction_record
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
@@ -173,7 +174,16 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     # a private copy in --out, so a resumed run decides with what the first attempt knew
     state.shared_calibration = cal.calibration_path(t.name, t.device.runner, cal.shape_key(base))
     calib = run_calibration_path(plan.out, state.shared_calibration)
-    return Searcher.build(base, t, r, max_k, dcost, calib, fp)
+    s = Searcher.build(base, t, r, max_k, dcost, calib, fp)
+    key = qmem.memory_key(state.model_hash, r)
+    s.quality_memory = (qmem.memory_path(key), key)
+    seeded = s.seed_quality(qmem.snapshot(s.quality_memory[0], plan.out))
+    if seeded:
+        state.search_log.append({"quality_memory": {"samples": seeded, "beta": s.quality.beta,
+                                                    "file": str(s.quality_memory[0])}})
+        state.log(f"quality: {seeded} candidates of this model measured by earlier runs (same method, heal and "
+                  f"protocol); depth slope {s.quality.beta:.2f} instead of the prior {BETA_PRIOR:g}")
+    return s
 
 
 def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> dict:

@@ -89,6 +89,7 @@ class Searcher:
     run_samples: list = field(default_factory=list)  # calibration samples measured by this run
     history: Factors = field(default_factory=Factors)  # fitted on the samples earlier runs stored
     drift: dict = field(default_factory=lambda: dict(NO_DRIFT))  # the latest measurement's, vs the run's level
+    quality_memory: tuple | None = None  # (shared file, key): planner/quality_memory.py
 
     @classmethod
     def build(cls, base: ModelShape, target, recipe, max_removed: int, depth_cost: list[float],
@@ -109,6 +110,18 @@ class Searcher:
             self.factors = cal.relevel(self.history, cal.fit(self.run_samples))
         else:
             self.factors = self.history
+
+    def _fractions(self, cand: Candidate) -> tuple[float, float]:
+        return (cand.heads or self.base.heads) / self.base.heads, (cand.ffn or self.base.ffn) / self.base.ffn
+
+    def seed_quality(self, samples: list[dict]) -> int:
+        """Fit the quality model to ratios earlier runs measured (same model and protocol); returns how many."""
+        from edgeprune.planner.quality_memory import candidate_of
+
+        for sample in samples:
+            cand = candidate_of(sample)
+            self.quality.fit(cand, sample["ppl_ratio"], *self._fractions(cand))
+        return len(samples)
 
     def candidates(self, allow_unexecutable: bool = False) -> list[Candidate]:
         sr = self.recipe.search
@@ -172,9 +185,11 @@ class Searcher:
         self.reload()
         ratio = it.get("ppl_ratio")
         if ratio is not None and math.isfinite(ratio):
-            hf = (cand.heads or self.base.heads) / self.base.heads
-            ff = (cand.ffn or self.base.ffn) / self.base.ffn
-            self.quality.fit(cand, ratio, hf, ff)
+            self.quality.fit(cand, ratio, *self._fractions(cand))
+            if self.quality_memory is not None:
+                from edgeprune.planner.quality_memory import remember
+
+                remember(*self.quality_memory, cand, ratio)
         speed_ok = all(c["met"] for c in it["checks"].values())
         self.measured[cand] = {"speed_ok": speed_ok,
                                "quality_ok": ratio is None or ratio <= self.target.budget.max_ppl_ratio}

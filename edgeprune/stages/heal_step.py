@@ -140,7 +140,8 @@ def heal_step(store: StepStore, teacher_dir: Path, teacher_hash: str, student_di
     return res.path, res.path.name, res.meta
 
 
-def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path, heal: str, **prune_kw) -> dict:
+def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path, heal: str,
+                    minutes: tuple[float, float] = (0.0, 0.0), **prune_kw) -> dict:
     """`edgeprune prune ... --heal METHOD`: prune into a temp folder beside `out`, heal against the
     unpruned model, then publish `out` in one rename (with the prune record, now naming the heal)."""
     import shutil
@@ -159,7 +160,8 @@ def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path
         raise ConfigError(f"--heal refits dense projections, which would fill in {method}'s zeros", where="--heal",
                           fix="drop --heal for sparsity methods")
     check_prune_out(out)
-    cfg = Heal(method=heal, calibration=Heal().calibration.model_copy(update={"path": calib}))
+    cfg = Heal(method=heal, calibration=Heal().calibration.model_copy(update={"path": calib}),
+               local_minutes=minutes[0], global_minutes=minutes[1])
     teacher_dir, _ = import_model(StepStore(store_root(None)), resolve_model(model))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".heal-") as tmp:
