@@ -192,7 +192,7 @@ TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-
           "eval-zero-shot": eval_zero_shot, "planner": planner,
           "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
           "heal-local": heal_local, "heal-fronts": heal_fronts,
-          "heal-throughput": heal_throughput, "heal-recovery": heal_recovery}
+          "heal-throughput": heal_throughput, "heal-recovery": heal_recovery, "heal-width": heal_width}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
