@@ -17,7 +17,8 @@ from edgeprune.stages.calib import calibration_windows
 from edgeprune.config.recipe import Calibration
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.stages.heal import heal_model, teacher_states
-from edgeprune.stages.heal_global import teacher_topk, global_distill
+from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.stages.heal_global import global_distill
 from edgeprune.recovery.hf_ppl import hf_perplexity
 from edgeprune.data import eval_text
 torch.set_num_threads(2)

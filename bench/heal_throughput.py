@@ -28,7 +28,8 @@ from edgeprune.config.recipe import Calibration
 from edgeprune.config.recovery import Recovery
 from edgeprune.runner import StepStore
 from edgeprune.stages.calib import calibration_windows
-from edgeprune.stages.heal_global import global_distill, teacher_topk
+from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.stages.heal_global import global_distill
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.load import import_model
 from edgeprune.stages.recover import run_recovery

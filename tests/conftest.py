@@ -90,6 +90,22 @@ def tiny_llama(tmp_path_factory, tokenizer_dir) -> Path:
     return build_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer_dir)
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_llama):
+    """The tiny Llama in fp32 eval mode and 16 calibration windows of 64 tokens (the first n windows
+    of this stream are what Calibration(samples=n) gives: the stream is prefix-stable)."""
+    from transformers import AutoTokenizer
+
+    from edgeprune.config.recipe import Calibration
+    from edgeprune.stages.calib import calibration_windows
+    from edgeprune.toolchain.hf import load_model
+
+    teacher, _ = load_model(tiny_llama)
+    teacher.float().eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    return teacher, calibration_windows(tok, Calibration(samples=16, seq_len=64))
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPRUNE_STORE", str(tmp_path / "store"))

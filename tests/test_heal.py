@@ -63,18 +63,10 @@ def test_heal_methods_are_registered_with_their_facts():
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tiny_llama):
-    from transformers import AutoTokenizer
-
-    from edgeprune.config.recipe import Calibration
-    from edgeprune.stages.calib import calibration_windows
+def tiny_pair(tiny_teacher):
     from edgeprune.stages.heal import teacher_states
-    from edgeprune.toolchain.hf import load_model
 
-    teacher, _ = load_model(tiny_llama)
-    teacher.float().eval()
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    windows = calibration_windows(tok, Calibration(samples=16, seq_len=64))
+    teacher, windows = tiny_teacher
     return teacher, windows, teacher_states(teacher, windows, batch_size=4)
 
 

@@ -11,19 +11,11 @@ from edgeprune.methods.distill import kd_loss_topk
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    from transformers import AutoTokenizer
-
-    from edgeprune.config.recipe import Calibration
-    from edgeprune.stages.calib import calibration_windows
+def tiny(tiny_teacher):
     from edgeprune.surgery.layers import remove_layers
-    from edgeprune.toolchain.hf import load_model
 
-    teacher, _ = load_model(tiny_llama)
-    teacher.float().eval()
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    windows = calibration_windows(tok, Calibration(samples=8, seq_len=64))
-    return teacher, remove_layers(copy.deepcopy(teacher), [2]), windows
+    teacher, windows = tiny_teacher
+    return teacher, remove_layers(copy.deepcopy(teacher), [2]), windows[:8]
 
 
 def _grads(model) -> dict:
@@ -34,7 +26,8 @@ def test_cached_prefix_and_chunked_loss_give_the_plain_kd_loss_and_gradients(tin
     """The step's shortcuts (prefix computed once, head logits a chunk at a time, frozen head cast
     once) change nothing: loss and every gradient equal one plain forward + kd_loss_topk.
     Mutants caught: chunks not weighted by their share, the prefix cached from the wrong layer."""
-    from edgeprune.stages.heal_global import freeze_below, kd_step, prefix_states, teacher_topk
+    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.stages.heal_global import freeze_below, kd_step, prefix_states
 
     teacher, student, windows = tiny
     ids = windows[:4]
@@ -56,7 +49,8 @@ def test_cached_prefix_and_chunked_loss_give_the_plain_kd_loss_and_gradients(tin
 
 
 def test_global_distillation_lowers_the_kd_loss_and_trains_only_from_the_first_cut(tiny):
-    from edgeprune.stages.heal_global import global_distill, teacher_topk
+    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.stages.heal_global import global_distill
 
     teacher, student, windows = tiny
     values, indices = teacher_topk(teacher, windows, k=16)

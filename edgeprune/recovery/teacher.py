@@ -47,21 +47,29 @@ class CachedTeacher:
         return kd_loss_topk(student_logits, v, i, temperature, mask.bool())
 
 
+@torch.no_grad()
+def teacher_topk(teacher, ids: torch.Tensor, k: int, mask: torch.Tensor | None = None, batch: int = 4,
+                 bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values fp16, indices int32), each (rows, seq, k): the teacher's K largest logits per position,
+    on the CPU; `bf16` runs the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
+    dev = next(teacher.parameters()).device
+    vals, idxs = [], []
+    for s in tqdm(range(0, len(ids), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
+        kw = {} if mask is None else {"attention_mask": mask[s:s + batch].to(dev)}
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = teacher(input_ids=ids[s:s + batch].to(dev), **kw).logits
+        top = logits.float().topk(k, dim=-1)
+        vals.append(top.values.half().cpu())
+        idxs.append(top.indices.int().cpu())
+    return torch.cat(vals), torch.cat(idxs)
+
+
 def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> CachedTeacher:
     """Compute (or reuse) the top-K cache for every block in `blocks`; fp16 values, int32 ids."""
     if path.is_file():
         data = load_file(path)  # safetensors: a cache file can never run code when read
         if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
             return CachedTeacher(data["values"], data["indices"])
-    vals, idxs = [], []
-    dev = next(teacher.parameters()).device
-    with torch.no_grad():
-        for s in tqdm(range(0, len(blocks), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
-            logits = teacher(input_ids=blocks.ids[s:s + batch].to(dev),
-                             attention_mask=blocks.mask[s:s + batch].to(dev)).logits
-            top = logits.float().topk(k, dim=-1)
-            vals.append(top.values.half().cpu())
-            idxs.append(top.indices.int().cpu())
-    values, indices = torch.cat(vals), torch.cat(idxs)
+    values, indices = teacher_topk(teacher, blocks.ids, k, blocks.mask, batch)
     atomic_write(path, lambda tmp: save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp))
     return CachedTeacher(values, indices)

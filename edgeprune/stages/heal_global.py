@@ -25,19 +25,6 @@ from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.layerwise import layer0_inputs, run_layer
 
 
-@torch.no_grad()
-def teacher_topk(teacher, windows: torch.Tensor, k: int, batch: int = 4, bf16: bool = False):
-    """(values fp16, indices int32), each (windows, seq, k): the teacher's K largest logits per position."""
-    vals, idxs = [], []
-    for s in tqdm(range(0, len(windows), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = teacher(input_ids=windows[s:s + batch], use_cache=False).logits
-        top = logits.float().topk(k, dim=-1)
-        vals.append(top.values.half())
-        idxs.append(top.indices.int())
-    return torch.cat(vals), torch.cat(idxs)
-
-
 def freeze_below(model, first: int) -> list[torch.nn.Parameter]:
     """Trainable: decoder layers `first`.. and the final norm; everything else frozen. Returns them."""
     for p in model.parameters():

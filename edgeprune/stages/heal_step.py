@@ -21,8 +21,9 @@ from edgeprune.config.recipe import Heal
 from edgeprune.runner import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.stages.heal import cut_layers, heal_model, teacher_states
-from edgeprune.stages.heal_global import global_distill, teacher_topk
-from edgeprune.stages.heal_local import bf16_ok
+from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.stages.heal_global import global_distill
+from edgeprune.stages.heal_local import bf16_ok, local_distill
 from edgeprune.toolchain.hf import load_model, save_model
 
 # The order matters only for ties; bench/README (Healing) has what each gives on SmolLM2.
@@ -93,13 +94,15 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     chosen, model, info = best
     local = None
     if cfg.local_minutes > 0 and removed:
-        model, local = _local_stage(model, states, fit, holdout, removed, cfg, losses)
+        model, local = _kept_if_better("local", model, lambda m: local_distill(
+            m, states, fit, removed, cfg.local_minutes, lr=cfg.local_lr), holdout, losses)
     # width cuts touch every layer: from 0
     first = min(cut_layers(states.n_layers, removed), default=0) if cfg.global_layers == "cut" else 0
     del states
     glob = None
     if topk is not None:
-        model, glob = _global_stage(model, kd_windows, topk, holdout, first, cfg, losses)
+        model, glob = _kept_if_better("global", model, lambda m: global_distill(
+            m, kd_windows, *topk, first, cfg.global_minutes, lr=cfg.global_lr), holdout, losses)
     save_model(model, tok, out)
     record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
               "holdout_nll": losses, "holdout_ppl": {k: math.exp(v) for k, v in losses.items()},
@@ -110,23 +113,14 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     return {k: v for k, v in record.items() if k != "refits"}
 
 
-def _local_stage(model, states, fit, holdout, removed, cfg: Heal, losses: dict):
-    """Layer-local distillation on top of the chosen fit; kept only if the held-out loss drops."""
-    from edgeprune.stages.heal_local import local_distill
-
+def _kept_if_better(name: str, model, train, holdout, losses: dict):
+    """Train `model` in place with `train(model) -> info`; keep the result only if its held-out loss is
+    below every earlier stage's (the unhealed model, the closed-form fits, an earlier training step),
+    else return the model as it was before."""
     before = copy.deepcopy(model)
-    info = local_distill(model, states, fit, removed, cfg.local_minutes, lr=cfg.local_lr)
-    losses["local"] = holdout_nll(model, holdout)
-    info["kept"] = losses["local"] < min(v for k, v in losses.items() if k not in ("teacher", "local"))
-    return (model if info["kept"] else before), info
-
-
-def _global_stage(model, windows, topk, holdout, first: int, cfg: Heal, losses: dict):
-    """Top-K global distillation from the best model so far; kept only if the held-out loss drops."""
-    before = copy.deepcopy(model)
-    info = global_distill(model, windows, *topk, first, cfg.global_minutes, lr=cfg.global_lr)
-    losses["global"] = holdout_nll(model, holdout)
-    info["kept"] = losses["global"] < min(v for k, v in losses.items() if k not in ("teacher", "global"))
+    info = train(model)
+    losses[name] = holdout_nll(model, holdout)
+    info["kept"] = losses[name] < min(v for k, v in losses.items() if k not in ("teacher", name))
     return (model if info["kept"] else before), info
 
 
