@@ -155,9 +155,9 @@ def main(argv=None) -> int:
     out = {"command": "python " + " ".join(sys.argv), "host": host_info(), "threads": args.threads,
            "protocol": {"ctx": args.ctx, "windows": args.windows, "bench": "64-token prompt, 100 decoded, paired "
                         "with the unpruned Q4_K_M (ABBA, 10-token slices)"}, "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+    from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
+
+    write_json(args.out, out)
     return 0
 
 

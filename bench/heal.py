@@ -147,9 +147,9 @@ def main(argv=None) -> int:
            "heldout_sha256": hashlib.sha256(texts["heldout"].encode()).hexdigest()},
            "calibration": {**calib.model_dump(mode="json"), "tokens": int(windows.numel()), "teacher_s": teacher_s},
            "threads": args.threads, "torch": torch.__version__, "unpruned": unpruned, "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+    from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
+
+    write_json(args.out, out)
     return 0
 
 

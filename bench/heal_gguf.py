@@ -138,9 +138,9 @@ def main(argv=None) -> int:
                         "wiki_sha256": _sha(texts["wiki"])},
            "heal_calibration": {"samples": args.calib_samples, "seq_len": args.calib_len, "seed": 1},
            "threads": args.threads, "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+    from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
+
+    write_json(args.out, out)
     return 0
 
 

@@ -102,9 +102,9 @@ def main(argv=None) -> int:
            "threads": 2, "torch": torch.__version__, "rounds": rounds,
            "median_speedup_vs_lean_kd": statistics.median(r["speedup_vs_lean_kd"] for r in rounds),
            "median_speedup_vs_lean_sft": statistics.median(r["speedup_vs_lean_sft"] for r in rounds)}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+    from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
+
+    write_json(args.out, out)
     return 0
 
 

@@ -9,6 +9,7 @@ tests/test_bench_readme.py regenerates each one and diffs it against the README.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -155,44 +156,24 @@ def _bench_script(name: str):
     return mod
 
 
-def heal_methods() -> str:
-    return _bench_script("heal").table(OUT / "heal/dev-bf16-methods.json") + "\n"
+# Tables a bench script renders itself (its `table(path)`): name -> (script, JSON under bench/out/)
+SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
+                 "heal-variants": ("heal", "heal/dev-bf16-depth6.json"),
+                 "heal-width": ("heal", "heal/dev-bf16-width.json"),
+                 "heal-gguf": ("heal_gguf", "heal/gguf-depth6.json"),
+                 "heal-local": ("heal_gguf", "heal/gguf-local.json"),
+                 "heal-recovery": ("heal_gguf", "heal/gguf-recovery.json"),
+                 "heal-fronts": ("fronts", "heal/fronts.json"),
+                 "heal-throughput": ("heal_throughput", "heal/throughput.json")}
 
 
-def heal_variants() -> str:
-    return _bench_script("heal").table(OUT / "heal/dev-bf16-depth6.json") + "\n"
-
-
-def heal_width() -> str:
-    return _bench_script("heal").table(OUT / "heal/dev-bf16-width.json") + "\n"
-
-
-def heal_gguf() -> str:
-    return _bench_script("heal_gguf").table(OUT / "heal/gguf-depth6.json") + "\n"
-
-
-def heal_local() -> str:
-    return _bench_script("heal_gguf").table(OUT / "heal/gguf-local.json") + "\n"
-
-
-def heal_fronts() -> str:
-    return _bench_script("fronts").table(OUT / "heal/fronts.json") + "\n"
-
-
-def heal_throughput() -> str:
-    return _bench_script("heal_throughput").table(OUT / "heal/throughput.json") + "\n"
-
-
-def heal_recovery() -> str:
-    return _bench_script("heal_gguf").table(OUT / "heal/gguf-recovery.json") + "\n"
+def _script_table(script: str, rel: str) -> str:
+    return _bench_script(script).table(OUT / rel) + "\n"
 
 
 TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-memory": methods_memory,
-          "eval-ppl": eval_ppl,
-          "eval-zero-shot": eval_zero_shot, "planner": planner,
-          "heal-methods": heal_methods, "heal-variants": heal_variants, "heal-gguf": heal_gguf,
-          "heal-local": heal_local, "heal-fronts": heal_fronts,
-          "heal-throughput": heal_throughput, "heal-recovery": heal_recovery, "heal-width": heal_width}
+          "eval-ppl": eval_ppl, "eval-zero-shot": eval_zero_shot, "planner": planner,
+          **{name: functools.partial(_script_table, *where) for name, where in SCRIPT_TABLES.items()}}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
