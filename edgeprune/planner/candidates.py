@@ -94,16 +94,19 @@ def grid(n_layers: int, max_removed: int, quants: list[str], heads: list[tuple[i
             for k in range(max_removed + 1)]
 
 
+def kept_fractions(base, c: Candidate) -> tuple[float, float]:
+    """Shares of the query heads and FFN channels `c` keeps: the quality model's width terms."""
+    return (c.heads or base.heads) / base.heads, (c.ffn or base.ffn) / base.ffn
+
+
 def score_all(cands, base, predict_fn, quality: QualityModel, req, budget) -> list[Scored]:
     out = []
     for c in cands:
         p = predict_fn(c)
-        hf = (c.heads or base.heads) / base.heads
-        ff = (c.ffn or base.ffn) / base.ffn
         lat = p.latency_s(budget.prompt_tokens, budget.answer_tokens)
         sf = shortfalls(req, budget, {"tg_tps": p.tg_tps, "pp_tps": p.pp_tps, "ram_bytes": p.ram_bytes,
                                       "file_bytes": p.file_bytes})
-        out.append(Scored(c, p, quality.predict(c, hf, ff), lat, sf, c.label(base)))
+        out.append(Scored(c, p, quality.predict(c, *kept_fractions(base, c)), lat, sf, c.label(base)))
     return out
 
 

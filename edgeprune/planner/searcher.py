@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgeprune.planner.budget import Requirements, compile_budget
-from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid,
+from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid, kept_fractions,
                                           pareto_front, score_all)
 from edgeprune.planner.drift import NO_DRIFT, at_drift
 from edgeprune.targets import calibration as cal
@@ -111,16 +111,13 @@ class Searcher:
         else:
             self.factors = self.history
 
-    def _fractions(self, cand: Candidate) -> tuple[float, float]:
-        return (cand.heads or self.base.heads) / self.base.heads, (cand.ffn or self.base.ffn) / self.base.ffn
-
     def seed_quality(self, samples: list[dict]) -> int:
         """Fit the quality model to ratios earlier runs measured (same model and protocol); returns how many."""
         from edgeprune.planner.quality_memory import candidate_of
 
         for sample in samples:
             cand = candidate_of(sample)
-            self.quality.fit(cand, sample["ppl_ratio"], *self._fractions(cand))
+            self.quality.fit(cand, sample["ppl_ratio"], *kept_fractions(self.base, cand))
         return len(samples)
 
     def candidates(self, allow_unexecutable: bool = False) -> list[Candidate]:
@@ -185,7 +182,7 @@ class Searcher:
         self.reload()
         ratio = it.get("ppl_ratio")
         if ratio is not None and math.isfinite(ratio):
-            self.quality.fit(cand, ratio, *self._fractions(cand))
+            self.quality.fit(cand, ratio, *kept_fractions(self.base, cand))
             if self.quality_memory is not None:
                 from edgeprune.planner.quality_memory import remember
 
@@ -211,8 +208,7 @@ def prediction_record(s: Searcher, cand: Candidate, level: Prediction) -> dict:
             "tg_tps": pred.tg_tps, "pp_tps": pred.pp_tps, "latency_s": pred.latency_s(b.prompt_tokens, b.answer_tokens),
             "drift_applied": dict(s.drift), "level": {"tg_tps": level.tg_tps, "pp_tps": level.pp_tps},
             "file_bytes": pred.file_bytes, "ram_bytes": pred.ram_bytes, "kv_bytes": pred.kv_bytes,
-            "ppl_ratio": s.quality.predict(cand, (cand.heads or s.base.heads) / s.base.heads,
-                                           (cand.ffn or s.base.ffn) / s.base.ffn)}
+            "ppl_ratio": s.quality.predict(cand, *kept_fractions(s.base, cand))}
 
 
 def at_measured_drift(predicted: dict, drift: dict, budget) -> dict:

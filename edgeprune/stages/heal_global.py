@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from edgeprune.methods.distill import kd_loss_topk
 from edgeprune.stages.heal_local import bf16_ok
-from edgeprune.stages.layerwise import layer0_inputs, run_layer
+from edgeprune.stages.heal import StudentStates
+from edgeprune.stages.layerwise import run_layer
 
 
 def freeze_below(model, first: int) -> list[torch.nn.Parameter]:
@@ -40,14 +41,11 @@ def freeze_below(model, first: int) -> list[torch.nn.Parameter]:
 def prefix_states(model, windows: torch.Tensor, first: int, micro: int, bf16: bool) -> list[tuple]:
     """(input of layer `first`, the layers' keyword arguments) per micro-batch: the frozen prefix
     gives the same output in every epoch, so it runs once instead of in every step."""
-    out = []
-    for s in tqdm(range(0, len(windows), micro), desc="frozen prefix", unit="batch", leave=False):
-        x, kw = layer0_inputs(model, windows[s:s + micro])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for layer in list(model.model.layers)[:first]:
-                x = run_layer(layer, x, kw)
-        out.append((x.float(), kw))
-    return out
+    student = StudentStates(model, windows, micro)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for layer in tqdm(list(model.model.layers)[:first], desc="frozen prefix", unit="layer", leave=False):
+            student.advance(layer)
+    return [(x.float(), kw) for x, kw in zip(student.h, student.kw)]
 
 
 def kd_step(model, x: torch.Tensor, kw: dict, head: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
