@@ -2,9 +2,9 @@
 
 * depth order: `--method` / recipe `depth.method`, any registered depth method;
 * width importance: `--width-method` / recipe `width.method`, any registered width method, and it
-  must cover the structures the search shrinks (heads: heads only, ffn: FFN only, taylor: both
-  from one Taylor pass). None keeps the historical pairing: heads by head output norm, FFN by
-  activation, each through its own method.
+  must cover the structures the search shrinks (its spec's `structures`; a method covering both
+  shrinks them together). None runs the default method of each structure in turn (the specs
+  marked `default`: heads by head output norm, then FFN by activation).
 
 Sparsity methods are refused here: masks leave the GGUF as large and as slow in llama.cpp, so the
 planner, which prunes for a speed / size budget, has nothing to gain from them.
@@ -15,6 +15,7 @@ from __future__ import annotations
 from edgeprune import registry
 from edgeprune.config.recipe import Recipe
 from edgeprune.errors import ConfigError
+from edgeprune.methods.width import STRUCTURES, width_methods
 from edgeprune.stages.prune_methods import method_kind
 
 WIDTH_FLAGS = {"heads": "--heads-keep", "ffn": "--ffn-keep"}
@@ -41,7 +42,18 @@ def check_depth_method(name: str, flag: str = "--method") -> None:
 
 
 def width_structures(name: str | None) -> tuple[str, ...]:
-    return ("heads", "ffn") if name is None else registry.get("width", name).structures
+    covered = {s for m in width_methods(name) for s in m.structures}
+    return tuple(s for s in STRUCTURES if s in covered)
+
+
+def coupled(name: str | None) -> bool:
+    """One method shrinks several structures together (a candidate cuts all of them or none)."""
+    return any(len(m.structures) > 1 for m in width_methods(name))
+
+
+def width_name(name: str | None) -> str:
+    """What the manifest and the plan call the width methods: the recipe's, or the defaults joined."""
+    return name or "+".join(m.name for m in width_methods(None))
 
 
 def check_width_method(recipe: Recipe, flag: str = "--width-method") -> None:
@@ -65,7 +77,7 @@ def resolve_methods(recipe: Recipe) -> Recipe:
     sr = recipe.search
     # the unpruned width is always measured first (the baseline), so it is always in the grid
     heads, ffn = sorted(set(sr.heads_keep) | {1.0}), sorted(set(sr.ffn_keep) | {1.0})
-    if recipe.width.method is not None and width_structures(recipe.width.method) == ("heads", "ffn"):
+    if coupled(recipe.width.method):
         if min(ffn) >= 1.0:
             ffn = list(heads)
         elif min(heads) >= 1.0:
@@ -80,7 +92,7 @@ def candidate_allowed(recipe: Recipe, heads: int | None, ffn: int | None) -> boo
     if name is None:
         return True
     covered = width_structures(name)
-    if covered == ("heads", "ffn"):
+    if coupled(name):
         return (heads is None) == (ffn is None)
     return (heads is None or "heads" in covered) and (ffn is None or "ffn" in covered)
 
@@ -91,7 +103,8 @@ def width_label(recipe: Recipe) -> str:
         return "none (no --heads-keep / --ffn-keep fraction below 1.0)"
     name = recipe.width.method
     if name is None:
-        return "heads by head output norm + ffn by activation (default; --width-method picks one)"
+        parts = " + ".join(f"{'+'.join(m.structures)} by {m.criterion}" for m in width_methods(None))
+        return f"{parts} (default; --width-method picks one)"
     m = registry.get("width", name)
     what = " + ".join(m.structures)
     return f"{name} ({what}, {m.importance} importance{', one pass for both' if len(m.structures) > 1 else ''})"
@@ -106,9 +119,9 @@ def plan_methods(recipe: Recipe, decision) -> dict:
     width_on = min(sr.heads_keep + sr.ffn_keep) < 1.0
     lines = [f"methods: depth order by {recipe.depth.method}; width by {width_label(recipe)}",
              f"         {decision.line()}"]
-    note = width_stream_note(recipe.width.method or "heads+ffn", decision) if width_on else None
+    note = width_stream_note(width_methods(recipe.width.method), decision) if width_on else None
     if note:
         lines.append(f"         {note}")
-    return {"depth": recipe.depth.method, "width": (recipe.width.method or "heads+ffn") if width_on else None,
+    return {"depth": recipe.depth.method, "width": width_name(recipe.width.method) if width_on else None,
             "heads_keep": list(sr.heads_keep), "ffn_keep": list(sr.ffn_keep), "stream": decision.stream,
             "scoring": decision.reason, "lines": lines}

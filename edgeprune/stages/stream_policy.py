@@ -88,10 +88,12 @@ def decide_stream(forced: bool | None, depth_method: str, weights: int, availabl
     return StreamDecision(big, f"auto: {size}", now)
 
 
-def width_stream_note(width_method: str | None, decision: StreamDecision) -> str | None:
-    """One line when scoring streams but the width step cannot: it loads the (depth-pruned) model."""
-    if not decision.stream or width_method is None:
+def width_stream_note(methods: list | None, decision: StreamDecision) -> str | None:
+    """One line when scoring streams but the width step cannot: it loads the (depth-pruned) model.
+    `methods`: the width method specs the plan runs (each says which kind of pass it makes)."""
+    if not decision.stream or not methods:
         return None
-    return (f"note: width method {width_method} cannot stream (it slices every layer's matrices and "
-            f"{'back-propagates through the whole model' if width_method == 'taylor' else 'hooks the whole model'}); "
+    backward = any(m.importance == "taylor" for m in methods)
+    return (f"note: width method {'+'.join(m.name for m in methods)} cannot stream (it slices every layer's "
+            f"matrices and {'back-propagates through the whole model' if backward else 'hooks the whole model'}); "
             "only depth scoring streams, the width step loads the depth-pruned model")

@@ -13,13 +13,10 @@ from tqdm import tqdm
 
 from edgeprune import registry
 from edgeprune.errors import ConfigError
-from edgeprune.methods.width import (HeadMode, WidthMethod, aligned_keep, channel_contribution_sq, coupled_counts,
-                                     head_contribution_sq, keep_channels, keep_heads_per_group, keep_kv_groups,
-                                     taylor_saliency, taylor_second_order)
+from edgeprune.methods.width import (HeadMode, WidthCut, WidthMethod, WidthShape, channel_contribution_sq,
+                                     head_contribution_sq, taylor_saliency, taylor_second_order)
 from edgeprune.surgery.ffn import keep_ffn_channels
 from edgeprune.surgery.heads import keep_heads
-
-ALIGN = 32
 
 
 def _shape(cfg) -> dict:
@@ -111,49 +108,32 @@ def taylor_scores(model, windows: torch.Tensor) -> dict[str, torch.Tensor]:
     return _backward_scores(model, batches, taylor_second_order, with_kv=False, unit="window")
 
 
-def head_cut(cfg, method: WidthMethod, fraction: float, head_mode: HeadMode) -> tuple[str, int] | None:
-    """What a width decision removes of the heads, from the shapes alone (before any scoring):
-    ("groups", KV groups removed) or ("per-group", query heads removed from every group), or None.
-    The heads method removes whole units; a fraction that rounds to none or all of them is refused
-    instead of being bumped to one unit (--fraction 0.1 of 2 groups used to remove half the heads)."""
-    s = _shape(cfg)
-    gs = s["n_heads"] // s["n_kv"]
-    if method.name == "taylor":
-        per_group, _ = coupled_counts(s["hidden"], s["n_heads"], s["n_kv"], s["hd"], s["inter"], fraction, ALIGN)
-        return ("per-group", per_group) if per_group else None
-    if method.name != "heads":
-        return None
-    units, unit = (s["n_kv"], "KV groups") if head_mode == "groups" else (gs, "query heads per KV group")
-    n = round(fraction * units)
-    if not 0 < n < units:
-        steps = ", ".join(f"{k / units:.3g}" for k in range(1, units)) or "none: nothing to remove"
-        raise ConfigError(f"--fraction {fraction:g} of {units} {unit} removes {n} (round({fraction * units:.3g})); "
-                          f"the heads method removes whole units", where="--fraction",
-                          fix=f"choose one of {steps}" + (" or --head-mode per-group" if head_mode == "groups" else ""))
-    return head_mode, n
+IMPORTANCE = {"activation": activation_scores, "taylor": taylor_scores}  # the signals this stage collects
 
 
-def kept_shape(cfg, cut: tuple[str, int] | None) -> tuple[int, int]:
-    """(query heads, KV heads) after `cut`."""
-    s = _shape(cfg)
-    if cut is None:
-        return s["n_heads"], s["n_kv"]
-    mode, n = cut
-    gs = s["n_heads"] // s["n_kv"]
-    return (s["n_heads"] - n * gs, s["n_kv"] - n) if mode == "groups" else (s["n_heads"] - n * s["n_kv"], s["n_kv"])
+def width_scores(model, windows: torch.Tensor, method: WidthMethod, importance: str | None = None) -> dict:
+    """The method's own scorer, or the signal it asks for (`importance` overrides either)."""
+    if importance is None and method.score is not None:
+        return method.score(model, windows)
+    kind = importance or method.importance
+    if kind not in IMPORTANCE:
+        raise ConfigError(f"unknown importance '{kind}' for width method '{method.name}'", where="--importance",
+                          fix=f"choose one of: {', '.join(IMPORTANCE)}")
+    return IMPORTANCE[kind](model, windows)
 
 
-def check_saveable(cfg, cut: tuple[str, int] | None) -> None:
+def check_saveable(cfg, cut: WidthCut) -> None:
     """Before scoring: the pruned shape must be a config transformers accepts, or the run would
     fail at save after the whole scoring pass. transformers' LlamaConfig wants hidden_size to be a
     multiple of num_attention_heads even when head_dim is explicit (SmolLM2's shapes never hit it;
     a GQA 8/2, head_dim 32, hidden 128 model does)."""
-    heads, kv = kept_shape(cfg, cut)
-    if (heads, kv) == (cfg.num_attention_heads, cfg.num_key_value_heads):
+    shape = WidthShape.of(cfg)
+    heads, kv = cut.kept_heads(shape)
+    if (heads, kv) == (shape.n_heads, shape.n_kv):
         return
     try:
         type(cfg).from_dict({**cfg.to_dict(), "num_attention_heads": heads, "num_key_value_heads": kv,
-                             "head_dim": _shape(cfg)["hd"]})
+                             "head_dim": shape.head_dim})
     except Exception as exc:  # transformers' strict validators raise their own error types
         why = str(exc).strip().splitlines()[-1].strip()
         raise ConfigError(f"pruning to {heads} query heads / {kv} KV heads gives a config transformers refuses "
@@ -162,41 +142,32 @@ def check_saveable(cfg, cut: tuple[str, int] | None) -> None:
                               f"{cfg.hidden_size}, or --head-mode groups") from None
 
 
-def decide(cfg, method: WidthMethod, scores: dict, fraction: float, head_mode: HeadMode) -> dict:
-    """{'heads': per-layer kept query heads or None, 'ffn': per-layer kept channels or None}."""
-    s = _shape(cfg)
-    heads = ffn = None
-    cut = head_cut(cfg, method, fraction, head_mode)
-    if method.name == "taylor":
-        _, n_keep = coupled_counts(s["hidden"], s["n_heads"], s["n_kv"], s["hd"], s["inter"], fraction, ALIGN)
-        ffn = keep_channels(scores["ffn"], n_keep) if n_keep < s["inter"] else None
-    elif method.name == "ffn":
-        ffn = keep_channels(scores["ffn"], aligned_keep(s["inter"], fraction, ALIGN))
-    if cut is not None and cut[0] == "groups":
-        heads = keep_kv_groups(scores["heads"], scores["kv"], cut[1])
-    elif cut is not None:
-        heads = keep_heads_per_group(scores["heads"], s["n_kv"], cut[1])
-    return {"heads": heads, "ffn": ffn}
-
-
-def prune_width(model, windows: torch.Tensor, method_name: str, fraction: float, head_mode: HeadMode = "groups",
-                importance: str | None = None) -> dict:
-    """Score, decide and slice in place; returns the decision and the parameter counts."""
-    method: WidthMethod = registry.get("width", method_name)
-    kind = importance or method.importance
-    check_saveable(model.config, head_cut(model.config, method, fraction, head_mode))  # before the scoring pass
-    if method.name == "ffn":
-        aligned_keep(_shape(model.config)["inter"], fraction, ALIGN)
+def prune_to_cut(model, windows: torch.Tensor, method: WidthMethod, cut: WidthCut,
+                 importance: str | None = None) -> dict:
+    """Score with `method`, let it decide which units survive `cut`, slice in place; returns the
+    decision and the parameter counts."""
+    check_saveable(model.config, cut)  # before the scoring pass
+    shape = WidthShape.of(model.config)
     before = sum(p.numel() for p in model.model.layers.parameters())
-    scores = taylor_scores(model, windows) if kind == "taylor" else activation_scores(model, windows)
-    decision = decide(model.config, method, scores, fraction, head_mode)
+    scores = width_scores(model, windows, method, importance)
+    decision = method.decide(scores, shape, cut)
     if decision["heads"]:
         keep_heads(model, decision["heads"])
     if decision["ffn"]:
         keep_ffn_channels(model, decision["ffn"])
     after = sum(p.numel() for p in model.model.layers.parameters())
     cfg = model.config
-    return {"method": method_name, "importance": kind, "fraction": fraction, "head_mode": head_mode,
+    return {"method": method.name, "importance": importance or method.importance,
+            "cut": {"heads": list(cut.heads) if cut.heads else None, "ffn_keep": cut.ffn_keep},
             "layer_params_before": before, "layer_params_after": after, "removed_fraction": 1 - after / before,
             "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
             "intermediate_size": cfg.intermediate_size, "decision": decision}
+
+
+def prune_width(model, windows: torch.Tensor, method_name: str, fraction: float, head_mode: HeadMode = "groups",
+                importance: str | None = None) -> dict:
+    """`edgeprune prune --method NAME --fraction F`: the method's cut of `fraction` (refused before
+    any scoring when it cannot be made), then prune_to_cut."""
+    method: WidthMethod = registry.get("width", method_name)
+    cut = method.cut(WidthShape.of(model.config), fraction, head_mode)
+    return {**prune_to_cut(model, windows, method, cut, importance), "fraction": fraction, "head_mode": head_mode}

@@ -24,60 +24,48 @@ def width_fractions(cfg: dict, heads: int | None, kv_heads: int | None, ffn: int
     return head_frac, ffn_frac
 
 
+def planned_cut(cfg: dict, heads: int | None, kv_heads: int | None, ffn: int | None):
+    """The priced shape as a cut: whole GQA groups (what the cost model priced) and FFN channels."""
+    from edgeprune.methods.width import WidthCut, WidthShape
+
+    shape = WidthShape.of(cfg)
+    head_frac, ffn_frac = width_fractions(cfg, heads, kv_heads, ffn)
+    groups = round(head_frac * shape.n_kv)
+    return WidthCut(heads=("groups", groups) if groups else None, ffn_keep=ffn if ffn_frac > 0 else None)
+
+
 def prune_width_step(store: StepStore, hf_dir: Path, key: str, heads: int | None, kv_heads: int | None,
                      ffn: int | None, calib: Calibration, method: str | None = None) -> tuple[Path, str]:
-    """`method`: the recipe's width method (planner/methods.py). heads / ffn / None run the heads
-    method on heads and the ffn method on FFN channels; taylor scores both in one Taylor pass."""
+    """`method`: the recipe's width method (planner/methods.py), or None for the default method of
+    each structure in turn (heads, then FFN channels scored on the head-pruned model). Each method
+    makes the part of the candidate's cut it covers, with its own scoring and decision."""
+    from edgeprune.methods.width import width_methods
+
     cfg = json.loads((Path(hf_dir) / "config.json").read_text())
-    head_frac, ffn_frac = width_fractions(cfg, heads, kv_heads, ffn)
+    specs = width_methods(method)
+    cut = planned_cut(cfg, heads, kv_heads, ffn)
 
     def build(out: Path) -> dict:
         from edgeprune.stages.calib import calibration_windows
-        from edgeprune.stages.width import prune_width
+        from edgeprune.stages.width import prune_to_cut
         from edgeprune.toolchain.hf import load_model, save_model
 
         model, tok = load_model(hf_dir)
         windows = calibration_windows(tok, calib)
         info = {}
-        if method == "taylor":
-            n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-            info["taylor"] = taylor_to_shape(model, windows, round(head_frac * n_kv), ffn if ffn_frac > 0 else None)
-        else:
-            if head_frac > 0:
-                info["heads"] = _summary(prune_width(model, windows, "heads", head_frac, "groups"))
-            if ffn_frac > 0:
-                info["ffn"] = _summary(prune_width(model, windows, "ffn", ffn_frac))
+        for spec in specs:
+            part = cut.only(spec.structures)
+            if part.heads is not None or part.ffn_keep is not None:
+                info[spec.name] = _summary(prune_to_cut(model, windows, spec, part))
         save_model(model, tok, out)
-        return {"method": method or "heads+ffn", **info}
+        return {"method": method or "+".join(spec.name for spec in specs), **info}
 
     step_key = {"model": key, "heads": heads, "kv_heads": kv_heads, "ffn": ffn,
                 "calibration": calib.model_dump(mode="json")}
-    if method == "taylor":  # heads / ffn / None compute exactly the same thing: same key, shared cache
+    if not all(spec.default for spec in specs):  # naming a default method runs what None runs: one cache entry
         step_key["method"] = method
     res = store.run("width", step_key, build)
     return res.path, res.path.name
-
-
-def taylor_to_shape(model, windows, kv_groups_removed: int, ffn_keep: int | None) -> dict:
-    """LLM-Pruner-style coupled pruning at a shape the cost model priced: one first-order Taylor pass
-    scores query heads, KV heads and MLP channels; whole GQA groups (query heads + KV head) and
-    MLP channels then go by those scores, in place."""
-    from edgeprune.methods.width import keep_channels, keep_kv_groups
-    from edgeprune.stages.width import taylor_scores
-    from edgeprune.surgery.ffn import keep_ffn_channels
-    from edgeprune.surgery.heads import keep_heads
-
-    before = sum(p.numel() for p in model.model.layers.parameters())
-    scores = taylor_scores(model, windows)
-    if kv_groups_removed:
-        keep_heads(model, keep_kv_groups(scores["heads"], scores["kv"], kv_groups_removed))
-    if ffn_keep is not None:
-        keep_ffn_channels(model, keep_channels(scores["ffn"], ffn_keep))
-    after = sum(p.numel() for p in model.model.layers.parameters())
-    cfg = model.config
-    return {"importance": "taylor", "kv_groups_removed": kv_groups_removed, "removed_fraction": 1 - after / before,
-            "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
-            "intermediate_size": cfg.intermediate_size}
 
 
 def _summary(info: dict) -> dict:
