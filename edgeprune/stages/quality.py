@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edgeprune.errors import DataError
+from edgeprune.evaluation.hf_nll import text_windows
 from edgeprune.evaluation.metrics import pair_terms, summarize_kld, token_nll
 from edgeprune.toolchain import llamacpp
 
@@ -77,12 +77,9 @@ def open_logits(model: Path, ctx: int, threads: int | None = None):
     return GGUFLogits(model, ctx, threads) if model.suffix == ".gguf" else HFLogits(model, threads)
 
 
-def windows_of(ids: list[int], ctx: int, windows: int | None) -> list[list[int]]:
-    n = len(ids) // ctx if windows is None else min(windows, len(ids) // ctx)
-    if n == 0:
-        raise DataError(f"evaluation text has {len(ids)} tokens, shorter than one window of {ctx}",
-                        where="evaluation text", fix="give a longer text or a smaller --ctx")
-    return [ids[w * ctx: (w + 1) * ctx] for w in range(n)]
+def windows_of(ids: list[int], ctx: int, windows: int | None,
+               fix: str = "give a longer text or a smaller --ctx") -> list[list[int]]:
+    return text_windows(ids, ctx, windows, fix)
 
 
 def perplexity(source, wins: list[list[int]]) -> dict:
@@ -94,12 +91,13 @@ def perplexity(source, wins: list[list[int]]) -> dict:
 
 
 def model_perplexity(model: Path, text: str, ctx: int = 512, windows: int | None = None,
-                     threads: int | None = None) -> dict:
-    """Perplexity of a HF folder or a GGUF under the stated protocol."""
+                     threads: int | None = None, fix: str = "give a longer text or a smaller --ctx") -> dict:
+    """Perplexity of a HF folder or a GGUF under the stated protocol; `fix`: what a too-short text
+    tells the user to change."""
     source = open_logits(model, ctx, threads)
     try:
         ids = source.tokenize(text)
-        return perplexity(source, windows_of(ids, ctx, windows)) | {"total_tokens": len(ids)}
+        return perplexity(source, windows_of(ids, ctx, windows, fix)) | {"total_tokens": len(ids)}
     finally:
         source.close()
 
