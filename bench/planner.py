@@ -42,7 +42,7 @@ QUANTS = "Q4_K_M,Q4_0,Q5_K_M,Q3_K_M"
 
 def write_recipe(quant: str, reps: int, windows: int) -> Path:
     """The default recipe with the baseline quant, repetitions and ppl windows of this benchmark."""
-    from edgeprune.planner.run import load_recipe
+    from edgeprune.config.loader import load_recipe
 
     r = load_recipe("default").model_dump(mode="json")
     r["export"]["quant"], r["bench"]["repetitions"], r["quality"]["windows"] = quant, reps, windows
@@ -245,7 +245,7 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
     uses, so a budget run that picks one of these reuses the export and, while fresh, the benchmark."""
     from edgeprune.devices.runners import cpu_model
     from edgeprune.planner.drift import fresh_benchmark, paired_drift
-    from edgeprune.planner.run import load_recipe
+    from edgeprune.config.loader import load_recipe
     from edgeprune.runner import StepStore
     from edgeprune.stages.export import export_gguf
     from edgeprune.stages.load import import_model

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
+
+from edgeprune.config.strict import Strict
 
 
-class Evaluate(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Evaluate(Strict):
+    model_config = ConfigDict(strict=True)  # merged with Strict's: unknown keys still fail
 
     # lm-eval task names from edgeprune's offline YAMLs (edgeprune/evaluation/tasks), e.g. arc_easy,
     # hellaswag, mmlu_subfields; checked against the task index when the plan is built.

@@ -104,3 +104,25 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (recipes/NAME.yaml) or a path to a YAML file."""
+    from edgeprune.paths import repo_dir
+
+    path = Path(name_or_path)
+    if path.suffix:
+        return path
+    path = repo_dir("recipes") / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in repo_dir("recipes").glob("*.yaml"))
+        raise ConfigError(f"unknown recipe '{name_or_path}'", where="--recipe", fix=f"choose one of {', '.join(known)}")
+    return path
+
+
+def load_recipe(name_or_path: str, overrides: dict | None = None, flags: dict[str, str] | None = None):
+    """The one recipe loader (plan, predict, recover): a name or a path, overrides on top, errors
+    naming the file, key path and the flag that set a value."""
+    from edgeprune.config.recipe import Recipe
+
+    return load_yaml_model(recipe_path(name_or_path), Recipe, overrides, flags)

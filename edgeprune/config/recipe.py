@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt
 
 from edgeprune import quants
 from edgeprune.config.evaluate import Evaluate
 from edgeprune.config.recovery import Recovery
+from edgeprune.config.strict import Strict
 from edgeprune.errors import ConfigError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Calibration(Strict):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from typing import Literal, NamedTuple
 
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, NonNegativeInt, PositiveInt, field_validator,
+from pydantic import (Field, PositiveFloat, NonNegativeInt, PositiveInt, field_validator,
                       model_validator)
 
 from edgeprune import registry
+from edgeprune.config.strict import Strict
 from edgeprune.errors import ConfigError
 
 # A target name becomes a file name (the calibration cache, runs/<name>-<time>): one path component,
@@ -58,10 +59,6 @@ def runner_spec(name: str):
         return registry.get("runner", name)
     except ConfigError as exc:
         raise ValueError(f"{exc.what} ({exc.fix})") from None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Device(Strict):

@@ -66,7 +66,7 @@ def searcher_for(cfg: dict, target, recipe) -> Searcher:
 
 def plan_from_config(name_or_path: str, target_name: str, recipe_name: str, t_over: dict, r_over: dict,
                      flags: dict | None = None, recipe_flags: dict | None = None) -> str:
-    from edgeprune.planner.run import load_recipe
+    from edgeprune.config.loader import load_recipe
     from edgeprune.targets import load_target
 
     cfg, name = load_model_config(name_or_path)

@@ -6,11 +6,9 @@ import shutil
 import time
 from pathlib import Path
 
-from edgeprune.config.loader import load_yaml_model
+from edgeprune.config.loader import load_recipe
 from edgeprune.config.recipe import Recipe
 from edgeprune.data.texts import read_texts
-from edgeprune.errors import ConfigError
-from edgeprune.paths import repo_dir
 from edgeprune.planner.execute import execute
 from edgeprune.planner.methods import plan_methods, resolve_methods
 from edgeprune.planner.plan import Plan, make_plan, read_model_config
@@ -26,16 +24,6 @@ from edgeprune.stages.stream_policy import decide_stream, weight_bytes
 from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model
-
-
-def load_recipe(name_or_path: str, overrides: dict | None = None, flags: dict[str, str] | None = None) -> Recipe:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = repo_dir("recipes") / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in repo_dir("recipes").glob("*.yaml"))
-            raise ConfigError(f"unknown recipe '{name_or_path}'", where="--recipe", fix=f"choose one of {', '.join(known)}")
-    return load_yaml_model(path, Recipe, overrides, flags)
 
 
 def build_plan(model: str | None, target: str, recipe: str, out: str | None, target_overrides: dict,

@@ -29,15 +29,13 @@ BUDGET_KEYS = ("steps", "minutes", "epochs", "eval_every", "checkpoint_every", "
 
 def load_recovery(recipe: str | None, overrides: dict) -> Recovery:
     """The `recovery:` section of a recipe (name or path), with CLI overrides on top."""
-    from edgeprune.config.loader import load_yaml_model
-    from edgeprune.config.recipe import Recipe
+    from edgeprune.config.loader import load_recipe, recipe_path
 
     base: dict = {}
     source = "command line"
     if recipe:
-        path = _recipe_path(recipe)
-        r = load_yaml_model(path, Recipe)
-        base, source = (r.recovery.model_dump(mode="json", exclude_unset=True) if r.recovery else {}), str(path)
+        r, source = load_recipe(recipe), str(recipe_path(recipe))
+        base = r.recovery.model_dump(mode="json", exclude_unset=True) if r.recovery else {}
     cfg = validate_dict(base, Recovery, source, {k: v for k, v in overrides.items() if v is not None})
     check_budget(cfg, source)
     return cfg
@@ -48,19 +46,6 @@ def check_budget(cfg: Recovery, where: str) -> None:
     if t.steps is None and t.minutes is None and t.epochs is None:
         raise ConfigError("training has no budget", where=where,
                           fix="pass --steps N or --minutes M, or set recovery.train.epochs in the recipe")
-
-
-def _recipe_path(name_or_path: str) -> Path:
-    from edgeprune.paths import repo_dir
-
-    path = Path(name_or_path)
-    if path.suffix:
-        return path
-    path = repo_dir("recipes") / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in repo_dir("recipes").glob("*.yaml"))
-        raise ConfigError(f"unknown recipe '{name_or_path}'", where="--recipe", fix=f"choose one of {', '.join(known)}")
-    return path
 
 
 def fingerprint(student_hash: str, cfg: Recovery, teacher: str | None) -> str:
