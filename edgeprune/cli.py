@@ -43,7 +43,7 @@ BUDGET_FLAGS = {"budget.latency_s": "--latency", "budget.answer_tokens": "--toke
 # Which flag overrides which recipe key (as BUDGET_FLAGS for the target).
 RECIPE_FLAGS = {"depth.method": "--method", "width.method": "--width-method", "calibration.path": "--calib",
                 "calibration.stream": "--stream", "search.quants": "--quants", "search.heads_keep": "--heads-keep",
-                "search.ffn_keep": "--ffn-keep"}
+                "search.ffn_keep": "--ffn-keep", "search.mixes": "--mixes", "export.imatrix": "--imatrix"}
 
 
 def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb, max_ppl_ratio,
@@ -58,10 +58,11 @@ def _budget_overrides(latency, tokens, prompt_tokens, decode_tps, max_ram_gb, ma
     return out
 
 
-def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
+def _search_overrides(quants, heads_keep, ffn_keep, mixes=None) -> dict:
     out = {}
-    if quants:
-        out["search.quants"] = [q.strip() for q in quants.split(",") if q.strip()]
+    for key, raw in (("search.quants", quants), ("search.mixes", mixes)):
+        if raw:
+            out[key] = [q.strip() for q in raw.split(",") if q.strip()]
     for key, raw in (("search.heads_keep", heads_keep), ("search.ffn_keep", ffn_keep)):
         if raw:
             try:
@@ -101,6 +102,10 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
               help="Recompute this stage and every later one; earlier ones come from the cache.")
 @click.option("--allow-pickle", is_flag=True, help="Accept .bin (pickle) weights; they can run code when loaded.")
 @click.option("--quants", default=None, help="Quant types the search may pick, e.g. Q4_K_M,Q4_0 (default: the recipe's).")
+@click.option("--mixes", default=None,
+              help="Per-tensor mixes the search adds to each quant type, e.g. head-low,ends-high (default: none).")
+@click.option("--imatrix/--no-imatrix", default=None,
+              help="Quantize with an importance matrix (default: for the types where it measurably helps).")
 @click.option("--heads-keep", default=None, help="Head fractions to search, e.g. 1.0,0.8 (needs a width method).")
 @click.option("--ffn-keep", default=None, help="FFN fractions to search, e.g. 1.0,0.75.")
 @click.option("--model-config", default=None,
@@ -112,7 +117,7 @@ def _search_overrides(quants, heads_keep, ffn_keep) -> dict:
 @friendly
 def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_tokens, decode_tps, max_ram_gb, max_file_gb,
          max_ppl_ratio, threads, runner, method, width_method, stream, calib, store, force, redo_from, allow_pickle,
-         quants, heads_keep, ffn_keep, model_config, dry_run, allow_foreign_arch, verbose):
+         quants, mixes, imatrix, heads_keep, ffn_keep, model_config, dry_run, allow_foreign_arch, verbose):
     """Plan and run prune -> export -> measure until the target's budget is met."""
     from edgeprune.planner.run import build_plan, run_plan
 
@@ -122,7 +127,9 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
         t_over["device.allow_foreign_arch"] = True
     r_over = {k: v for k, v in {"depth.method": method, "width.method": width_method, "calibration.path": calib,
                                 "calibration.stream": stream}.items() if v is not None}
-    r_over |= _search_overrides(quants, heads_keep, ffn_keep)
+    r_over |= _search_overrides(quants, heads_keep, ffn_keep, mixes)
+    if imatrix is not None:
+        r_over["export.imatrix"] = imatrix
     if model_config:
         from edgeprune.planner.predict_only import plan_from_config
 
@@ -194,16 +201,20 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
 
 @main.command()
 @click.option("--model", required=True, type=click.Path(), help="HF folder.")
-@click.option("--quant", default="Q4_K_M", show_default=True)
+@click.option("--quant", default="Q4_K_M", show_default=True,
+              help="llama.cpp type, optionally with per-tensor mixes: Q4_K_M+head-low (edgeprune methods: mix).")
 @click.option("--out", required=True, type=click.Path(), help="Output .gguf path.")
+@click.option("--imatrix/--no-imatrix", default=None,
+              help="Quantize with an importance matrix from calibration text (default: where it measurably helps).")
+@click.option("--calib", type=click.Path(), default=None, help="Calibration text for the imatrix (.jsonl or .txt).")
 @VERBOSE
 @friendly
-def export(model, quant, out, verbose):
+def export(model, quant, out, imatrix, calib, verbose):
     """HF folder -> verified quantized GGUF."""
     from edgeprune.stages.commands import export_command
 
     with quiet(verbose):
-        info = export_command(Path(model), quant, Path(out))
+        info = export_command(Path(model), quant, Path(out), imatrix, Path(calib) if calib else None)
     click.echo(json.dumps(info, indent=2, default=str))
 
 

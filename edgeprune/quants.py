@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
@@ -34,6 +34,7 @@ class Slot:
     n_gqa: int       # query heads per KV head (hparams.n_gqa())
     tied: bool       # no output.weight: token_embd takes the output head's type
     llama_70b: bool = False  # 80 layers with GQA: llama.cpp's LLM_TYPE_70B bumps attn_v
+    imatrix: bool = False    # quantized with an importance matrix (qs.has_imatrix): some rules differ
 
 
 Rule = Callable[[Slot], "str | None"]  # the ggml type name for this weight, None: the file's default
@@ -91,6 +92,13 @@ class QuantSpec:
     summary: str = ""
     ppl_prior: float = 0.0           # ln(ppl ratio vs F16) before anything is measured (planner)
     kld_max: float = 1.0             # export gate: mean KL(F16 || quantized) on the verify prompt
+    mixes: tuple = ()                # MixSpecs applied on top of llama.cpp's choice ("Q4_K_M+ends-high")
+    imatrix_default: bool = False    # computed and used unless the recipe says otherwise (measured gain)
+
+    @property
+    def base(self) -> str:
+        """The llama.cpp file type name without the mixes."""
+        return self.name.split("+")[0]
 
     @property
     def quantized(self) -> bool:
@@ -112,7 +120,10 @@ class QuantSpec:
             t = (rule(s) if rule else None) or self.default
             if s.role == "attn_v" and self.bump_70b and s.llama_70b and t in ("Q3_K", "Q4_K"):
                 t = "Q5_K"
-        return fallback_type(t, s.ncols, self.name)
+        t = fallback_type(t, s.ncols, self.name)
+        for mix in self.mixes:
+            t = fallback_type(mix.pick(s, t) or t, s.ncols, self.name)
+        return t
 
     def needs_imatrix(self, slots: list[Slot]) -> bool:
         return any(self.tensor_type(s) in self.imatrix_types for s in slots if s.role not in ("output", "token_embd"))
@@ -152,6 +163,15 @@ def _middle(t: str) -> Rule:
     return lambda s: t if s.n_layers // 8 <= s.layer < 7 * s.n_layers // 8 else None
 
 
+def _without_imatrix(rule: Rule) -> Rule:
+    """A rule llama.cpp applies only when no importance matrix is given."""
+    return lambda s: None if s.imatrix else rule(s)
+
+
+def _with_imatrix(rule: Rule) -> Rule:
+    return lambda s: rule(s) if s.imatrix else None
+
+
 EIGHTH, SIXTEENTH = (lambda n: n // 8), (lambda n: n // 16)
 
 
@@ -164,8 +184,11 @@ def _iq2_family(low: str, attn_output: str | None) -> dict:
 # ftype name -> (default ggml type, rules, output head, token_embd type when untied)
 MIXTURES: dict[str, tuple[str, dict, str, str | None]] = {
     "F32": ("F32", {}, "F32", None), "F16": ("F16", {}, "F16", None), "BF16": ("BF16", {}, "BF16", None),
-    "Q4_0": ("Q4_0", {}, "Q6_K", None), "Q4_1": ("Q4_1", {}, "Q6_K", None),
-    "Q5_0": ("Q5_0", {}, "Q6_K", None), "Q5_1": ("Q5_1", {}, "Q6_K", None),
+    # with an imatrix, the first eighth of ffn_down goes one type up ("guard against craziness")
+    "Q4_0": ("Q4_0", {"ffn_down": _with_imatrix(_first("Q4_1", EIGHTH))}, "Q6_K", None),
+    "Q4_1": ("Q4_1", {}, "Q6_K", None),
+    "Q5_0": ("Q5_0", {"ffn_down": _with_imatrix(_first("Q5_1", EIGHTH))}, "Q6_K", None),
+    "Q5_1": ("Q5_1", {}, "Q6_K", None),
     "Q8_0": ("Q8_0", {}, "Q8_0", None), "Q1_0": ("Q1_0", {}, "Q6_K", None), "Q2_0": ("Q2_0", {}, "Q6_K", "Q4_K"),
     "MXFP4_MOE": ("MXFP4", {}, "Q8_0", "Q8_0"),  # dense weights all Q8_0 (see _dense_q8)
     "Q2_K": ("Q2_K", {"attn_v": _gqa("Q4_K", "Q3_K"), "ffn_down": _always("Q3_K"), "attn_output": _always("Q3_K")},
@@ -188,15 +211,16 @@ MIXTURES: dict[str, tuple[str, dict, str, str | None]] = {
     "IQ2_M": ("IQ2_S", _iq2_family("IQ3_S", "IQ3_S"), "Q5_K", "IQ3_S"),
     "IQ1_S": ("IQ1_S", _iq2_family("Q2_K", "IQ2_XXS"), "Q5_K", "Q2_K"),
     "IQ1_M": ("IQ1_M", _iq2_family("Q2_K", "IQ2_XXS"), "Q5_K", "Q2_K"),
-    "IQ3_XXS": ("IQ3_XXS", {"attn_v": _gqa("Q4_K", "IQ3_S"), "attn_k": _always("IQ2_S"), "attn_q": _always("IQ2_S"),
-                            "ffn_down": _first("Q4_K", EIGHTH, "Q3_K"), "attn_output": _always("IQ3_S")}, "Q5_K", "IQ3_S"),
+    "IQ3_XXS": ("IQ3_XXS", {"attn_v": lambda s: "Q4_K" if s.n_gqa >= 4 else "IQ3_XXS" if s.imatrix else "IQ3_S",
+                            "attn_k": _always("IQ2_S"), "attn_q": _always("IQ2_S"),
+                            "ffn_down": _without_imatrix(_first("Q4_K", EIGHTH, "Q3_K")), "attn_output": _always("IQ3_S")}, "Q5_K", "IQ3_S"),
     "IQ3_XS": ("IQ3_S", {"attn_v": _gqa("Q4_K"), "attn_k": _always("IQ3_XXS"), "attn_q": _always("IQ3_XXS"),
                          "ffn_gate": _middle("IQ3_XXS"), "ffn_up": _middle("IQ3_XXS")}, "Q6_K", None),
     "IQ3_S": ("IQ3_S", {"attn_v": _gqa("Q4_K")}, "Q6_K", None),
     "IQ3_M": ("IQ3_S", {"attn_v": _always("Q4_K"), "ffn_down": _first("Q4_K", EIGHTH), "attn_output": _always("Q4_K")},
               "Q6_K", None),
-    "IQ4_NL": ("IQ4_NL", {"attn_v": _gqa("Q5_K"), "ffn_down": _first("Q5_K", EIGHTH)}, "Q6_K", None),
-    "IQ4_XS": ("IQ4_XS", {"attn_v": _gqa("Q5_K"), "ffn_down": _first("Q5_K", EIGHTH)}, "Q6_K", None),
+    "IQ4_NL": ("IQ4_NL", {"attn_v": _gqa("Q5_K"), "ffn_down": _without_imatrix(_first("Q5_K", EIGHTH))}, "Q6_K", None),
+    "IQ4_XS": ("IQ4_XS", {"attn_v": _gqa("Q5_K"), "ffn_down": _without_imatrix(_first("Q5_K", EIGHTH))}, "Q6_K", None),
     "TQ1_0": ("TQ1_0", {}, "Q6_K", "Q4_K"), "TQ2_0": ("TQ2_0", {}, "Q6_K", "Q4_K"),
 }
 # NVFP4 is in gguf's LlamaFileType but llama_ftype_get_default_type has no case for it: the
@@ -232,6 +256,8 @@ def _ppl_prior(name: str, bits: float) -> float:
 
 def ppl_prior_source(name: str) -> str:
     """Where a type's planner prior (QuantSpec.ppl_prior) came from, as _ppl_prior chose it."""
+    if "+" in name:
+        return f"its type's ({get(name).base}) x the mix's share of its quantization noise (sum n 4^-bits)"
     if name in MEASURED_PRIOR:
         return ("llama.cpp's quantize README table (LLaMA-7B, WikiText-2), doubled for small models")
     if get(name).bits >= 16:
@@ -265,6 +291,63 @@ def _summary(spec: QuantSpec) -> str:
     return ", ".join(parts)
 
 
+# --- per-tensor type mixes: named changes on top of llama.cpp's own choice ----------------------
+
+# One step up or down stays in the block family that fits the row: 256-wide k-quants, or the
+# 32-wide legacy types for rows like SmolLM2's 576 (where llama.cpp's k-types fall back to these).
+LADDERS = {256: ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"), 32: ("Q4_0", "Q5_0", "Q8_0")}
+
+
+def step(t: str, ncols: int, by: int) -> str:
+    """The type `by` rungs above (below, if negative) `t` in bits per weight, on the ladder whose
+    blocks divide a row of `ncols`; unquantized and top/bottom types stay."""
+    if t in UNQUANTIZED:
+        return t
+    ladder = LADDERS[256] if ncols % 256 == 0 else LADDERS[32]
+    bits = type_bits(t)
+    if by > 0:
+        higher = [x for x in ladder if type_bits(x) > bits]
+        return higher[min(by, len(higher)) - 1] if higher else t
+    lower = [x for x in ladder if type_bits(x) < bits]
+    return lower[max(by, -len(lower))] if lower else t
+
+
+def _is_head(s: Slot) -> bool:
+    return s.role == "output" or (s.tied and s.role == "token_embd")
+
+
+def _ends(s: Slot) -> bool:
+    return s.layer < s.n_layers // 8 or s.layer >= 7 * s.n_layers // 8
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """A named per-tensor mix: `pick(slot, type llama.cpp chose)` gives the new type, or None to keep
+    it. Applied as exact-name tensor overrides (llama_model_quantize_params.tt_overrides)."""
+
+    name: str
+    summary: str
+    pick: Callable[[Slot, str], "str | None"]
+
+
+def _mix(name: str, summary: str, pick: Callable[[Slot, str], "str | None"]) -> MixSpec:
+    spec = MixSpec(name, summary, pick)
+    registry.register("mix", name)(spec)
+    return spec
+
+
+MIXES: dict[str, MixSpec] = {m.name: m for m in (
+    _mix("embd-out-high", "output head and token embeddings one type up",
+         lambda s, t: step(t, s.ncols, 1) if s.role in ("output", "token_embd") else None),
+    _mix("head-low", "output head (and tied embeddings) one type down: the head is most of a small model's "
+         "decode bytes", lambda s, t: step(t, s.ncols, -1) if _is_head(s) else None),
+    _mix("ends-high", "every weight of the first and last eighth of the layers one type up",
+         lambda s, t: step(t, s.ncols, 1) if s.role not in ("output", "token_embd") and _ends(s) else None),
+    _mix("v-down-high", "attn_v and ffn_down one type up in every layer",
+         lambda s, t: step(t, s.ncols, 1) if s.role in ("attn_v", "ffn_down") else None),
+)}
+
+
 def _build() -> dict[str, QuantSpec]:
     specs = {}
     for ftype in LlamaFileType:
@@ -296,6 +379,8 @@ def names(usable_only: bool = False) -> list[str]:
 
 def get(name: str, where: str = "--quant") -> QuantSpec:
     """The spec of a quant type; a typo answers "did you mean", an imatrix type says so."""
+    if "+" in name:
+        return _with_mixes(name, where)
     spec = SPECS.get(name)
     if spec is None:
         close = difflib.get_close_matches(name, list(SPECS), n=1) or difflib.get_close_matches(
@@ -305,10 +390,24 @@ def get(name: str, where: str = "--quant") -> QuantSpec:
     return spec
 
 
-def usable(name: str, where: str = "--quant") -> QuantSpec:
-    """A spec edgeprune can quantize to: known, and not needing an importance matrix."""
+def _with_mixes(name: str, where: str) -> QuantSpec:
+    base, *mix_names = name.split("+")
+    spec = get(base, where)
+    mixes = []
+    for m in mix_names:
+        if m not in MIXES:
+            close = difflib.get_close_matches(m, list(MIXES), n=1)
+            raise ConfigError(f"unknown quant mix '{m}' in '{name}'", where=where,
+                              fix=f"did you mean '{close[0]}'?" if close else f"choose of: {', '.join(MIXES)}")
+        mixes.append(MIXES[m])
+    return replace(spec, name=name, mixes=tuple(mixes))
+
+
+def usable(name: str, where: str = "--quant", imatrix: bool = False) -> QuantSpec:
+    """A spec edgeprune can quantize to: known, and needing an importance matrix only if one is given."""
     spec = get(name, where)
-    if spec.may_need_imatrix:
-        raise ConfigError(f"{name} needs an importance matrix (imatrix), which edgeprune does not compute",
-                          where=where, fix="choose a type without one, e.g. IQ3_S, IQ4_XS, Q2_K or Q3_K_S")
+    if spec.may_need_imatrix and not imatrix:
+        raise ConfigError(f"{name} needs an importance matrix (imatrix)", where=where,
+                          fix="turn the imatrix on (--imatrix, or export.imatrix: true in the recipe), or choose "
+                              "a type without one, e.g. IQ3_S, IQ4_XS, Q2_K or Q3_K_S")
     return spec

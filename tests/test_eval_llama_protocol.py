@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import REAL_CACHE, c4_lines
+from llama_tools import build_tool, vendored_sources
 from edgeprune.cli import main
 
 CTX, CHUNKS = 16, 3
@@ -133,47 +133,6 @@ def test_bad_inputs_answer_one_line(tiny_gguf, text_file, extra, expected):
 
 # --- slow tier: llama.cpp's own tool --------------------------------------------------------------------------
 
-def _vendored_sources(version: str) -> Path | None:
-    """A llama.cpp source tree of the bindings' version: $EDGEPRUNE_LLAMA_CPP_SRC, the unpacked copy in the cache,
-    or one unpacked there from a llama-cpp-python sdist of that version found in the cache or under /tmp."""
-    env = os.environ.get("EDGEPRUNE_LLAMA_CPP_SRC")
-    if env:
-        return Path(env) if (Path(env) / "tools" / "perplexity").is_dir() else None
-    dest = REAL_CACHE / f"llama.cpp-src-{version}"
-    if (dest / "tools" / "perplexity" / "perplexity.cpp").is_file():
-        return dest
-    name = f"llama_cpp_python-{version}.tar.gz"
-    sdists = [p for p in [REAL_CACHE / name, *Path("/tmp").glob(f"*/{name}")] if p.is_file()]
-    if not sdists:
-        return None
-    staging = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    with tarfile.open(sdists[0]) as tar:
-        members = []
-        for m in tar.getmembers():
-            head, sep, rest = m.name.partition("/vendor/llama.cpp/")
-            if sep and rest and (m.isfile() or m.isdir()):
-                m.name = rest
-                members.append(m)
-        tar.extractall(staging, members=members, filter="data")
-    staging.rename(dest)
-    return dest
-
-
-def _build_perplexity_tool(src: Path, version: str) -> Path:
-    """cmake build of the llama-perplexity target only (portable: GGML_NATIVE=OFF), cached per version."""
-    build = REAL_CACHE / f"llama.cpp-build-{version}"
-    exe = build / "bin" / "llama-perplexity"
-    if exe.is_file():
-        return exe
-    flags = ["-DGGML_NATIVE=OFF", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-             "-DBUILD_SHARED_LIBS=OFF"]
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *flags], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-perplexity", "-j", str(os.cpu_count() or 2)],
-                   check=True, capture_output=True)
-    return exe
-
-
 @pytest.mark.slow  # first run builds llama-perplexity (~10 min on 2 cores, cached); then ~1 min
 def test_agrees_with_llama_cpp_perplexity_tool(tmp_path):
     """edgeprune's llama-perplexity ppl on the default GGUF and WikiText-2's first 8 chunks of 512 equals
@@ -186,11 +145,11 @@ def test_agrees_with_llama_cpp_perplexity_tool(tmp_path):
     from edgeprune.toolchain.hf import default_model_path
 
     version = bindings_version()
-    src = _vendored_sources(version)
+    src = vendored_sources(version)
     if src is None:
         pytest.skip(f"no llama.cpp sources of llama-cpp-python {version} on disk: set EDGEPRUNE_LLAMA_CPP_SRC to a "
                     f"checkout, or put {f'llama_cpp_python-{version}.tar.gz'} in {REAL_CACHE}")
-    exe = _build_perplexity_tool(src, version)
+    exe = build_tool(src, version, "llama-perplexity")
     gguf, text = default_model_path(), tmp_path / "wiki.test.raw"
     text.write_text(eval_text(None), encoding="utf-8")
     threads = str(min(4, os.cpu_count() or 1))

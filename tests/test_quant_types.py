@@ -185,3 +185,90 @@ def test_tiny_fixture_files_are_predicted_within_0p1_percent(tiny_llama, tmp_pat
         real = out.stat().st_size
         assert abs(gguf_bytes(shape, name) - real) / real < 0.001, name
         out.unlink()
+
+
+# --- with an importance matrix, and with per-tensor mixes ------------------------------------------
+
+def synthetic_imatrix(s: ModelShape) -> dict[str, np.ndarray]:
+    """Positive per-column weights for every block matrix (what stages/imatrix.py collects)."""
+    rng = np.random.default_rng(1)
+    return {name: rng.uniform(0.1, 2.0, ncols).astype(np.float32) for name, ncols, n in tensor_list(s)
+            if name.startswith("blk.") and n != ncols}
+
+
+@pytest.mark.parametrize("name", quants.names())
+def test_size_model_matches_llama_cpp_with_an_imatrix(name, f16_files, tmp_path):
+    """Every type, the imatrix-only ones too, quantized with an imatrix: llama.cpp's rules that change
+    with one (Q4_0/Q5_0's first ffn_down, IQ3_XXS's attn_v, IQ4's ffn_down) are the size model's."""
+    from edgeprune.toolchain.llamacpp import quantize
+
+    for tag, shape in SHAPES.items():
+        if name in ("Q1_0",) and tag == "B":
+            continue  # 128-blocks on 128-wide rows only (shape A covers it)
+        out = tmp_path / f"{tag}.{name}.gguf"
+        try:
+            tensor_types(shape, name, imatrix=True)
+        except ConfigError:
+            continue  # no fallback for these rows: refused before llama.cpp is asked (tested above)
+        quantize(f16_files[tag], out, name, threads=2, imatrix=synthetic_imatrix(shape))
+        real = real_tensors(out)
+        pred = {n: (t, b) for n, t, b in tensor_types(shape, name, imatrix=True)}
+        wrong = {n: (pred.get(n), real[n]) for n in real if pred.get(n) != real[n]}
+        assert not wrong and len(pred) == len(real), (tag, wrong)
+
+
+def test_an_imatrix_changes_the_quantized_weights_not_the_types(f16_files, tmp_path):
+    from edgeprune.toolchain.llamacpp import quantize
+
+    plain, weighted = tmp_path / "plain.gguf", tmp_path / "weighted.gguf"
+    quantize(f16_files["A"], plain, "Q4_K_M", threads=2)
+    quantize(f16_files["A"], weighted, "Q4_K_M", threads=2, imatrix=synthetic_imatrix(SHAPES["A"]),
+             meta={"quantize.imatrix.entries_count": 56})
+    from gguf import GGUFReader
+
+    a, b = GGUFReader(str(plain)), GGUFReader(str(weighted))
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    assert {n: t.tensor_type for n, t in ta.items()} == {n: t.tensor_type for n, t in tb.items()}
+    assert not np.array_equal(ta["blk.3.ffn_up.weight"].data, tb["blk.3.ffn_up.weight"].data)
+    assert np.array_equal(ta["token_embd.weight"].data, tb["token_embd.weight"].data)  # no entry: unweighted
+    assert int(b.fields["quantize.imatrix.entries_count"].contents()) == 56
+
+
+SMOL = ModelShape(hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152, tied=True)
+
+
+def test_mixes_move_the_tensors_they_name_one_type():
+    base = {n: t for n, t, _ in tensor_types(SMOL, "Q4_K_M")}
+    ends = {n: t for n, t, _ in tensor_types(SMOL, "Q4_K_M+ends-high")}
+    head = {n: t for n, t, _ in tensor_types(SMOL, "Q4_K_M+head-low")}
+    assert base["blk.0.attn_q.weight"] == "Q5_0" and ends["blk.0.attn_q.weight"] == "Q8_0"  # 32-block ladder
+    assert base["blk.29.ffn_down.weight"] == "Q6_K" and ends["blk.29.ffn_down.weight"] == "Q8_0"
+    assert base["blk.15.ffn_up.weight"] == ends["blk.15.ffn_up.weight"] == "Q5_0"  # middle layers kept
+    assert base["token_embd.weight"] == "Q8_0" and head["token_embd.weight"] == "Q5_0"  # tied head, one down
+    assert {n for n in base if base[n] != head[n]} == {"token_embd.weight"}
+    assert gguf_bytes(SMOL, "Q4_K_M+head-low") < gguf_bytes(SMOL, "Q4_K_M") < gguf_bytes(SMOL, "Q4_K_M+ends-high")
+
+
+def test_an_unknown_mix_answers_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean 'ends-high'"):
+        quants.get("Q4_K_M+end-high")
+    assert quants.get("Q4_K_M+head-low+ends-high").mixes == (quants.MIXES["head-low"], quants.MIXES["ends-high"])
+
+
+MIX_CASES = [f"{q}+{m}" for q in ("Q4_K_M", "Q4_0", "Q2_K") for m in quants.MIXES] + ["Q3_K_M+head-low+ends-high"]
+
+
+@pytest.mark.parametrize("name", MIX_CASES)
+def test_export_quantizes_a_mix_to_the_size_models_types(name, f16_files, tmp_path):
+    """The export stage's overrides (stages/export.quantize_inputs) make llama.cpp write what the size
+    model predicts, tensor by tensor, for every registered mix."""
+    from edgeprune.stages.export import quantize_inputs
+    from edgeprune.toolchain.llamacpp import quantize
+
+    for tag, shape in SHAPES.items():
+        types = tensor_types(shape, name)
+        out = tmp_path / f"{tag}.gguf"
+        quantize(f16_files[tag], out, name, threads=2, **quantize_inputs(quants.get(name), types, None))
+        real = real_tensors(out)
+        wrong = {n: (t, b, real[n]) for n, t, b in types if real[n] != (t, b)}
+        assert not wrong, (tag, wrong)

@@ -67,7 +67,7 @@ def test_gguf_round_trip_of_tiny_model(tiny_llama, tmp_path):
     assert v["hf_vs_f16"]["cos_min"] > 0.999
     assert v["hf_vs_f16"]["top1_agree"] == 1.0
     assert v["quant_vs_f16"]["kld_mean"] < 0.5
-    assert not (gguf.parent / "model.F16.gguf").exists()
+    assert not (gguf.parent / "converted.F16.gguf").exists()
     # the quantized file runs in llama.cpp and agrees with the tiny HF model on the top token
     model, _ = load_model(tiny_llama)
     with torch.no_grad():
@@ -77,3 +77,10 @@ def test_gguf_round_trip_of_tiny_model(tiny_llama, tmp_path):
     # a second export of the same input is a cache hit (same directory, not rebuilt)
     again, _ = export_gguf(store, tiny_llama, "tiny", Export(quant="Q4_K_M"))
     assert again == gguf and store.log[-1]["cache_hit"]
+
+
+def test_export_to_f16_does_not_read_its_own_output(tiny_llama, tmp_path):
+    """--quant F16 writes model.F16.gguf; the converter's intermediate once had that name too, so the
+    quantizer truncated its own input and the process died without a word."""
+    gguf, meta = export_gguf(StepStore(tmp_path / "store"), tiny_llama, "tiny", Export(quant="F16", imatrix=False))
+    assert gguf.name == "model.F16.gguf" and meta["verify"]["quant_vs_f16"]["kld_mean"] < 1e-3

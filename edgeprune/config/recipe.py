@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, PositiveInt
+from pydantic import AfterValidator, Field, PositiveInt, model_validator
 
 from edgeprune import quants
 from edgeprune.config.evaluate import Evaluate
@@ -37,15 +37,19 @@ class Width(Strict):
     method: str | None = None
 
 
-def _usable_quant(name: str) -> str:
+def _check(fn) -> None:
     try:
-        quants.usable(name)
+        fn()
     except ConfigError as exc:  # pydantic reports a ValueError with the key path
         raise ValueError(f"{exc.what} ({exc.fix})") from None
+
+
+def _usable_quant(name: str) -> str:
+    _check(lambda: quants.usable(name, imatrix=True))  # whether an imatrix is on is the Export's to check
     return name
 
 
-# A registered quant type (edgeprune/quants.py) that needs no importance matrix.
+# A registered quant type (edgeprune/quants.py), optionally with mixes: "Q4_K_M+head-low".
 QuantName = Annotated[str, AfterValidator(_usable_quant)]
 
 
@@ -76,10 +80,24 @@ class Heal(Strict):
 
 class Export(Strict):
     quant: QuantName = "Q4_K_M"
+    # Quantize with an importance matrix computed on calibration text (stages/imatrix.py).
+    # None: on for the types where it measurably helps (QuantSpec.imatrix_default).
+    imatrix: bool | None = None
+    imatrix_calibration: Calibration = Calibration(samples=32, seq_len=512, seed=2)
     logits_cos_min: float = Field(0.995, gt=0, le=1)  # HF vs F16 GGUF agreement gate
     # Gate: mean KL(F16 || quantized) of next-token distributions on the verify prompt, in nats.
     # None: the quant type's default (QuantSpec.kld_max).
     kld_max: float | None = Field(None, gt=0)
+
+    def uses_imatrix(self, quant: str | None = None) -> bool:
+        spec = quants.get(quant or self.quant)
+        return spec.imatrix_default if self.imatrix is None else self.imatrix
+
+    @model_validator(mode="after")
+    def _imatrix_when_needed(self) -> "Export":
+        if not self.uses_imatrix():
+            _check(lambda: quants.usable(self.quant, imatrix=False))
+        return self
 
 
 class Bench(Strict):
@@ -97,14 +115,28 @@ class Quality(Strict):
     kld: bool = True  # also KL(parent || candidate) on the same windows, parent = the unpruned HF import
 
 
+def _known_mix(name: str) -> str:
+    _check(lambda: quants.get(f"Q8_0+{name}", where="search.mixes"))
+    return name
+
+
+MixName = Annotated[str, AfterValidator(_known_mix)]
+
+
 class Search(Strict):
     """The planner's joint search space (planner/candidates.py); the baseline is export.quant."""
 
     quants: list[QuantName] = Field(default_factory=lambda: ["Q4_K_M", "Q5_K_M", "Q4_0", "Q3_K_M"], min_length=1)
+    # Per-tensor mixes (edgeprune/quants.py MIXES; "a+b" applies both) tried on top of every quant type.
+    mixes: list[MixName] = Field(default_factory=list)
     # Fractions of query heads / FFN channels kept; values < 1 need a registered width method.
     heads_keep: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     ffn_keep: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
     margin: float = Field(0.03, ge=0, lt=0.5)  # pick candidates predicted to beat the budget by this much
+    def quant_choices(self) -> list[str]:
+        """The quant axis of the search: each type alone, then with each mix ("Q4_K_M+head-low")."""
+        return list(dict.fromkeys([*self.quants, *(f"{q}+{m}" for q in self.quants for m in self.mixes)]))
+
     # Measured tok/s on a shared CPU drift by 5-20 % between runs (bench/README): a candidate
     # predicted to miss by less than this is measured rather than declared infeasible.
     noise: float = Field(0.05, ge=0, lt=0.5)

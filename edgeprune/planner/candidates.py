@@ -46,23 +46,47 @@ class QualityModel:
     def predict(self, c: Candidate, heads_frac: float = 1.0, ffn_frac: float = 1.0) -> float:
         if c in self.measured:
             return self.measured[c]
-        q = self.quant.get(c.quant, 0.05) - self.quant.get(self.baseline_quant, 0.0)
+        q = self._quant_term(c.quant) - self._quant_term(self.baseline_quant)
         x = self.beta * self.depth_cost[c.layers_removed] + self.gamma[0] * (1 - heads_frac)
         return math.exp(x + self.gamma[1] * (1 - ffn_frac) + q)
+
+    def _quant_term(self, quant: str) -> float:
+        """Measured or prior ln ratio of a quant choice; a mix starts at its type's (measured) term."""
+        return self.quant.get(quant, self.quant.get(quants.get(quant).base, 0.05))
 
     def fit(self, c: Candidate, ratio: float, heads_frac: float = 1.0, ffn_frac: float = 1.0) -> None:
         """Record a measurement; re-derive the quant term (depth 0) or beta (pruned) from it."""
         self.measured[c] = ratio
         log_r = math.log(max(ratio, 1e-6))
         width = self.gamma[0] * (1 - heads_frac) + self.gamma[1] * (1 - ffn_frac)
-        base_q = self.quant.get(self.baseline_quant, 0.0)
+        base_q = self._quant_term(self.baseline_quant)
         if c.layers_removed == 0 and width == 0:
             self.quant[c.quant] = base_q + log_r
             return
         cost = self.depth_cost[c.layers_removed]
         if cost > 0 and width == 0:
-            q = self.quant.get(c.quant, 0.05) - base_q
+            q = self._quant_term(c.quant) - base_q
             self.beta = max(0.0, (log_r - q) / cost)
+
+
+def quant_noise(shape, quant: str) -> float:
+    """Relative quantization noise of a file: sum over weights of 4^-bits (uniform quantization's
+    error variance halves in amplitude per extra bit), the unquantized tensors adding nothing."""
+    from edgeprune.targets.gguf_size import tensor_list, tensor_types
+
+    sizes = {name: n for name, _, n in tensor_list(shape)}
+    return sum(sizes[name] * 4.0 ** (-8 * b / sizes[name]) for name, t, b in tensor_types(shape, quant)
+               if t not in quants.UNQUANTIZED)
+
+
+def mix_priors(shape, choices: list[str], terms: dict) -> dict:
+    """Prior ln ratio of each mixed choice: its type's term scaled by the mix's share of its noise."""
+    out = {}
+    for name in choices:
+        if "+" in name:
+            base = quants.get(name).base
+            out[name] = terms.get(base, 0.05) * quant_noise(shape, name) / quant_noise(shape, base)
+    return out
 
 
 def depth_costs(removal_order: list[list[int]], n_layers: int) -> list[float]:

@@ -270,7 +270,7 @@ def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> N
         return
     noise = state.plan.recipe.search.noise
     limit = best.get("latency_at_level_s", best["latency_s"]) * (1 + noise)
-    for q in state.plan.recipe.search.quants:
+    for q in state.plan.recipe.search.quant_choices():
         full = Candidate(quant=q)
         if full in s.measured or any(it["k"] == 0 and it["quant"] == q and not it["candidate"].get("heads")
                                      and not it["candidate"].get("ffn") for it in state.iterations):
@@ -346,7 +346,7 @@ def met_reason(it: dict, budget) -> str:
 def infeasible_reason(s: Searcher, decision: dict, budget) -> str:
     near = decision.get("closest")
     lim = (f"no candidate with at most {s.max_removed} layers removed and quant in "
-           f"{'/'.join(s.recipe.search.quants)} is predicted to meet the budget within the quality floor "
+           f"{'/'.join(s.recipe.search.quant_choices())} is predicted to meet the budget within the quality floor "
            f"(ppl ratio <= {budget.max_ppl_ratio})")
     if near is None:
         return lim

@@ -67,7 +67,7 @@ def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_conf
         f"measure: benchmark on '{target.device.runner}' ({recipe.bench.repetitions} reps + {recipe.bench.warmup} "
         f"warm-up) and WikiText-2 perplexity ({recipe.quality.windows} x {recipe.quality.ctx} tokens)",
         f"iterate (at most {recipe.max_iterations}): predict size, RAM and speed of every candidate (layers "
-        f"removed by the method's order x quant in {'/'.join(recipe.search.quants)}"
+        f"removed by the method's order x quant in {'/'.join(recipe.search.quant_choices())}"
         f"{' x heads/FFN width' if len(recipe.search.heads_keep + recipe.search.ffn_keep) > 2 else ''}) with the "
         f"target's calibrated cost model, run the best-quality one predicted to meet the budget, recalibrate on "
         f"its measurement; stop when the budget is met or nothing within the quality floor (ppl ratio <= "

@@ -134,7 +134,7 @@ def prior_lines(s: Searcher) -> list[str]:
     features = ("device.cpu_features" if d.cpu_features is not None else
                 f"default for arch {d.arch}" if d.arch != "any" else "this machine's /proc/cpuinfo")
     quant_rows = [f"    {name}: ln ratio {q.quant.get(name, 0.0):.4f} from {quants.ppl_prior_source(name)}"
-                  for name in dict.fromkeys(s.recipe.search.quants)]
+                  for name in s.recipe.search.quant_choices()]
     cost = [] if calibrated else [
         f"  decode:  {d.mem_bandwidth_gbs:g} GB/s (target YAML device.mem_bandwidth_gbs, a datasheet figure) at "
         f"{cm.BW_EFFICIENCY_PRIOR:.0%} efficiency (BW_EFFICIENCY_PRIOR: llama.cpp typically reaches 60-80 %)",
@@ -156,7 +156,7 @@ def needed(s: Searcher, d: dict, req) -> list[str]:
     """Say plainly why nothing meets the budget and what would."""
     b = s.target.budget
     near = d["closest"]
-    out = [f"  INFEASIBLE: no candidate (<= {s.max_removed} layers removed, quants {'/'.join(s.recipe.search.quants)}"
+    out = [f"  INFEASIBLE: no candidate (<= {s.max_removed} layers removed, quants {'/'.join(s.recipe.search.quant_choices())}"
            f"{', heads/FFN width' if len(s.recipe.search.heads_keep + s.recipe.search.ffn_keep) > 2 else ''}) is predicted to meet the budget with ppl x <= {b.max_ppl_ratio}."]
     if near is not None:
         out.append(f"  closest: {near.label} at {near.latency_s:.2f} s (ppl x{near.ppl_ratio:.2f} prior)")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgeprune.planner.budget import Requirements, compile_budget
-from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid, kept_fractions,
+from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid, kept_fractions, mix_priors,
                                           pareto_front, score_all)
 from edgeprune.planner.drift import NO_DRIFT, at_drift
 from edgeprune.targets import calibration as cal
@@ -96,6 +96,7 @@ class Searcher:
               calib_path=None, fingerprint=None) -> "Searcher":
         s = cls(base, target, recipe, max_removed, QualityModel(depth_cost, recipe.export.quant),
                 DeviceSpec.from_target(target), calib_path, fingerprint, width_ok=bool(width_methods()))
+        s.quality.quant |= mix_priors(base, recipe.search.quant_choices(), s.quality.quant)
         if calib_path:  # read once, before this run adds samples: the file as the run started
             s.history = cal.current_factors(calib_path, fingerprint)
         s.reload()
@@ -127,7 +128,7 @@ class Searcher:
         ffns = ffn_options(self.base, sr.ffn_keep) if width else [None]
         from edgeprune.planner.methods import candidate_allowed  # the width method decides which shapes exist
 
-        return [c for c in grid(self.base.layers, self.max_removed, list(sr.quants), heads, ffns)
+        return [c for c in grid(self.base.layers, self.max_removed, sr.quant_choices(), heads, ffns)
                 if candidate_allowed(self.recipe, c.heads, c.ffn)]
 
     def predict_level(self, c: Candidate) -> Prediction:

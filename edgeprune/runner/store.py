@@ -29,7 +29,7 @@ from edgeprune.faults import kill_point
 
 # Pipeline order, for `--from STAGE`: that stage and every later one are rebuilt. Stages not
 # listed here are rebuilt only by --force.
-STAGE_ORDER = ["import", "score", "prune", "width", "heal", "recover", "export", "bench", "ppl", "kld", "tasks"]
+STAGE_ORDER = ["import", "score", "prune", "width", "heal", "recover", "imatrix", "export", "bench", "ppl", "kld", "tasks"]
 
 
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from edgeprune import quants, registry
 from edgeprune.config.checks import check_layer_count
 from edgeprune.config.recipe import Calibration, Export
+from edgeprune.data.texts import read_texts
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.errors import ConfigError
 from edgeprune.runner import StepStore
@@ -76,13 +77,19 @@ def _num_layers(model_path: Path) -> int:
     return gguf_metadata(model_path)["llama.block_count"]
 
 
-def export_command(model: Path, quant: str, out: Path) -> dict:
+def export_command(model: Path, quant: str, out: Path, imatrix: bool | None = None, calib: Path | None = None) -> dict:
     from edgeprune.toolchain.hf import check_hf_folder
 
     if not model.is_dir():
         raise ConfigError(f"export takes a HF folder, got {model}", where="--model", fix="give a folder with config.json")
     check_hf_folder(model)
-    cfg = Export(quant=quants.usable(quant, where="--quant").name)
+    spec = quants.get(quant, where="--quant")
+    quants.usable(quant, where="--quant", imatrix=spec.imatrix_default if imatrix is None else imatrix)
+    cal = Export().imatrix_calibration
+    if calib is not None:
+        read_texts(calib)  # a missing, binary or malformed file fails here, in one line, before any work
+        cal = cal.model_copy(update={"path": calib})
+    cfg = Export(quant=quant, imatrix=imatrix, imatrix_calibration=cal)
     store = _scratch_store()
     from edgeprune.runner import tree_hash
 

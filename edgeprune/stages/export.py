@@ -25,8 +25,10 @@ from edgeprune import quants
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ExportError
 from edgeprune.runner import StepStore
+from edgeprune.runner.store import file_hash
+from edgeprune.stages.imatrix import imatrix_step
 from edgeprune.targets.gguf_size import ModelShape, tensor_types
-from edgeprune.toolchain import llamacpp
+from edgeprune.toolchain import imatrix_file, llamacpp
 from edgeprune.toolchain.checkpoint import checkpoint_tensors, parameter_count
 from edgeprune.toolchain.gguf_check import check_finite, check_gguf
 from edgeprune.toolchain.hf import load_model
@@ -58,10 +60,13 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
 
 def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tuple[Path, dict]:
     llamacpp.require_llama_cpp()
-    spec = quants.usable(cfg.quant)
+    use_imatrix = cfg.uses_imatrix()
+    spec = quants.usable(cfg.quant, imatrix=use_imatrix)
     kld_max = cfg.kld_max if cfg.kld_max is not None else spec.kld_max
     # fail before converting when llama.cpp could not quantize these shapes (e.g. Q1_0 on 576-wide rows)
-    tensor_types(ModelShape.from_config(json.loads((hf_dir / "config.json").read_text())), cfg.quant)
+    types = tensor_types(ModelShape.from_config(json.loads((hf_dir / "config.json").read_text())), cfg.quant,
+                         use_imatrix)
+    im_path = imatrix_step(store, hf_dir, hf_hash, cfg.imatrix_calibration) if use_imatrix else None
 
     def build(out: Path) -> dict:
         bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
@@ -72,7 +77,7 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         check_finite([("of the HF model", ref)], str(hf_dir), "the verify prompt's logits")
         expect = expected_header(model.config)
         del model
-        f16 = out / "model.F16.gguf"
+        f16 = out / "converted.F16.gguf"  # not model.F16.gguf: --quant F16 writes that, and must not read itself
         bar.set_postfix_str("convert F16")
         llamacpp.convert_hf_to_gguf(hf_dir, f16, "f16")
         f16_meta = llamacpp.gguf_metadata(f16)
@@ -88,7 +93,7 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         bar.update()
         bar.set_postfix_str(f"quantize {cfg.quant}")
         quant = out / f"model.{cfg.quant}.gguf"
-        llamacpp.quantize(f16, quant, cfg.quant)
+        llamacpp.quantize(f16, quant, cfg.quant, **quantize_inputs(spec, types, im_path))
         bar.update()
         bar.set_postfix_str("verify quantized")
         meta = llamacpp.gguf_metadata(quant)
@@ -108,9 +113,27 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         return {"gguf": quant.name, "bytes": quant.stat().st_size, "layers": expect["llama.block_count"],
                 "verify": verify}
 
-    res = store.run("export", {"model": hf_hash, "export": cfg.model_dump()}, build,
+    key = {"model": hf_hash, "export": cfg.model_dump(mode="json")}
+    if im_path is not None:
+        key["imatrix"] = file_hash(im_path)
+    res = store.run("export", key, build,
                     need_bytes=export_bytes_needed(hf_dir, spec))
     return res.path / res.meta["gguf"], res.meta
+
+
+def quantize_inputs(spec: quants.QuantSpec, types: list[tuple[str, str, int]], im_path: Path | None) -> dict:
+    """llamacpp.quantize's imatrix, per-tensor types (when the spec has mixes: every quantized weight is
+    named, since llama.cpp's layer counters skip overridden tensors) and the metadata that says so."""
+    out: dict = {}
+    if spec.mixes:
+        out["types"] = {n: t for n, t, _ in types if t != "F32"}
+    if im_path is not None:
+        im = imatrix_file.read(im_path)
+        out["imatrix"] = im.importance()
+        # the keys llama-quantize writes for an imatrix (tools/quantize/quantize.cpp)
+        out["meta"] = {"quantize.imatrix.file": im_path.name, "quantize.imatrix.dataset": im.datasets[0],
+                       "quantize.imatrix.entries_count": len(im.sums), "quantize.imatrix.chunks_count": im.chunk_count}
+    return out
 
 
 def expected_header(config) -> dict:

@@ -86,3 +86,31 @@ def llama_kld(model: Path, parent: Path, text: str, ctx: int = 512, chunks: int 
     summary = lp.kld_summary(lp.KLDTerms.concat(terms))
     # top1_agree: the key the report and the windows protocol use for the same fraction
     return _header(ctx, wins, ids, bos) | summary | {"top1_agree": summary["same_top"], "running_ppl": running}
+
+
+def llama_kld_many(models: dict[str, Path], parent: Path, text: str, ctx: int = 512, chunks: int | None = None,
+                   threads: int | None = None) -> dict[str, dict]:
+    """llama_kld of several models against one parent, the parent run once per chunk (a quant sweep).
+    The models must share the parent's tokenizer: the parent's token ids are used for all."""
+    check_chunks(ctx, chunks)
+    ref = open_logits(parent, ctx, threads)
+    try:
+        ids, bos = ref.tokenize_with_bos(text)
+        wins = _chunks(ids, bos, ctx, chunks)
+        bases = [(lp.quantize_log_probs(rows), targets)
+                 for rows, targets in (lp.scored_rows(ref(list(map(int, w))), w) for w in wins)]
+    finally:
+        ref.close()
+    out = {}
+    for name, path in models.items():
+        child = open_logits(path, ctx, threads)
+        try:
+            terms = []
+            for w, (base, targets) in tqdm(list(zip(wins, bases)), desc=f"kld {name}", unit="chunk", leave=False):
+                rows, _ = lp.scored_rows(child(list(map(int, w))), w)
+                terms.append(lp.kld_terms(rows, base, targets))
+        finally:
+            child.close()
+        summary = lp.kld_summary(lp.KLDTerms.concat(terms))
+        out[name] = _header(ctx, wins, ids, bos) | summary | {"top1_agree": summary["same_top"]}
+    return out

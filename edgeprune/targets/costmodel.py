@@ -65,11 +65,15 @@ class Factors:
     decode_quant: dict = field(default_factory=dict)
     prefill_quant: dict = field(default_factory=dict)
 
+    # A mix ("Q4_K_M+head-low") takes its type's efficiency until it has one of its own: its bytes
+    # already differ in the features; what is per type is how fast each byte is read.
     def decode_theta(self, quant: str) -> tuple[float, float]:
-        return (self.decode_quant.get(quant, self.decode[0]), self.decode[1])
+        return (self.decode_quant.get(quant, self.decode_quant.get(quant.split("+")[0], self.decode[0])),
+                self.decode[1])
 
     def prefill_theta(self, quant: str) -> tuple[float, float]:
-        return (self.prefill_quant.get(quant, self.prefill[0]), self.prefill[1])
+        return (self.prefill_quant.get(quant, self.prefill_quant.get(quant.split("+")[0], self.prefill[0])),
+                self.prefill[1])
 
 
 @dataclass(frozen=True)

