@@ -125,3 +125,17 @@ def test_staleness_follows_the_flags(name):
     busy_then = {"measured_at": 990.0, "loadavg": 12.0}
     reason = stale_reason(busy_then, name, 1, 1000.0, 0.0, 2, None)
     assert (reason is not None and "load average" in reason) == (spec.real and spec.on_this_machine)
+
+
+def test_calibration_files_are_one_per_runner():
+    """targets/calibration.calibration_path asks the spec (untagged_files) instead of testing
+    `runner == "local"`: at most one runner writes untagged files, so no two share a file."""
+    from edgeprune.targets.calibration import calibration_path
+
+    assert sum(registry.get("runner", n).untagged_files for n in RUNNERS) <= 1
+    paths = {calibration_path("host", n, "m1") for n in RUNNERS}
+    assert len(paths) == len(RUNNERS)
+    for n in RUNNERS:
+        tag = "" if registry.get("runner", n).untagged_files else f".{n}"
+        assert calibration_path("host", n, "m1").name == f"host{tag}.m1.json"
+    assert calibration_path("host", "local").name == "host.json"  # the default runner's files keep their names

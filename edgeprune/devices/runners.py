@@ -42,6 +42,7 @@ class RunnerSpec:
     pairing: bool = True           # measures a candidate interleaved with a reference GGUF (bench_worker.run_paired)
     cache_eviction: bool = False   # honours BenchSpec.evict_mb (device.evict_llc_mb)
     real: bool = True              # its numbers are measurements (false: synthetic, never stale)
+    untagged_files: bool = False   # calibration files without a runner tag (the default runner's predate tags)
 
 
 def runner(name: str, summary: str, **capabilities: bool) -> Callable:
@@ -100,7 +101,8 @@ def check_runner_arch(runner_name: str, device) -> str | None:
     return foreign_arch_label(device) if runner_spec(runner_name).on_this_machine else None
 
 
-@runner("local", "llama-cpp-python in a subprocess on this machine", on_this_machine=True, cache_eviction=True)
+@runner("local", "llama-cpp-python in a subprocess on this machine", on_this_machine=True, cache_eviction=True,
+        untagged_files=True)
 def run_local(gguf: Path, spec: BenchSpec, reference: Path | None = None) -> dict:
     threads = spec.threads or os.cpu_count() or 1
     cmd = [sys.executable, "-m", "edgeprune.devices.bench_worker", str(gguf), str(spec.prompt_tokens),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeprune import registry
 from edgeprune.atomic import atomic_write_text
 from edgeprune.paths import cache_dir
 from edgeprune.targets.costmodel import Factors
@@ -61,7 +62,7 @@ def calibration_path(target_name: str, runner: str, model: str | None = None) ->
         if not TARGET_NAME.fullmatch(part or ""):
             raise ConfigError(f"target {what} {part!r} cannot name a calibration file", where=f"target {what}",
                               fix="use letters, digits, '.', '_' or '-', starting with a letter or digit")
-    suffix = "" if runner == "local" else f".{runner}"
+    suffix = "" if registry.get("runner", runner, where="device.runner").untagged_files else f".{runner}"
     if model is not None:
         if not TARGET_NAME.fullmatch(model):
             raise ConfigError(f"model key {model!r} cannot name a calibration file", where="model shape",
