@@ -30,6 +30,7 @@ from edgeprune.runner.resume import run_calibration_path
 from edgeprune.planner.budget import with_relative_latency
 from edgeprune.planner.drift import at_level, fresh_benchmark, paired_drift, session_start
 from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark, load_now_reason
+from edgeprune.planner.methods import width_name
 from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import evaluate_delivered, evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
@@ -92,7 +93,7 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
           "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
           "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
-          "width_method": (r.width.method or "heads+ffn") if cand.heads or cand.ffn else None,
+          "width_method": width_name(r.width.method) if cand.heads or cand.ffn else None,
           "ppl": ppl, "measured_where": measured_where(plan.target, bench)}
     if heal is not None:
         it["heal"] = heal
