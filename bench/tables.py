@@ -164,7 +164,10 @@ SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
                  "heal-local": ("heal_gguf", "heal/gguf-local.json"),
                  "heal-recovery": ("heal_gguf", "heal/gguf-recovery.json"),
                  "heal-fronts": ("fronts", "heal/fronts.json"),
-                 "heal-throughput": ("heal_throughput", "heal/throughput.json")}
+                 "heal-throughput": ("heal_throughput", "heal/throughput.json"),
+                 "heal-sweep": ("heal_sweep", "heal/sweep-gpu.json"),
+                 "heal-sweep-2": ("heal_sweep", "heal/sweep-gpu-2.json"),
+                 "heal-sweep-3": ("heal_sweep", "heal/sweep-gpu-3.json")}
 
 
 def _script_table(script: str, rel: str) -> str:

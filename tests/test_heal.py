@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -166,3 +167,48 @@ def test_layer_local_distillation_trains_only_the_layer_before_the_cut(tiny_pair
     for i, before in zip((0, 2), frozen):
         for name, w in model.model.layers[i].state_dict().items():
             assert torch.equal(w, before[name]), (i, name)
+
+
+def test_down_span_plans_the_cut_layer_and_the_layers_after_it():
+    """Removing teacher layers 3-4 of 12: student layer 2 lands on h_5, then the `after` kept layers
+    (3.., teacher 5..) each refit o_proj and down_proj to the teacher's states at their own depth."""
+    from edgeprune.stages.heal import needed_states, plan_refits
+
+    span = dataclasses.replace(registry.get("heal", "down-span"), after=2)
+    plan = plan_refits(span, 12, [3, 4])
+    assert [(r.layer, r.target, r.o_target, r.down) for r in plan] == [(2, 5, None, True), (3, 6, 5, True),
+                                                                       (4, 7, 6, True)]
+    h, u = needed_states([plan], 12)
+    assert h == {5, 6, 7, 12} and u == {5, 6}
+    # tail: the last kept layer too; nothing removed: nothing planned
+    tail = plan_refits(dataclasses.replace(span, after=0, tail=1), 12, [3, 4])
+    assert [r.layer for r in tail] == [2, 9] and tail[-1].target == 12
+    assert plan_refits(span, 12, []) == []
+
+
+def test_teacher_states_keep_only_the_depths_asked_for(tiny_pair):
+    from edgeprune.stages.heal import teacher_states
+
+    teacher, windows, full = tiny_pair
+    some = teacher_states(teacher, windows, batch_size=4, keep=({2}, {1}))
+    assert [len(b) > 0 for b in some.h] == [i in (2, len(some.h) - 1) for i in range(len(some.h))]
+    assert [len(b) > 0 for b in some.u] == [i == 1 for i in range(len(some.u))]
+    assert all(torch.equal(a, b) for a, b in zip(some.h[2], full.h[2]))
+
+
+def test_down_span_heals_beyond_down_cut_on_the_tiny_llama(tiny_pair):
+    """Refitting the layers after the cut too lowers the final error below down-cut's (same data),
+    and the heal only reads the teacher states its plan names."""
+    from edgeprune.stages.heal import heal_model, needed_states, plan_refits, teacher_states
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, _ = tiny_pair
+    n = teacher.config.num_hidden_layers
+    errors = {}
+    for name in ("down-cut", "down-span"):
+        method = registry.get("heal", name)
+        states = teacher_states(teacher, windows, batch_size=4,
+                                keep=needed_states([plan_refits(method, n, [1])], n))
+        model = remove_layers(copy.deepcopy(teacher), [1])
+        errors[name] = heal_model(model, states, windows, [1], method, batch_size=4)["final_error"]
+    assert errors["down-span"] < errors["down-cut"], errors

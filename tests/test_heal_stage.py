@@ -27,7 +27,7 @@ def test_prune_heal_auto_publishes_a_healed_plain_checkpoint(tiny_llama, calib, 
     assert res.exit_code == 0, res.output
     record = json.loads((out / "edgeprune-pruned.json").read_text())
     heal = record["heal"]
-    assert heal["method"] == "auto" and {t["method"] for t in heal["trials"]} == {"down-all", "down-cut",
+    assert heal["method"] == "auto" and {t["method"] for t in heal["trials"]} == {"down-span", "down-cut",
                                                                                   "replaceme-relative"}
     losses = heal["holdout_nll"]
     # auto keeps the lowest held-out loss, and never a model worse than the unhealed one

@@ -46,8 +46,12 @@ def _hook_input(module, store: dict, key: str):
 
 
 @torch.no_grad()
-def teacher_states(model, windows: torch.Tensor, batch_size: int = 8) -> TeacherStates:
+def teacher_states(model, windows: torch.Tensor, batch_size: int = 8,
+                   keep: tuple[set[int], set[int]] | None = None) -> TeacherStates:
+    """`keep`: (h depths, u depths) to store (needed_states); the others stay empty lists. All of
+    them take 2 x layers x tokens x hidden floats: 18 GB for 256 windows of 512 on SmolLM2."""
     layers = model.model.layers
+    keep_h, keep_u = keep if keep is not None else (set(range(len(layers) + 1)), set(range(len(layers))))
     h: list[list[torch.Tensor]] = [[] for _ in range(len(layers) + 1)]
     u: list[list[torch.Tensor]] = [[] for _ in range(len(layers))]
     for start in tqdm(range(0, len(windows), batch_size), desc="teacher states", unit="batch", leave=False):
@@ -56,12 +60,14 @@ def teacher_states(model, windows: torch.Tensor, batch_size: int = 8) -> Teacher
         for i, layer in enumerate(layers):
             seen: dict = {}
             handle = _hook_input(layer.post_attention_layernorm, seen, "u")
-            h[i].append(x.float())
+            if i in keep_h:
+                h[i].append(x.float())
             try:
                 x = run_layer(layer, x, kw)
             finally:
                 handle.remove()
-            u[i].append(seen["u"].float())
+            if i in keep_u:
+                u[i].append(seen["u"].float())
         h[-1].append(x.float())
     return TeacherStates(h=h, u=u)
 
@@ -120,7 +126,7 @@ class StudentStates:
 
 def _refit_o_proj(student: StudentStates, layer, teacher_u: list[torch.Tensor], method: HealMethod) -> None:
     proj = layer.self_attn.o_proj
-    eq = NormalEquations(proj.in_features, proj.out_features)
+    eq = NormalEquations(proj.in_features, proj.out_features, proj.weight.device)
     for seen, h_in, u_t in zip(student.capture(layer, {"x": proj}), student.h, teacher_u):
         eq.add(seen["x"], u_t - h_in, token_weights(u_t, method.objective))
     proj.weight.data = eq.solve(proj.weight.data, method.damp).to(proj.weight.dtype)
@@ -131,51 +137,87 @@ def _refit_down(student: StudentStates, layer, target_h: list[torch.Tensor], met
     caps = student.capture(layer, {"a": proj, "u": layer.post_attention_layernorm})
     w = proj.weight.data
     d_in = proj.in_features if method.fit == "down" else proj.out_features
-    eq = NormalEquations(d_in, proj.out_features)
+    eq = NormalEquations(d_in, proj.out_features, w.device)
     for seen, h_t in zip(caps, target_h):
         x = seen["a"] if method.fit == "down" else seen["a"] @ w.T
         eq.add(x, h_t - seen["u"], token_weights(h_t, method.objective))
     if method.fit == "down":
         proj.weight.data = eq.solve(w, method.damp).to(w.dtype)
     else:  # ReplaceMe: M acts on the MLP output, folded as W_down <- M W_down
-        m = eq.solve(torch.eye(proj.out_features, dtype=w.dtype), method.damp)
+        m = eq.solve(torch.eye(proj.out_features, dtype=w.dtype, device=w.device), method.damp)
         proj.weight.data = (m @ w.double()).to(w.dtype)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """What heal_model does at student layer `layer`: o_proj fitted to the teacher's post-attention
+    state u[o_target] (None: kept), down_proj refitted (or not) to the teacher's state h[target]."""
+
+    layer: int
+    target: int
+    o_target: int | None
+    down: bool
+
+
+def plan_refits(method: HealMethod, n_teacher: int, removed: list[int],
+                width: frozenset[str] = frozenset()) -> list[Refit]:
+    """Cut projections are always refitted; depth cuts refit the layer before each removed run,
+    scope "all" every kept layer from the first change on, `after`/`tail` the layers they name."""
+    origin = origins(n_teacher, removed) + [n_teacher]
+    n = len(origin) - 1
+    cuts = set(cut_layers(n_teacher, removed))
+    first = 0 if width else min(cuts, default=n)
+    extra = method.extra_layers(sorted(cuts), n)
+    plan = []
+    for k in range(n):
+        later = (method.scope == "all" and k >= first) or k in extra
+        cut_attn = method.cut_attention and k in cuts
+        refit_o = "heads" in width or (later and method.o_proj) or cut_attn
+        refit_down = k in cuts or "ffn" in width or later
+        if refit_o or refit_down:  # at a cut, attention aims at the last removed layer's post-attention state
+            o_target = (origin[k + 1] - 1 if cut_attn else origin[k]) if refit_o else None
+            plan.append(Refit(k, origin[k + 1], o_target, refit_down))
+    return plan
+
+
+def needed_states(plans: list[list[Refit]], n_teacher: int) -> tuple[set[int], set[int]]:
+    """(h depths, u depths) the plans read, plus the final state: the teacher states worth keeping."""
+    h = {n_teacher} | {r.target for plan in plans for r in plan}
+    u = {r.o_target for plan in plans for r in plan if r.o_target is not None}
+    return h, u
 
 
 @torch.no_grad()
 def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: list[int], method_name: str | HealMethod,
                width: frozenset[str] = frozenset(), batch_size: int = 8) -> dict:
     """Heal `model` in place: `removed` teacher layers are gone and `width` names what was cut in
-    every layer ("heads": o_proj sees fewer heads; "ffn": down_proj sees fewer channels).
-    Cut projections are always refitted; depth cuts refit the layer before each removed run, and
-    scope "all" every kept layer from the first change on. Returns per-layer fit errors."""
+    every layer ("heads": o_proj sees fewer heads; "ffn": down_proj sees fewer channels); which
+    projections are refitted: plan_refits. Returns per-layer fit errors."""
     method = method_name if isinstance(method_name, HealMethod) else registry.get("heal", method_name)
     method_name = method.name
     _check_plain(model)
     layers = list(model.model.layers)
-    origin = origins(teacher.n_layers, removed) + [teacher.n_layers]
-    if len(origin) - 1 != len(layers):
+    if teacher.n_layers - len(set(removed)) != len(layers):
         raise ConfigError(f"student has {len(layers)} layers, {teacher.n_layers} - {len(set(removed))} expected",
                           where="--heal", fix="heal the model the removal list describes")
-    cuts = set(cut_layers(teacher.n_layers, removed))
-    first = 0 if width else min(cuts, default=len(layers))
+    plan = {r.layer: r for r in plan_refits(method, teacher.n_layers, removed, width)}
+    origin = origins(teacher.n_layers, removed)
     student = StudentStates(model, windows, batch_size)
     log = []
     for k, layer in enumerate(tqdm(layers, desc=f"heal {method_name}", unit="layer", leave=False)):
-        target = teacher.h[origin[k + 1]]
-        later = method.scope == "all" and k >= first
-        refit_o = "heads" in width or (later and method.o_proj)
-        refit_down = k in cuts or "ffn" in width or later
-        if refit_o:
-            _refit_o_proj(student, layer, teacher.u[origin[k]], method)
-        before = _layer_error(student, layer, target) if refit_down else None
-        if refit_down:
+        r = plan.get(k)
+        if r is None:
+            student.advance(layer)
+            continue
+        target = teacher.h[r.target]
+        if r.o_target is not None:
+            _refit_o_proj(student, layer, teacher.u[r.o_target], method)
+        before = _layer_error(student, layer, target) if r.down else None
+        if r.down:
             _refit_down(student, layer, target, method)
         student.advance(layer)
-        if refit_down or refit_o:
-            log.append({"layer": k, "teacher_layer": origin[k], "target": origin[k + 1], "o_proj": refit_o,
-                        "down_proj": refit_down, "error_before": before,
-                        "error_after": _mean_error(student.h, target)})
+        log.append({"layer": k, "teacher_layer": origin[k], "target": r.target, "o_proj": r.o_target is not None,
+                    "down_proj": r.down, "error_before": before, "error_after": _mean_error(student.h, target)})
     return {"method": method_name, "refits": log, "final_error": _mean_error(student.h, teacher.h[-1]),
             "calibration_tokens": int(windows.numel())}
 

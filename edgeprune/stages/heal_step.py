@@ -20,14 +20,17 @@ from edgeprune import registry
 from edgeprune.config.recipe import Heal
 from edgeprune.runner import StepStore
 from edgeprune.stages.calib import calibration_windows
-from edgeprune.stages.heal import cut_layers, heal_model, teacher_states
+from edgeprune.methods.heal import HealMethod
+from edgeprune.stages.heal import cut_layers, heal_model, needed_states, plan_refits, teacher_states
 from edgeprune.recovery.teacher import teacher_topk
 from edgeprune.stages.heal_global import global_distill
 from edgeprune.stages.heal_local import bf16_ok, local_distill
 from edgeprune.toolchain.hf import load_model, save_model
 
 # The order matters only for ties; bench/README (Healing) has what each gives on SmolLM2.
-AUTO_CANDIDATES = ("down-all", "down-cut", "replaceme-relative")
+# down-span replaced down-all: better on every block tried at 256 fitting windows, and down-all's
+# states for every layer after the first cut do not fit in RAM at that size.
+AUTO_CANDIDATES = ("down-span", "down-cut", "replaceme-relative")
 
 
 def check_heal_method(name: str) -> None:
@@ -46,15 +49,27 @@ def holdout_nll(model, windows: torch.Tensor, batch_size: int = 4) -> float:
     return total / count
 
 
-def split_windows(tok, cfg: Heal) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def candidates(cfg: Heal) -> list[HealMethod]:
+    return [registry.get("heal", n) for n in (AUTO_CANDIDATES if cfg.method == "auto" else (cfg.method,))]
+
+
+def fit_samples(cfg: Heal, methods: list[HealMethod]) -> int:
+    """The recipe's fitting windows, raised to the most any candidate needs (all fit on one set, so
+    that one held-out set after it compares them)."""
+    return max([cfg.calibration.samples] + [m.samples for m in methods])
+
+
+def split_windows(tok, cfg: Heal, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fitting, held-out, extra) windows from one calibration stream, in that order: the stream is
-    prefix-stable, so asking for extra windows (global distillation) leaves the first two unchanged."""
+    prefix-stable, so asking for extra windows (global distillation) leaves the first two unchanged.
+    `samples`: fitting windows (default: the recipe's)."""
     calib = cfg.calibration
+    samples = samples or calib.samples
     extra = cfg.global_samples if cfg.global_minutes > 0 else 0
-    total = calib.samples + cfg.holdout_samples + extra
+    total = samples + cfg.holdout_samples + extra
     every = calibration_windows(tok, calib.model_copy(update={"samples": total}))
-    both = every[:calib.samples + cfg.holdout_samples]
-    fit = min(calib.samples, len(both) - 1) if len(both) > 1 else len(both)
+    both = every[:samples + cfg.holdout_samples]
+    fit = min(samples, len(both) - 1) if len(both) > 1 else len(both)
     return both[:fit], both[fit:] if len(both) > fit else both[-1:], every[len(both):]
 
 
@@ -74,18 +89,21 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     width = width_cut(teacher.config, student.config)
     teacher.float().eval()
     student.float().eval()
-    fit, holdout, extra = split_windows(tok, cfg)
+    methods = candidates(cfg)
+    fit, holdout, extra = split_windows(tok, cfg, fit_samples(cfg, methods))
     t0 = time.perf_counter()
-    states = teacher_states(teacher, fit)
+    n_teacher = teacher.config.num_hidden_layers
+    keep = needed_states([plan_refits(m, n_teacher, removed, width) for m in methods], n_teacher)
+    states = teacher_states(teacher, fit, keep=keep)
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
     topk = teacher_topk(teacher, kd_windows, cfg.topk, bf16=bf16_ok()) if kd_windows is not None else None
     del teacher
     best, trials = ("none", student, None), []
-    methods = AUTO_CANDIDATES if cfg.method == "auto" else (cfg.method,)
-    for name in methods:
+    for method in methods:
+        name = method.name
         model = copy.deepcopy(student) if len(methods) > 1 else student
-        info = heal_model(model, states, fit, removed, name, width=width)
+        info = heal_model(model, states, fit, removed, method, width=width)
         losses[name] = holdout_nll(model, holdout)
         trials.append({"method": name, "holdout_nll": losses[name], "final_error": info["final_error"],
                        "refits": len(info["refits"])})
