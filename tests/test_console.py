@@ -122,9 +122,10 @@ def test_verdict_names_the_delivered_model_and_its_numbers():
     """report.md opened with "Verdict: budget met — budget met."; the reason now says what met it."""
     from edgeprune.planner.execute import met_reason
 
-    it = {"k": 5, "quant": "Q4_K_M", "ppl_ratio": 2.4,
-          "checks": {"latency_s": {"measured": 1.15, "required": 1.19, "kind": "max", "met": True},
-                     "peak_ram_gb": {"measured": 0.16, "required": 4.0, "kind": "max", "met": True}}}
+    it = types.SimpleNamespace(
+        measured=types.SimpleNamespace(k=5, quant="Q4_K_M"), ppl_ratio=2.4,
+        checks={"latency_s": {"measured": 1.15, "required": 1.19, "kind": "max", "met": True},
+                "peak_ram_gb": {"measured": 0.16, "required": 4.0, "kind": "max", "met": True}})
     assert met_reason(it, types.SimpleNamespace(max_ppl_ratio=4.0)) == (
         "-5 layers, Q4_K_M meets every constraint (latency_s 1.15 <= 1.19; peak_ram_gb 0.16 <= 4; "
         "ppl ratio 2.400 <= 4)")

@@ -236,7 +236,8 @@ def test_pairing_is_skipped_when_both_models_do_not_fit_in_half_the_device_ram(t
 
     def state(ram_gb):
         target = SimpleNamespace(device=SimpleNamespace(ram_gb=ram_gb))
-        return SimpleNamespace(iterations=[{"gguf": str(base), "gguf_key": "k0"}], plan=SimpleNamespace(target=target))
+        first = SimpleNamespace(measured=SimpleNamespace(gguf=str(base), gguf_key="k0"))
+        return SimpleNamespace(iterations=[first], plan=SimpleNamespace(target=target))
 
     assert _reference(state(2200e-9), cand) == (base, "k0")   # 1,100 bytes <= half of 2,200
     assert _reference(state(2000e-9), cand) is None           # 1,100 bytes > half of 2,000

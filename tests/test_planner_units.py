@@ -250,5 +250,5 @@ def test_a_candidate_failing_its_export_gate_is_rejected_and_the_search_goes_on(
     ex.try_candidate(state, s, Candidate(8, quant="Q4_0"), {}, lines.append)
     rec = s.measured[Candidate(8, quant="Q4_0")]
     assert rec["speed_ok"] is False and rec["quality_ok"] is False and "0.603" in rec["rejected"]
-    assert state.search_log[0]["rejected"] == Candidate(8, quant="Q4_0").label(base)
+    assert state.search_log[0].to_dict()["rejected"] == Candidate(8, quant="Q4_0").label(base)
     assert lines and lines[0].startswith("rejected ")

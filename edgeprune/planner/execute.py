@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,9 @@ from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
 from edgeprune.planner import quality_memory as qmem
 from edgeprune.planner.candidates import BETA_PRIOR, depth_costs
-from edgeprune.planner.searcher import Searcher, at_measured_drift, errors_pct, prediction_record
+from edgeprune.planner.searcher import Decision, Searcher, at_measured_drift, errors_pct, prediction_record
+from edgeprune.report.records import (CandidateRecord, Challenge, Measurement, Outcome, QualitySeed, Rejection,
+                                      SearchEntry)
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import run_calibration_path
 from edgeprune.planner.budget import with_relative_latency
@@ -53,16 +55,16 @@ class RunState:
     started: float = field(default_factory=time.time)
     model_hash: str = ""
     scores: list[float] = field(default_factory=list)
-    iterations: list[dict] = field(default_factory=list)
-    outcome: dict = field(default_factory=dict)
-    search_log: list[dict] = field(default_factory=list)
+    iterations: list[CandidateRecord] = field(default_factory=list)  # the baseline first
+    outcome: Outcome | None = None
+    search_log: list[SearchEntry] = field(default_factory=list)
     evaluation: dict = field(default_factory=dict)  # the evaluate stage's zero-shot records (recipe.evaluate)
     log: Callable[[str], None] = print
     load_policy: LoadPolicy = field(default_factory=LoadPolicy)  # planner/load_guard.py
     shared_calibration: Path | None = None  # the (target, model shape) calibration file this run feeds
 
 
-def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
+def measure(state: RunState, cand: Candidate, ctx: dict) -> Measurement:
     """prune -> [width] -> [recover] -> export -> benchmark -> perplexity for one candidate (every step cached)."""
     plan, store, r = state.plan, state.store, state.plan.recipe
     method = registry.get("depth", r.depth.method)
@@ -90,21 +92,15 @@ def measure(state: RunState, cand: Candidate, ctx: dict) -> dict:
     bench = guarded_bench(state, gguf, gguf_key, cand)
     ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
                        plan.target.device.threads)
-    it = {"k": k, "quant": cand.quant, "candidate": asdict(cand), "removed_layers": remove,
-          "layers": export_meta["layers"], "gguf": str(gguf), "gguf_bytes": export_meta["bytes"],
-          "verify": export_meta["verify"], "bench": bench, "latency_s": latency_s(bench, plan.target.budget),
-          "width_method": width_name(r.width.method) if cand.heads or cand.ffn else None,
-          "ppl": ppl, "measured_where": measured_where(plan.target, bench)}
-    if heal is not None:
-        it["heal"] = heal
-    if recovery is not None:
-        it["recovery"] = recovery
+    kld = None
     if r.quality.kld:
-        it["kld"] = evaluate_kld(store, gguf, gguf_key, ctx["hf_dir"], state.model_hash, ctx["text"],
-                                 ctx["text_hash"], r.quality.ctx, r.quality.windows, plan.target.device.threads)
-    it["gguf_key"] = gguf_key
-    state.iterations.append(it)
-    return it
+        kld = evaluate_kld(store, gguf, gguf_key, ctx["hf_dir"], state.model_hash, ctx["text"],
+                           ctx["text_hash"], r.quality.ctx, r.quality.windows, plan.target.device.threads)
+    return Measurement(cand, remove, export_meta["layers"], str(gguf), gguf_key, export_meta["bytes"],
+                       export_meta["verify"], bench, latency_s(bench, plan.target.budget), ppl,
+                       measured_where(plan.target, bench),
+                       width_method=width_name(r.width.method) if cand.heads or cand.ffn else None,
+                       heal=heal, recovery=recovery, kld=kld)
 
 
 def guarded_bench(state: RunState, gguf: Path, gguf_key: str, cand: Candidate) -> dict:
@@ -113,7 +109,7 @@ def guarded_bench(state: RunState, gguf: Path, gguf_key: str, cand: Candidate) -
     plan, r = state.plan, state.plan.recipe
     runner = runner_spec(plan.target.device.runner)
     reference = _reference(state, gguf) if runner.pairing else None  # unpaired: its drift is unknown
-    level = state.iterations[0]["bench"] if state.iterations else None
+    level = state.iterations[0].measured.bench if state.iterations else None
     here = runner.on_this_machine
 
     def take(attempt: int) -> dict:
@@ -134,12 +130,13 @@ def _reference(state: RunState, gguf: Path) -> tuple[Path, str] | None:
     both files would not fit in half the device's RAM: pairing holds the two models at once, which an
     8B baseline plus its candidate on a 16 GB device cannot; such a candidate is measured unpaired and
     its drift is unknown, which the manifest shows as a missing `bench.paired`)."""
-    if not state.iterations or Path(state.iterations[0]["gguf"]) == Path(gguf):
+    if not state.iterations or Path(state.iterations[0].measured.gguf) == Path(gguf):
         return None
-    base = Path(state.iterations[0]["gguf"])
+    first = state.iterations[0].measured
+    base = Path(first.gguf)
     if base.stat().st_size + Path(gguf).stat().st_size > PAIR_RAM_SHARE * state.plan.target.device.ram_gb * 1e9:
         return None
-    return base, state.iterations[0]["gguf_key"]
+    return base, first.gguf_key
 
 
 def measured_where(target, bench: dict) -> dict:
@@ -156,10 +153,8 @@ def _utc(t: float | None) -> str | None:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def quality_ok(state: RunState, it: dict) -> tuple[bool, float]:
-    ratio = it["ppl"]["ppl"] / state.iterations[0]["ppl"]["ppl"]
-    it["ppl_ratio"] = ratio
-    return ratio <= state.plan.target.budget.max_ppl_ratio, ratio
+def ppl_ratio(m: Measurement, base: Measurement) -> float:
+    return m.ppl["ppl"] / base.ppl["ppl"]
 
 
 def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Searcher:
@@ -180,34 +175,36 @@ def make_searcher(state: RunState, hf_dir: Path, stats, base_layers: int) -> Sea
     s.quality_memory = (qmem.memory_path(key), key)
     seeded = s.seed_quality(qmem.snapshot(s.quality_memory[0], plan.out))
     if seeded:
-        state.search_log.append({"quality_memory": {"samples": seeded, "beta": s.quality.beta,
-                                                    "file": str(s.quality_memory[0])}})
+        state.search_log.append(QualitySeed(seeded, s.quality.beta, str(s.quality_memory[0])))
         state.log(f"quality: {seeded} candidates of this model measured by earlier runs (same method, heal and "
                   f"protocol); depth slope {s.quality.beta:.2f} instead of the prior {BETA_PRIOR:g}")
     return s
 
 
-def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> dict:
+def run_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> CandidateRecord:
+    """Measure `cand` and judge it against the baseline (the first record; for the baseline, itself),
+    the budget and the prediction the decision used; the searcher learns from the record."""
     pred = s.predict_level(cand)
     predicted = prediction_record(s, cand, pred)
-    it = measure(state, cand, ctx)
-    ok, _ = quality_ok(state, it)
-    it["predicted"] = predicted
-    base = state.iterations[0]
-    it["drift"] = paired_drift(it["bench"], base["bench"])
-    it["speed_level"] = {"baseline": base["gguf_key"], "tg_tps": base["bench"]["tg_tps"]["median"],
-                         "pp_tps": base["bench"]["pp_tps"]["median"]}
+    m = measure(state, cand, ctx)
+    base = state.iterations[0].measured if state.iterations else m
+    drift = paired_drift(m.bench, base.bench)
     budget = state.plan.target.budget
-    checked = it["bench"]
-    if budget.latency_fraction is not None and it["bench"].get("paired"):
-        checked = at_level(it["bench"], it["drift"])  # the budget's seconds are at the baseline's level
-        it["latency_at_level_s"] = latency_s(checked, budget)
-    it["checks"] = check_budget(checked, budget)
-    it["prediction_error_pct"] = errors_pct(at_measured_drift(predicted, it["drift"], budget), it)
-    it["absolute_prediction_error_pct"] = errors_pct(predicted, it)
-    s.observe(cand, pred, it, (it["bench"].get("host") or {}))
-    log(_line(it))
-    return it
+    checked, at_level_s = m.bench, None
+    if budget.latency_fraction is not None and m.bench.get("paired"):
+        checked = at_level(m.bench, drift)  # the budget's seconds are at the baseline's level
+        at_level_s = latency_s(checked, budget)
+    rec = CandidateRecord(
+        m, ppl_ratio(m, base), predicted, drift,
+        speed_level={"baseline": base.gguf_key, "tg_tps": base.bench["tg_tps"]["median"],
+                     "pp_tps": base.bench["pp_tps"]["median"]},
+        checks=check_budget(checked, budget),
+        prediction_error_pct=errors_pct(at_measured_drift(predicted, drift, budget), m),
+        absolute_prediction_error_pct=errors_pct(predicted, m), latency_at_level_s=at_level_s)
+    state.iterations.append(rec)
+    s.observe(cand, pred, rec)
+    log(_line(rec))
+    return rec
 
 
 def try_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log) -> None:
@@ -218,7 +215,7 @@ def try_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
         run_candidate(state, s, cand, ctx, log)
     except ExportError as exc:
         s.measured[cand] = {"speed_ok": False, "quality_ok": False, "rejected": str(exc)}
-        state.search_log.append({"rejected": cand.label(s.base), "why": str(exc)})
+        state.search_log.append(Rejection(cand.label(s.base), str(exc)))
         log(f"rejected {cand.label(s.base)}: {exc}")
 
 
@@ -237,22 +234,23 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
     run_candidate(state, s, base, ctx, log)
     if plan.target.budget.latency_fraction is not None:
         resolve_relative_budget(state, s, log)
-    decision = {"verdict": "met"}
+    decision = None
     for _ in range(r.max_iterations):
         if _met(state):
             break
         decision = s.decide()
-        state.search_log.append(_decision_record(decision))
-        if decision["verdict"] != "try":
+        state.search_log.append(decision.record())
+        if decision.verdict != "try":
             break
-        log(f"search: {decision['choice'].label} predicted latency {decision['choice'].latency_s:.3f}s, "
-            f"ppl x{decision['choice'].ppl_ratio:.2f} (front of {len(decision['front'])})")
-        try_candidate(state, s, decision["choice"].cand, ctx, log)
+        choice = decision.choice
+        log(f"search: {choice.label} predicted latency {choice.latency_s:.3f}s, "
+            f"ppl x{choice.ppl_ratio:.2f} (front of {len(decision.front)})")
+        try_candidate(state, s, choice.cand, ctx, log)
     challenge_with_quant_only(state, s, ctx, log)
     state.outcome = _outcome(state, decision, s)
     if r.evaluate is not None:
-        delivered = state.outcome["final"] or state.iterations[-1]
-        state.evaluation = evaluate_delivered(store, state.iterations[0], delivered, r.evaluate,
+        delivered = (state.outcome.final or state.iterations[-1]).measured
+        state.evaluation = evaluate_delivered(store, state.iterations[0].measured, delivered, r.evaluate,
                                               plan.target.device.threads)
     return state
 
@@ -265,25 +263,22 @@ def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> N
     met = _met(state)
     if not met:
         return
-    best = min(met, key=lambda it: (it.get("ppl_ratio", 1.0), it["k"]))
-    cand = best["candidate"]
-    if not (best["k"] or cand.get("heads") or cand.get("ffn")):
+    best = _best(met)
+    if not best.measured.pruned:
         return
-    noise = state.plan.recipe.search.noise
-    limit = best.get("latency_at_level_s", best["latency_s"]) * (1 + noise)
+    limit = best.checked_latency_s * (1 + state.plan.recipe.search.noise)
     for q in state.plan.recipe.search.quant_choices():
         full = Candidate(quant=q)
-        if full in s.measured or any(it["k"] == 0 and it["quant"] == q and not it["candidate"].get("heads")
-                                     and not it["candidate"].get("ffn") for it in state.iterations):
+        if full in s.measured or any(not it.measured.pruned and it.measured.quant == q for it in state.iterations):
             continue
         predicted = latency_s_of(s, full)
-        entry = {"challenger": full.label(s.base), "predicted_latency_s": predicted, "pruned_latency_s": limit}
         if predicted > limit:
-            state.search_log.append({**entry, "measured": False, "why": "predicted slower than the pruned choice"})
+            state.search_log.append(Challenge(full.label(s.base), predicted, limit, measured=False,
+                                              why="predicted slower than the pruned choice"))
             continue
         log(f"check: would {full.label(s.base)} alone beat the pruned choice? measuring it")
         try_candidate(state, s, full, ctx, log)
-        state.search_log.append({**entry, "measured": True})
+        state.search_log.append(Challenge(full.label(s.base), predicted, limit, measured=True))
 
 
 def latency_s_of(s: Searcher, cand: Candidate) -> float:
@@ -295,57 +290,50 @@ def resolve_relative_budget(state: RunState, s: Searcher, log) -> None:
     """budget.latency_fraction -> seconds, from the baseline just measured (the run's level). Candidates
     are then checked at that level through their paired measurement (run_candidate): on a device whose
     speed drifts, the check asks whether the model is that much faster, not whether the minute was."""
-    base, b = state.iterations[0], state.plan.target.budget
-    state.plan.target = with_relative_latency(state.plan.target, base["latency_s"])
+    base, b = state.iterations[0].measured, state.plan.target.budget
+    state.plan.target = with_relative_latency(state.plan.target, base.latency_s)
     s.target = state.plan.target
-    base["checks"] = check_budget(base["bench"], state.plan.target.budget)
-    log(f"budget: latency <= {b.latency_fraction:g} x the unpruned model's {base['latency_s']:.3f} s = "
+    state.iterations[0] = replace(state.iterations[0], checks=check_budget(base.bench, state.plan.target.budget))
+    log(f"budget: latency <= {b.latency_fraction:g} x the unpruned model's {base.latency_s:.3f} s = "
         f"{state.plan.target.budget.latency_s:.3f} s, candidates checked at the baseline's speed (paired)")
 
 
-def _met(state: RunState) -> list[dict]:
-    budget = state.plan.target.budget
-    return [it for it in state.iterations if all(c["met"] for c in it["checks"].values())
-            and it.get("ppl_ratio", 1.0) <= budget.max_ppl_ratio]
+def _met(state: RunState) -> list[CandidateRecord]:
+    return [it for it in state.iterations if it.met(state.plan.target.budget.max_ppl_ratio)]
 
 
-def _decision_record(d: dict) -> dict:
-    def row(x):
-        return None if x is None else {"candidate": asdict(x.cand), "label": x.label, "latency_s": x.latency_s,
-                                       "tg_tps": x.pred.tg_tps, "file_bytes": x.pred.file_bytes,
-                                       "ram_bytes": x.pred.ram_bytes, "ppl_ratio": x.ppl_ratio,
-                                       "shortfall": x.shortfall, "kind": "predicted"}
-    return {"verdict": d["verdict"], "choice": row(d.get("choice")), "front": [row(x) for x in d["front"]],
-            "requirements": d["requirements"].to_dict()}
+def _best(met: list[CandidateRecord]) -> CandidateRecord:
+    """The delivered one of the candidates that met the budget: the lowest perplexity, then the fewest layers removed."""
+    return min(met, key=lambda it: (it.ppl_ratio, it.measured.k))
 
 
-def _outcome(state: RunState, decision: dict, s: Searcher) -> dict:
+def _outcome(state: RunState, decision: Decision | None, s: Searcher) -> Outcome:
     budget = state.plan.target.budget
     met = _met(state)
     if met:
-        best = min(met, key=lambda it: (it.get("ppl_ratio", 1.0), it["k"]))
-        return {"met": True, "chosen_k": best["k"], "chosen_quant": best["quant"], "reason": met_reason(best, budget),
-                "iteration": state.iterations.index(best), "final": best}
-    last = state.iterations[-1]
-    misses = {n: c for n, c in last["checks"].items() if not c["met"]}
-    if decision["verdict"] == "infeasible":
+        best = _best(met)
+        index = next(i for i, it in enumerate(state.iterations) if it is best)
+        return Outcome(True, met_reason(best, budget), final=best, iteration=index)
+    misses = {n: c for n, c in state.iterations[-1].checks.items() if not c["met"]}
+    if decision is not None and decision.verdict == "infeasible":
         reason = infeasible_reason(s, decision, budget)
     else:
         reason = f"not met after {len(state.iterations) - 1} iterations"
-    return {"met": False, "chosen_k": None, "reason": reason, "misses": misses, "final": None}
+    return Outcome(False, reason, misses=misses)
 
 
-def met_reason(it: dict, budget) -> str:
+def met_reason(it: CandidateRecord, budget) -> str:
     """What the delivered model is and the numbers that met the budget, for the verdict line."""
-    what = f"-{it['k']} layers, {it['quant']}" if it["k"] else f"the unpruned model, {it['quant']},"
+    m = it.measured
+    what = f"-{m.k} layers, {m.quant}" if m.k else f"the unpruned model, {m.quant},"
     checks = [f"{n} {c['measured']:.4g} {'<=' if c['kind'] == 'max' else '>='} {c['required']:.4g}"
-              for n, c in it["checks"].items()]
-    checks.append(f"ppl ratio {it.get('ppl_ratio', 1.0):.3f} <= {budget.max_ppl_ratio:g}")
+              for n, c in it.checks.items()]
+    checks.append(f"ppl ratio {it.ppl_ratio:.3f} <= {budget.max_ppl_ratio:g}")
     return f"{what} meets every constraint ({'; '.join(checks)})"
 
 
-def infeasible_reason(s: Searcher, decision: dict, budget) -> str:
-    near = decision.get("closest")
+def infeasible_reason(s: Searcher, decision: Decision, budget) -> str:
+    near = decision.closest
     lim = (f"no candidate with at most {s.max_removed} layers removed and quant in "
            f"{'/'.join(s.recipe.search.quant_choices())} is predicted to meet the budget within the quality floor "
            f"(ppl ratio <= {budget.max_ppl_ratio})")
@@ -357,13 +345,13 @@ def infeasible_reason(s: Searcher, decision: dict, budget) -> str:
             f"budget or a quality floor above x{near.ppl_ratio:.2f}")
 
 
-def _line(it: dict) -> str:
+def _line(it: CandidateRecord) -> str:
+    m = it.measured
     checks = ", ".join(f"{n} {c['measured']:.3g}/{c['required']:.3g} {'ok' if c['met'] else 'MISS'}"
-                       for n, c in it["checks"].items())
-    err = it.get("prediction_error_pct", {})
-    absolute, drift = it.get("absolute_prediction_error_pct", {}), it.get("drift", {}).get("tg_tps", 1.0)
+                       for n, c in it.checks.items())
+    err, absolute, drift = it.prediction_error_pct, it.absolute_prediction_error_pct, it.drift.get("tg_tps", 1.0)
     pred = (f" [pred err tg {err['tg_tps']:+.1f}% at drift x{drift:.2f}, absolute {absolute['tg_tps']:+.1f}%]"
             if "tg_tps" in err and "tg_tps" in absolute else "")
-    return (f"k={it['k']:>2} {it.get('quant', '')} layers={it['layers']:>2} size={it['gguf_bytes'] / 1e6:.1f} MB "
-            f"tg={it['bench']['tg_tps']['median']:.1f} tok/s pp={it['bench']['pp_tps']['median']:.1f} tok/s "
-            f"latency={it['latency_s']:.3f}s ppl={it['ppl']['ppl']:.2f} (x{it.get('ppl_ratio', 1):.3f}){pred} | {checks}")
+    return (f"k={m.k:>2} {m.quant} layers={m.layers:>2} size={m.gguf_bytes / 1e6:.1f} MB "
+            f"tg={m.bench['tg_tps']['median']:.1f} tok/s pp={m.bench['pp_tps']['median']:.1f} tok/s "
+            f"latency={m.latency_s:.3f}s ppl={m.ppl['ppl']:.2f} (x{it.ppl_ratio:.3f}){pred} | {checks}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from edgeprune.errors import ConfigError
 from edgeprune.planner.budget import binding_constraint, with_relative_latency
 from edgeprune.planner.candidates import Scored, depth_costs
-from edgeprune.planner.searcher import Searcher
+from edgeprune.planner.searcher import Decision, Searcher
 from edgeprune.targets import calibration as cal
 from edgeprune.targets.costmodel import Candidate
 from edgeprune.targets.gguf_size import ModelShape
@@ -107,15 +107,15 @@ def describe_prediction(s: Searcher, name: str, cfg: dict) -> list[str]:
               f"  binding constraint: {bind} at {ratio:.2f}x its limit" if bind else "  no constraint"]
     d = s.decide(allow_unexecutable=True)
     lines += ["", "plan:"]
-    if d["verdict"] == "try":
-        c = d["choice"]
+    if d.verdict == "try":
+        c = d.choice
         lines.append(f"  {c.label}: predicted {c.latency_s:.2f} s for {b.prompt_tokens}+{b.answer_tokens} tokens "
                      f"(budget {b.latency_s} s), {c.pred.file_bytes / 1e9:.2f} GB, ppl x{c.ppl_ratio:.2f} (prior)")
     else:
         lines += needed(s, d, req)
-    lines += ["", f"Pareto front (predicted latency vs predicted quality, {len(d['front'])} of "
+    lines += ["", f"Pareto front (predicted latency vs predicted quality, {len(d.front)} of "
                   f"{len(s.candidates(True))} candidates):"]
-    lines += [_fmt_row(x, b) for x in d["front"]]
+    lines += [_fmt_row(x, b) for x in d.front]
     if _is_llama31_8b(cfg):
         lines += ["", *reference_comparison(s)]
     return lines
@@ -152,10 +152,10 @@ def prior_lines(s: Searcher) -> list[str]:
             "  quant quality (QUANT_PRIOR, vs F16):", *quant_rows]
 
 
-def needed(s: Searcher, d: dict, req) -> list[str]:
+def needed(s: Searcher, d: Decision, req) -> list[str]:
     """Say plainly why nothing meets the budget and what would."""
     b = s.target.budget
-    near = d["closest"]
+    near = d.closest
     out = [f"  INFEASIBLE: no candidate (<= {s.max_removed} layers removed, quants {'/'.join(s.recipe.search.quant_choices())}"
            f"{', heads/FFN width' if len(s.recipe.search.heads_keep + s.recipe.search.ffn_keep) > 2 else ''}) is predicted to meet the budget with ppl x <= {b.max_ppl_ratio}."]
     if near is not None:

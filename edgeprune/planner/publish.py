@@ -49,9 +49,9 @@ def out_lock(out: Path):
 
 
 def artifact_name(state) -> str:
-    final = state.outcome["final"]
+    final = state.outcome.final.measured
     stem = safe_name(Path(str(state.plan.model)).stem.split(".")[0])
-    return f"{stem}-L{final['layers']}.{final.get('quant', state.plan.recipe.export.quant)}.gguf"
+    return f"{stem}-L{final.layers}.{final.quant}.gguf"
 
 
 def front_section(manifest: dict, out: Path) -> str:
@@ -66,9 +66,9 @@ def front_section(manifest: dict, out: Path) -> str:
 def publish(state, started: float) -> dict:
     out = state.plan.out
     artifact = None
-    if state.outcome["met"]:
+    if state.outcome.met:
         artifact = out / artifact_name(state)
-        src = Path(state.outcome["final"]["gguf"])
+        src = Path(state.outcome.final.measured.gguf)
         check_free_space(out, src.stat().st_size, "the final GGUF")
         atomic_copy(src, artifact)
     manifest = build_manifest(state, state.model_hash, time.time() - started, artifact)

@@ -20,6 +20,7 @@ from edgeprune.planner.budget import Requirements, compile_budget
 from edgeprune.planner.candidates import (QualityModel, Scored, choose, closest_miss, grid, kept_fractions, mix_priors,
                                           pareto_front, score_all)
 from edgeprune.planner.drift import NO_DRIFT, at_drift
+from edgeprune.report import records
 from edgeprune.targets import calibration as cal
 from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, Prediction, predict
 from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
@@ -70,6 +71,24 @@ def ffn_options(base: ModelShape, fractions: list[float], multiple: int = 32) ->
         if val not in out:
             out.append(val)
     return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `Searcher.decide` found: the candidate to measure next (none: infeasible), the Pareto
+    front it was picked from, the nearest miss and the budget compiled to speeds."""
+    verdict: str  # "try" | "infeasible"
+    choice: Scored | None
+    front: list[Scored]
+    closest: Scored | None
+    requirements: Requirements
+
+    def record(self) -> records.Decision:
+        def option(x: Scored) -> records.Option:
+            return records.Option(x.cand, x.label, x.latency_s, x.pred.tg_tps, x.pred.file_bytes, x.pred.ram_bytes,
+                                  x.ppl_ratio, x.shortfall)
+        return records.Decision(self.verdict, option(self.choice) if self.choice else None,
+                                [option(x) for x in self.front], self.requirements.to_dict())
 
 
 @dataclass
@@ -149,8 +168,7 @@ class Searcher:
         return score_all(self.candidates(allow_unexecutable), self.base, self.predict, self.quality,
                          self.requirements(), self.target.budget)
 
-    def decide(self, allow_unexecutable: bool = False) -> dict:
-        """{'verdict': 'try'|'infeasible', 'choice', 'front', 'closest', 'requirements'}."""
+    def decide(self, allow_unexecutable: bool = False) -> Decision:
         scored = self.score(allow_unexecutable)
         exclude = {c for c, m in self.measured.items() if not (m["speed_ok"] and m["quality_ok"])}
         floor = self.target.budget.max_ppl_ratio
@@ -161,36 +179,32 @@ class Searcher:
         if pick is None and closest is not None and closest.ppl_ratio <= floor \
                 and closest.cand not in self.measured and closest.worst <= 1.0 + self.recipe.search.noise:
             pick = closest  # a predicted miss within measurement noise: measure it before giving up
-        return {"verdict": "try" if pick else "infeasible", "choice": pick, "front": pareto_front(scored),
-                "closest": closest,
-                "requirements": self.requirements()}
+        return Decision("try" if pick else "infeasible", pick, pareto_front(scored), closest, self.requirements())
 
-    def observe(self, cand: Candidate, pred: Prediction, it: dict, host: dict | None) -> None:
-        """A measurement of `cand` (`it["drift"]`: the machine's, vs the level): calibrate the cost model
+    def observe(self, cand: Candidate, pred: Prediction, it: records.CandidateRecord) -> None:
+        """A measurement of `cand` (`it.drift`: the machine's, vs the level): calibrate the cost model
         at the level and the quality model; later decisions predict at this drift."""
-        bench = it["bench"]
+        bench = it.measured.bench
         if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
             # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
-            self.kv_bytes_meta = max(0, it["gguf_bytes"] - gguf_bytes(self.base, cand.quant, kv_bytes=0))
-        drift = it.get("drift", NO_DRIFT)
+            self.kv_bytes_meta = max(0, it.measured.gguf_bytes - gguf_bytes(self.base, cand.quant, kv_bytes=0))
+        drift = it.drift
         sample = cal.normalized(cal.sample_from(pred, bench, cand.label(self.base), self.target.device.runner,
-                                                cand.quant), drift, it.get("speed_level"))
+                                                cand.quant), drift, it.speed_level)
         self.run_samples.append(sample)
         if self.target.budget.latency_fraction is None:  # a relative budget is judged at the level
             self.drift = dict(drift)
         if self.calib_path is not None:
             cal.add_sample(self.calib_path, dict(self.fingerprint or {}), sample)
         self.reload()
-        ratio = it.get("ppl_ratio")
-        if ratio is not None and math.isfinite(ratio):
+        ratio = it.ppl_ratio
+        if math.isfinite(ratio):
             self.quality.fit(cand, ratio, *kept_fractions(self.base, cand))
             if self.quality_memory is not None:
                 from edgeprune.planner.quality_memory import remember
 
                 remember(*self.quality_memory, cand, ratio)
-        speed_ok = all(c["met"] for c in it["checks"].values())
-        self.measured[cand] = {"speed_ok": speed_ok,
-                               "quality_ok": ratio is None or ratio <= self.target.budget.max_ppl_ratio}
+        self.measured[cand] = {"speed_ok": it.speed_ok, "quality_ok": ratio <= self.target.budget.max_ppl_ratio}
 
 
 def prediction_record(s: Searcher, cand: Candidate, level: Prediction) -> dict:
@@ -220,9 +234,9 @@ def at_measured_drift(predicted: dict, drift: dict, budget) -> dict:
             "latency_s": budget.prompt_tokens / pp + budget.answer_tokens / tg}
 
 
-def errors_pct(predicted: dict, it: dict) -> dict:
+def errors_pct(predicted: dict, m: records.Measurement) -> dict:
     """(predicted - measured) / measured, in %, for every quantity both sides have."""
-    bench = it["bench"]
+    bench = m.bench
     pairs = {"tg_tps": bench["tg_tps"]["median"], "pp_tps": bench["pp_tps"]["median"],
-             "latency_s": it["latency_s"], "file_bytes": it["gguf_bytes"], "ram_bytes": bench.get("peak_rss_bytes")}
+             "latency_s": m.latency_s, "file_bytes": m.gguf_bytes, "ram_bytes": bench.get("peak_rss_bytes")}
     return {k: round(100 * (predicted[k] - v) / v, 2) for k, v in pairs.items() if v}

@@ -16,6 +16,7 @@ import numpy as np
 from edgeprune.config.evaluate import Evaluate
 from edgeprune.errors import ConfigError
 from edgeprune.evaluation.metrics import token_nll
+from edgeprune.report.records import Measurement
 from edgeprune.runner import StepStore
 from edgeprune.stages.quality import model_perplexity
 
@@ -99,16 +100,16 @@ def task_record(store: StepStore, gguf: Path, gguf_key: str, cfg: Evaluate, thre
     return {"schema": "edgeprune.eval/1", "label": label, "model": str(gguf), "kind": "gguf", "tasks": tasks}
 
 
-def evaluate_delivered(store: StepStore, baseline: dict, delivered: dict, cfg: Evaluate,
+def evaluate_delivered(store: StepStore, baseline: Measurement, delivered: Measurement, cfg: Evaluate,
                        threads: int | None = None) -> dict:
     """The planner's evaluate stage: `cfg.tasks` on the delivered iteration's GGUF and, with
     compare_parent, on the unpruned baseline's (same items, for paired CIs in the report)."""
-    rows = [(delivered, f"delivered (-{delivered['k']} layers, {delivered['quant']})", None)]
+    rows = [(delivered, f"delivered (-{delivered.k} layers, {delivered.quant})", None)]
     if cfg.compare_parent and delivered is not baseline:
-        rows.insert(0, (baseline, f"unpruned ({baseline['quant']})", "parent"))
+        rows.insert(0, (baseline, f"unpruned ({baseline.quant})", "parent"))
     records = []
-    for it, label, role in rows:
-        rec = task_record(store, Path(it["gguf"]), it["gguf_key"], cfg, threads, label)
-        rec["ppl"] = it["ppl"] | (it.get("kld") or {})
+    for m, label, role in rows:
+        rec = task_record(store, Path(m.gguf), m.gguf_key, cfg, threads, label)
+        rec["ppl"] = m.ppl | (m.kld or {})
         records.append(rec | ({"role": role} if role else {}))
     return {"config": cfg.model_dump(mode="json"), "records": records}
