@@ -11,7 +11,7 @@ import click
 
 from edgeprune import registry
 from edgeprune.cli_errors import friendly
-from edgeprune.runner.store import STAGE_ORDER
+from edgeprune.planner.steps import STEP_ORDER
 
 
 @click.group()
@@ -98,7 +98,7 @@ def _search_overrides(quants, heads_keep, ffn_keep, mixes=None) -> dict:
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text (.jsonl with 'text', or .txt).")
 @click.option("--store", default=None, help="Step store dir (default ~/.cache/edgeprune/steps).")
 @click.option("--force", is_flag=True, help="Recompute every step instead of reusing cached ones.")
-@click.option("--from", "redo_from", type=click.Choice(STAGE_ORDER), default=None,
+@click.option("--from", "redo_from", type=click.Choice(STEP_ORDER), default=None,
               help="Recompute this stage and every later one; earlier ones come from the cache.")
 @click.option("--allow-pickle", is_flag=True, help="Accept .bin (pickle) weights; they can run code when loaded.")
 @click.option("--quants", default=None, help="Quant types the search may pick, e.g. Q4_K_M,Q4_0 (default: the recipe's).")

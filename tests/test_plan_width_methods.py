@@ -46,10 +46,10 @@ def test_taylor_couples_heads_and_ffn_fractions():
 
 
 def test_from_prune_or_width_rebuilds_the_width_step():
-    from edgeprune.runner.store import stages_from
+    from edgeprune.planner.steps import steps_from
 
-    assert "width" in stages_from("prune") and "width" in stages_from("width")
-    assert "width" not in stages_from("export")
+    assert "width" in steps_from("prune") and "width" in steps_from("width")
+    assert "width" not in steps_from("export")
 
 
 @pytest.mark.parametrize("update, match", [

@@ -18,7 +18,7 @@ from edgeprune.cli import main
 from edgeprune.errors import DiskError
 from edgeprune.atomic import atomic_copy, clear_stale_temps
 from edgeprune.runner import StepStore
-from edgeprune.runner.store import stages_from
+from edgeprune.planner.steps import steps_from
 from edgeprune.toolchain.gguf_check import TensorEntry, structure_problems
 
 # A child process that runs two steps, each writing a file and counting its builds in a log.
@@ -87,9 +87,9 @@ def test_two_runs_sharing_a_store_build_each_step_once(tmp_path):
 
 
 def test_from_stage_rebuilds_that_stage_and_later_ones_once_per_run(tmp_path):
-    assert stages_from("export") == {"export", "bench", "ppl", "kld", "tasks"}
-    assert stages_from("recover") == {"recover", "export", "bench", "ppl", "kld", "tasks"}
-    assert stages_from(None) == set()
+    assert steps_from("export") == {"export", "bench", "ppl", "kld", "tasks"}
+    assert steps_from("recover") == {"recover", "export", "bench", "ppl", "kld", "tasks"}
+    assert steps_from(None) == set()
     builds = []
 
     def build(name):
@@ -99,7 +99,7 @@ def test_from_stage_rebuilds_that_stage_and_later_ones_once_per_run(tmp_path):
     for name in ("import", "score", "export", "bench"):
         first.run(name, {"k": 1}, build(name))
     builds.clear()
-    redo = StepStore(tmp_path, redo=stages_from("export"))
+    redo = StepStore(tmp_path, redo=steps_from("export"))
     for name in ("import", "score", "export", "bench", "export"):
         redo.run(name, {"k": 1}, build(name))
     assert builds == ["export", "bench"]  # the second export of this run reuses the rebuilt one

@@ -64,43 +64,92 @@ class RunState:
     shared_calibration: Path | None = None  # the (target, model shape) calibration file this run feeds
 
 
-def measure(state: RunState, cand: Candidate, ctx: dict) -> Measurement:
-    """prune -> [width] -> [recover] -> export -> benchmark -> perplexity for one candidate (every step cached)."""
-    plan, store, r = state.plan, state.store, state.plan.recipe
-    method = registry.get("depth", r.depth.method)
-    k = cand.layers_removed
-    remove = method.select(ctx["stats"], k) if k else []
-    pruned_dir, pruned_key = prune_layers(store, ctx["hf_dir"], state.model_hash, remove)
-    if cand.heads is not None or cand.ffn is not None:
-        pruned_dir, pruned_key = prune_width_step(store, pruned_dir, pruned_key, cand.heads, cand.kv_heads,
-                                                  cand.ffn, r.calibration, r.width.method)
-    heal = None
-    if r.heal is not None and pruned_key != state.model_hash:  # heal only what was pruned
+@dataclass
+class Build:
+    """One candidate's artifacts as its steps make them: the model folder and its store key (each step
+    replaces them with its output), then the GGUF and its measurements."""
+    cand: Candidate
+    removed: list[int] = field(default_factory=list)
+    dir: Path | None = None
+    key: str = ""
+    heal: dict | None = None
+    recovery: dict | None = None
+    gguf: Path | None = None
+    gguf_key: str = ""
+    export_meta: dict = field(default_factory=dict)
+    bench: dict = field(default_factory=dict)
+    ppl: dict = field(default_factory=dict)
+    kld: dict | None = None
+
+
+def _prune(state: RunState, b: Build, ctx: dict) -> None:
+    method = registry.get("depth", state.plan.recipe.depth.method)
+    k = b.cand.layers_removed
+    b.removed = method.select(ctx["stats"], k) if k else []
+    b.dir, b.key = prune_layers(state.store, ctx["hf_dir"], state.model_hash, b.removed)
+
+
+def _width(state: RunState, b: Build, ctx: dict) -> None:
+    c, r = b.cand, state.plan.recipe
+    if c.heads is not None or c.ffn is not None:
+        b.dir, b.key = prune_width_step(state.store, b.dir, b.key, c.heads, c.kv_heads, c.ffn, r.calibration,
+                                        r.width.method)
+
+
+def _heal(state: RunState, b: Build, ctx: dict) -> None:
+    if b.key != state.model_hash:  # heal only what was pruned
         from edgeprune.stages.heal_step import heal_step
 
-        pruned_dir, pruned_key, heal = heal_step(store, ctx["hf_dir"], state.model_hash, pruned_dir, pruned_key,
-                                                 remove, r.heal)
-    recovery = None
-    if r.recovery is not None and pruned_key != state.model_hash:  # recover only what was pruned
+        b.dir, b.key, b.heal = heal_step(state.store, ctx["hf_dir"], state.model_hash, b.dir, b.key, b.removed,
+                                         state.plan.recipe.heal)
+
+
+def _recover(state: RunState, b: Build, ctx: dict) -> None:
+    if b.key != state.model_hash:  # recover only what was pruned
         from edgeprune.stages.recover import recover_stage
 
-        pruned_dir, pruned_key, recovery = recover_stage(store, pruned_dir, pruned_key, r.recovery,
-                                                         teacher_dir=ctx["hf_dir"])
-    export_cfg = r.export.model_copy(update={"quant": cand.quant})
-    gguf, export_meta = export_gguf(store, pruned_dir, pruned_key, export_cfg)
-    gguf_key = f"{pruned_key}:{cand.quant}"
-    bench = guarded_bench(state, gguf, gguf_key, cand)
-    ppl = evaluate_ppl(store, gguf, gguf_key, ctx["text"], ctx["text_hash"], r.quality.ctx, r.quality.windows,
-                       plan.target.device.threads)
-    kld = None
-    if r.quality.kld:
-        kld = evaluate_kld(store, gguf, gguf_key, ctx["hf_dir"], state.model_hash, ctx["text"],
-                           ctx["text_hash"], r.quality.ctx, r.quality.windows, plan.target.device.threads)
-    return Measurement(cand, remove, export_meta["layers"], str(gguf), gguf_key, export_meta["bytes"],
-                       export_meta["verify"], bench, latency_s(bench, plan.target.budget), ppl,
-                       measured_where(plan.target, bench),
+        b.dir, b.key, b.recovery = recover_stage(state.store, b.dir, b.key, state.plan.recipe.recovery,
+                                                 teacher_dir=ctx["hf_dir"])
+
+
+def _export(state: RunState, b: Build, ctx: dict) -> None:
+    export_cfg = state.plan.recipe.export.model_copy(update={"quant": b.cand.quant})
+    b.gguf, b.export_meta = export_gguf(state.store, b.dir, b.key, export_cfg)
+    b.gguf_key = f"{b.key}:{b.cand.quant}"
+
+
+def _bench(state: RunState, b: Build, ctx: dict) -> None:
+    b.bench = guarded_bench(state, b.gguf, b.gguf_key, b.cand)
+
+
+def _ppl(state: RunState, b: Build, ctx: dict) -> None:
+    q = state.plan.recipe.quality
+    b.ppl = evaluate_ppl(state.store, b.gguf, b.gguf_key, ctx["text"], ctx["text_hash"], q.ctx, q.windows,
+                         state.plan.target.device.threads)
+
+
+def _kld(state: RunState, b: Build, ctx: dict) -> None:
+    q = state.plan.recipe.quality
+    b.kld = evaluate_kld(state.store, b.gguf, b.gguf_key, ctx["hf_dir"], state.model_hash, ctx["text"],
+                         ctx["text_hash"], q.ctx, q.windows, state.plan.target.device.threads)
+
+
+CANDIDATE_STEPS = {"prune": _prune, "width": _width, "heal": _heal, "recover": _recover, "export": _export,
+                   "bench": _bench, "ppl": _ppl, "kld": _kld}  # Step.name -> what runs it (planner/steps.py)
+
+
+def measure(state: RunState, cand: Candidate, ctx: dict) -> Measurement:
+    """The plan's candidate steps for one candidate (prune -> ... -> perplexity; every step cached)."""
+    b = Build(cand)
+    for step in state.plan.steps:
+        if step.per_candidate:
+            CANDIDATE_STEPS[step.name](state, b, ctx)
+    r, target = state.plan.recipe, state.plan.target
+    return Measurement(cand, b.removed, b.export_meta["layers"], str(b.gguf), b.gguf_key, b.export_meta["bytes"],
+                       b.export_meta["verify"], b.bench, latency_s(b.bench, target.budget), b.ppl,
+                       measured_where(target, b.bench),
                        width_method=width_name(r.width.method) if cand.heads or cand.ffn else None,
-                       heal=heal, recovery=recovery, kld=kld)
+                       heal=b.heal, recovery=b.recovery, kld=b.kld)
 
 
 def guarded_bench(state: RunState, gguf: Path, gguf_key: str, cand: Candidate) -> dict:
@@ -220,18 +269,43 @@ def try_candidate(state: RunState, s: Searcher, cand: Candidate, ctx: dict, log)
 
 
 def execute(plan: Plan, store: StepStore, log=print) -> RunState:
+    """The plan's run-level steps in order (import, score, search, tasks); the search runs the
+    candidate steps (measure) for the baseline and every candidate it picks."""
     r = plan.recipe
     state = RunState(plan, store, log=log, load_policy=LoadPolicy(r.bench.busy_retakes, r.bench.busy_wait_s))
-    hf_dir, state.model_hash = import_model(store, plan.model, plan.allow_pickle)
-    stats, score_res = score_depth(store, hf_dir, state.model_hash, r.depth.method, r.calibration,
-                                   max_remove=plan.max_removed, stream=plan.methods.get("stream", False))
+    ctx: dict = {}
+    for step in plan.steps:
+        if not step.per_candidate:
+            RUN_STEPS[step.name](state, ctx)
+    return state
+
+
+def _import(state: RunState, ctx: dict) -> None:
+    ctx["hf_dir"], state.model_hash = import_model(state.store, state.plan.model, state.plan.allow_pickle)
+
+
+def _score(state: RunState, ctx: dict) -> None:
+    plan = state.plan
+    ctx["stats"], score_res = score_depth(state.store, ctx["hf_dir"], state.model_hash, plan.recipe.depth.method,
+                                          plan.recipe.calibration, max_remove=plan.max_removed,
+                                          stream=plan.methods.get("stream", False))
     state.scores = score_res.meta["layer_scores"]
+
+
+def _tasks(state: RunState, ctx: dict) -> None:
+    delivered = (state.outcome.final or state.iterations[-1]).measured
+    state.evaluation = evaluate_delivered(state.store, state.iterations[0].measured, delivered,
+                                          state.plan.recipe.evaluate, state.plan.target.device.threads)
+
+
+def _search(state: RunState, ctx: dict) -> None:
+    """Baseline, then search -> measure -> recalibrate until the budget is met (or nothing is predicted to)."""
+    plan, r, log, hf_dir = state.plan, state.plan.recipe, state.log, ctx["hf_dir"]
     text = eval_text(r.quality.path)
-    ctx = {"hf_dir": hf_dir, "stats": stats, "text": text, "text_hash": hashlib.sha256(text.encode()).hexdigest()}
+    ctx |= {"text": text, "text_hash": hashlib.sha256(text.encode()).hexdigest()}
     n_layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
-    s = make_searcher(state, hf_dir, stats, n_layers)
-    base = Candidate(quant=r.export.quant)
-    run_candidate(state, s, base, ctx, log)
+    s = make_searcher(state, hf_dir, ctx["stats"], n_layers)
+    run_candidate(state, s, Candidate(quant=r.export.quant), ctx, log)
     if plan.target.budget.latency_fraction is not None:
         resolve_relative_budget(state, s, log)
     decision = None
@@ -248,11 +322,9 @@ def execute(plan: Plan, store: StepStore, log=print) -> RunState:
         try_candidate(state, s, choice.cand, ctx, log)
     challenge_with_quant_only(state, s, ctx, log)
     state.outcome = _outcome(state, decision, s)
-    if r.evaluate is not None:
-        delivered = (state.outcome.final or state.iterations[-1]).measured
-        state.evaluation = evaluate_delivered(store, state.iterations[0].measured, delivered, r.evaluate,
-                                              plan.target.device.threads)
-    return state
+
+
+RUN_STEPS = {"import": _import, "score": _score, "search": _search, "tasks": _tasks}  # Step.name -> its runner
 
 
 def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> None:

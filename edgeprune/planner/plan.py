@@ -10,6 +10,7 @@ from edgeprune.config.recipe import Recipe
 from edgeprune.config.target import Target
 from edgeprune.errors import ConfigError
 from edgeprune.planner.search import layer_cost_share
+from edgeprune.planner.steps import Step, plan_steps
 
 
 @dataclass
@@ -19,7 +20,7 @@ class Plan:
     recipe: Recipe
     out: Path
     model_config: dict | None = None
-    steps: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # what execute() runs, in order (planner/steps.py)
     allow_pickle: bool = False  # --allow-pickle: the import stage may load .bin weights
     methods: dict = field(default_factory=dict)  # names and the scoring decision (planner/methods.py)
     # What this machine had when planning (free RAM behind the stream decision): it differs between
@@ -47,66 +48,28 @@ class Plan:
             lines.append(f"layers:  {self.num_layers} (at most {self.max_removed} may be removed; "
                          f"one layer ~ {100 * layer_cost_share(self.model_config):.1f} % of per-token weights)")
         lines.append("steps:")
-        lines += [f"  {i + 1}. {s}" for i, s in enumerate(self.steps)]
+        first_candidate_step = next((i for i, s in enumerate(self.steps) if s.per_candidate), None)
+        for i, s in enumerate(self.steps):
+            if i == first_candidate_step:
+                lines.append("  for the baseline and every candidate the search measures:")
+            lines.append(f"{'     ' if s.per_candidate else '  '}{i + 1}. {s.line()}")
+        lines.append(f"  then publish: the delivered GGUF, manifest.json, bench.json, report.md in {self.out}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         """The plan record: only what the inputs decide, so two identical plans compare equal."""
         return {"model": str(self.model), "target": self.target.model_dump(mode="json"),
-                "recipe": self.recipe.model_dump(mode="json"), "out": str(self.out), "steps": self.steps,
+                "recipe": self.recipe.model_dump(mode="json"), "out": str(self.out),
+                "steps": [s.line() for s in self.steps],
                 "methods": {k: v for k, v in self.methods.items() if k != "lines"}}
 
 
 def make_plan(model: Path, target: Target, recipe: Recipe, out: Path, model_config: dict | None) -> Plan:
-    q = recipe.export.quant
-    steps = [
-        "import: load the model, save a plain HF checkpoint (safetensors)",
-        f"score: {recipe.depth.method} per layer on {recipe.calibration.samples} calibration windows "
-        f"of {recipe.calibration.seq_len} tokens",
-        f"baseline: export the unpruned model to F16 GGUF, verify logits, quantize to {q}",
-        f"measure: benchmark on '{target.device.runner}' ({recipe.bench.repetitions} reps + {recipe.bench.warmup} "
-        f"warm-up) and WikiText-2 perplexity ({recipe.quality.windows} x {recipe.quality.ctx} tokens)",
-        f"iterate (at most {recipe.max_iterations}): predict size, RAM and speed of every candidate (layers "
-        f"removed by the method's order x quant in {'/'.join(recipe.search.quant_choices())}"
-        f"{' x heads/FFN width' if len(recipe.search.heads_keep + recipe.search.ffn_keep) > 2 else ''}) with the "
-        f"target's calibrated cost model, run the best-quality one predicted to meet the budget, recalibrate on "
-        f"its measurement; stop when the budget is met or nothing within the quality floor (ppl ratio <= "
-        f"{target.budget.max_ppl_ratio}) and depth limit is predicted to meet it",
-        "publish: final GGUF, manifest.json, bench.json, report.md",
-    ]
-    steps[-1:-1] = optional_steps(recipe)
-    plan = Plan(model, target, recipe, out, model_config, steps)
+    plan = Plan(model, target, recipe, out, model_config, plan_steps(recipe, target))
     if plan.num_layers is not None and plan.num_layers < 2 and _has_speed_budget(target):
         raise ConfigError(f"model has {plan.num_layers} layer(s); depth pruning needs at least 2",
                           where=str(model), fix="use a deeper model")
     return plan
-
-
-def optional_steps(recipe: Recipe) -> list[str]:
-    """Plan lines for the recipe's optional stages (measure() recovers; execute() evaluates)."""
-    out = []
-    if recipe.quality.kld:
-        out.append("kld: every measured GGUF vs the unpruned HF model on the perplexity windows")
-    if recipe.heal is not None:
-        h = recipe.heal
-        local = f", then {h.local_minutes:g} min of layer-local distillation" if h.local_minutes else ""
-        if h.global_minutes:
-            local += (f", then {h.global_minutes:g} min of top-{h.topk} distillation ({h.global_layers} layers) on "
-                      f"{h.calibration.samples + h.global_samples} windows")
-        out.append(f"heal (every pruned candidate, before its export): {h.method} on {h.calibration.samples} "
-                   f"calibration windows of {h.calibration.seq_len} tokens, kept only if {h.holdout_samples} "
-                   f"held-out windows improve{local}")
-    if recipe.recovery is not None:
-        rc, t = recipe.recovery, recipe.recovery.train
-        budget = ", ".join(f"{v} {k}" for k in ("minutes", "steps", "epochs") if (v := getattr(t, k)) is not None)
-        out.append(f"recover (every pruned candidate, before its export): {rc.mode} on {rc.data.source}, "
-                   f"LoRA r{rc.lora.rank}, lr {t.lr}, budget {budget}")
-    if recipe.evaluate is not None:
-        ev = recipe.evaluate
-        items = f"first {ev.limit} items" if ev.limit else "full sets"
-        parent = " and the unpruned baseline (paired CIs)" if ev.compare_parent else ""
-        out.append(f"evaluate: lm-eval {', '.join(ev.tasks)} ({items}) on the delivered GGUF{parent}")
-    return out
 
 
 def _has_speed_budget(target: Target) -> bool:

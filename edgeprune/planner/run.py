@@ -13,13 +13,14 @@ from edgeprune.planner.execute import execute
 from edgeprune.planner.methods import plan_methods, resolve_methods
 from edgeprune.planner.plan import Plan, make_plan, read_model_config
 from edgeprune.planner.publish import out_lock, prepare_out, publish
+from edgeprune.planner.steps import steps_from
 from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
 from edgeprune.devices.runners import check_runner_arch, runner_spec
 from edgeprune.atomic import clear_stale_temps
 from edgeprune.runner import StepStore
 from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
-from edgeprune.runner.store import stages_from, store_root
+from edgeprune.runner.store import store_root
 from edgeprune.stages.stream_policy import decide_stream, weight_bytes
 from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
@@ -81,7 +82,7 @@ def run_plan(plan: Plan, store: str | None, force: bool, log=print, redo_from: s
         with out_lock(plan.out):
             for stale in clear_stale_temps(plan.out):
                 log(f"removed {stale.name}, left by a killed run")
-            steps = StepStore(store_root(store), force=force, redo=stages_from(redo_from),
+            steps = StepStore(store_root(store), force=force, redo=steps_from(redo_from),
                               echo=console.echo if console is not None else log, observer=console)
             state = execute(plan, steps, log=log)
             shared = state.shared_calibration or calibration_path(plan.target.name, plan.target.device.runner)

@@ -27,11 +27,6 @@ from edgeprune.paths import cache_dir
 from edgeprune.runner.disk import check_free_space
 from edgeprune.faults import kill_point
 
-# Pipeline order, for `--from STAGE`: that stage and every later one are rebuilt. Stages not
-# listed here are rebuilt only by --force.
-STAGE_ORDER = ["import", "score", "prune", "width", "heal", "recover", "imatrix", "export", "bench", "ppl", "kld", "tasks"]
-
-
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -72,11 +67,6 @@ def key_hash(key: dict) -> str:
 def store_root(store: str | None = None) -> Path:
     """The step store's folder: --store, else $EDGEPRUNE_STORE, else ~/.cache/edgeprune/steps."""
     return Path(store or os.environ.get("EDGEPRUNE_STORE") or cache_dir() / "steps")
-
-
-def stages_from(stage: str | None) -> set[str]:
-    """The stages `--from STAGE` rebuilds."""
-    return set() if stage is None else set(STAGE_ORDER[STAGE_ORDER.index(stage):])
 
 
 @dataclass
