@@ -74,7 +74,7 @@ def pack(out: Path, parts: int, ctx: int, windows: int, calib_windows: int) -> d
     from edgeprune.config.recipe import Calibration
     from edgeprune.data import eval_text
     from edgeprune.data.texts import heldout_text
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.calib import calibration_windows
     from edgeprune.stages.load import import_model
     from edgeprune.toolchain.hf import load_model, resolve_model

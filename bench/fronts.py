@@ -25,7 +25,7 @@ from edgeprune import registry
 from edgeprune.config.recipe import Calibration, Export, Heal
 from edgeprune.data import eval_text
 from edgeprune.devices.runners import BenchSpec, host_info, run_local
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.evaluate import evaluate_kld, evaluate_ppl
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.heal_step import heal_step

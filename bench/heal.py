@@ -26,7 +26,7 @@ from edgeprune.config.recipe import Calibration
 from edgeprune.data import eval_text
 from edgeprune.data.texts import heldout_text
 from edgeprune.recovery.hf_ppl import hf_perplexity
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.stages.heal import heal_model, teacher_states
 from edgeprune.stages.load import import_model

@@ -23,7 +23,7 @@ from edgeprune import registry
 from edgeprune.config.recipe import Calibration, Export, Heal
 from edgeprune.data import eval_text
 from edgeprune.data.texts import heldout_text
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.evaluate import evaluate_ppl
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.heal_step import heal_step

@@ -10,7 +10,7 @@ on 160 windows of 512 C4 tokens (seed 7), top-64 teacher logits. One JSON row pe
 """
 import time, torch, copy, json, sys
 from pathlib import Path
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.load import import_model
 from edgeprune.toolchain.hf import load_model, resolve_model
 from edgeprune.stages.calib import calibration_windows

@@ -26,7 +26,7 @@ import torch
 
 from edgeprune.config.recipe import Calibration
 from edgeprune.config.recovery import Recovery
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.recovery.teacher import teacher_topk
 from edgeprune.stages.heal_global import global_distill

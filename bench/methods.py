@@ -182,7 +182,7 @@ def memory_job(name: str, hf_dir: Path, cfg: dict) -> list[dict]:
     windows = calibration_windows(AutoTokenizer.from_pretrained(hf_dir), Calibration(**CALIB))
     t0 = time.perf_counter()
     if cfg["stream"]:
-        from edgeprune.stages.stream import streamed_depth_stats
+        from edgeprune.streaming.stream import streamed_depth_stats
 
         stats = streamed_depth_stats(hf_dir, windows, cfg["method"])
     else:

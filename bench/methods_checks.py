@@ -31,7 +31,7 @@ def _windows(tok, samples: int, seq_len: int) -> torch.Tensor:
 
 def _layer_inputs(model, windows: torch.Tensor, layer_idx: int, batch: int = 8) -> dict[str, torch.Tensor]:
     """Inputs (tokens x in_features) of every linear of decoder layer `layer_idx`."""
-    from edgeprune.stages.layerwise import layer0_inputs, run_layer
+    from edgeprune.streaming.layerwise import layer0_inputs, run_layer
 
     layer = model.model.layers[layer_idx]
     lins = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -98,7 +98,7 @@ def _head_mask_hooks(model, mask: dict[int, torch.Tensor]) -> list:
 def true_deltas(model, windows: torch.Tensor, structures: list[tuple[int, list[int]]]) -> list[float]:
     """Calibration-loss increase when the query heads `heads` of layer `l` are removed, per structure.
     Hidden states entering each layer are cached so an ablation of layer l reruns layers l.. only."""
-    from edgeprune.stages.layerwise import layer0_inputs, lm_nll, run_layer
+    from edgeprune.streaming.layerwise import layer0_inputs, lm_nll, run_layer
 
     n_heads = model.config.num_attention_heads
     layers = model.model.layers

@@ -246,7 +246,7 @@ def calibrate_paired(args, quants: list[str], recipe: Path) -> list[dict]:
     from edgeprune.devices.runners import cpu_model
     from edgeprune.planner.drift import fresh_benchmark, paired_drift
     from edgeprune.config.loader import load_recipe
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.export import export_gguf
     from edgeprune.stages.load import import_model
     from edgeprune.targets import calibration as cal

@@ -25,8 +25,8 @@ from benchout import write_json  # noqa: E402
 
 from edgeprune.config.recipe import Export  # noqa: E402
 from edgeprune.data import eval_text  # noqa: E402
-from edgeprune.runner import StepStore  # noqa: E402
-from edgeprune.runner.store import store_root  # noqa: E402
+from edgeprune.store import StepStore  # noqa: E402
+from edgeprune.store.step_store import store_root  # noqa: E402
 from edgeprune.stages.export import export_gguf  # noqa: E402
 from edgeprune.stages.llama_perplexity import llama_kld_many  # noqa: E402
 from edgeprune.stages.load import import_model  # noqa: E402

@@ -27,7 +27,7 @@ from edgeprune.config.recovery import Recovery
 from edgeprune.data import eval_text
 from edgeprune.methods.distill import share_regained
 from edgeprune.recovery.hf_ppl import hf_perplexity
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.load import import_model
 from edgeprune.stages.recover import run_recovery
 from edgeprune.toolchain.hf import default_model_path, load_model
@@ -132,7 +132,7 @@ def run_speed(res: dict, pruned: Path, steps: int) -> None:
 
 def run_export(res: dict, store: StepStore, base_dir: Path, pruned: Path) -> None:
     from edgeprune.config.recipe import Export
-    from edgeprune.runner import tree_hash
+    from edgeprune.store import tree_hash
     from edgeprune.stages.evaluate import gguf_perplexity
     from edgeprune.stages.export import export_gguf
 

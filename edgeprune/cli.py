@@ -211,7 +211,7 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
 @friendly
 def export(model, quant, out, imatrix, calib, verbose):
     """HF folder -> verified quantized GGUF."""
-    from edgeprune.stages.commands import export_command
+    from edgeprune.commands.model import export_command
 
     with quiet(verbose):
         info = export_command(Path(model), quant, Path(out), imatrix, Path(calib) if calib else None)
@@ -234,7 +234,7 @@ def export(model, quant, out, imatrix, calib, verbose):
 def bench(model, prompt_tokens, tokens, reps, warmup, threads, json_out, baseline, tolerance, result):
     """Benchmark a GGUF here (llama-bench-shaped JSON); --compare checks it against a baseline."""
     from edgeprune.report.regression import compare, parse_tolerance, render
-    from edgeprune.stages.commands import bench_command
+    from edgeprune.commands.model import bench_command
 
     tol = parse_tolerance(tolerance)
     if result:

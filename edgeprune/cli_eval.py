@@ -37,7 +37,7 @@ from edgeprune.cli_errors import friendly
 def eval_(model, tasks, limit, ppl, parent, text, protocol, ctx, windows, data_dir, threads, label, backend, dtype,
           out):
     """Perplexity, KLD vs a parent, and zero-shot lm-eval tasks, offline."""
-    from edgeprune.stages.eval_commands import eval_command, summary
+    from edgeprune.commands.evaluate import eval_command, summary
 
     record = eval_command(model, tasks, limit, ppl, parent, text, ctx, windows, data_dir, threads, label, backend,
                           dtype, protocol)
@@ -58,7 +58,7 @@ def eval_(model, tasks, limit, ppl, parent, text, protocol, ctx, windows, data_d
 @friendly
 def compare(a, b, metric, iters):
     """Paired comparison of two `eval --out` files: B - A per task with a 95% bootstrap CI."""
-    from edgeprune.stages.eval_commands import compare_command
+    from edgeprune.commands.evaluate import compare_command
 
     res = compare_command(a, b, metric, iters)
     click.echo(f"{res['b']} - {res['a']} ({metric}, paired over the same items, 95% bootstrap CI)")

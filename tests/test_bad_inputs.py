@@ -525,7 +525,7 @@ def store_not_writable(ctx):
 @case("disk full (simulated: 1 kB free)")
 def disk_full(ctx):
     usage = namedtuple("usage", "total used free")
-    ctx.monkeypatch.setattr("edgeprune.runner.disk.shutil.disk_usage", lambda p: usage(10**12, 10**12, 1000))
+    ctx.monkeypatch.setattr("edgeprune.store.disk.shutil.disk_usage", lambda p: usage(10**12, 10**12, 1000))
     return plan(ctx, dry=False), "not enough free disk for step 'import'"
 
 
@@ -617,7 +617,7 @@ def prune_out_user_folder(ctx):
 def prune_disk_full(ctx):
     """Mutant caught: no free-space check on prune (a SafetensorError traceback when the disk filled)."""
     full = str(ctx.tmp / "out")  # only --out's disk is full; the step store has room
-    ctx.monkeypatch.setattr("edgeprune.runner.disk.free_bytes",
+    ctx.monkeypatch.setattr("edgeprune.store.disk.free_bytes",
                             lambda path: 1000 if str(path).startswith(full) else 10**12)
     return prune(ctx, 1), "not enough free disk for the pruned checkpoint"
 

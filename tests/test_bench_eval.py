@@ -9,7 +9,7 @@ import pytest
 from edgeprune.config.recipe import Export
 from edgeprune.config.target import Budget
 from edgeprune.devices import BenchSpec, get_runner
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.bench import check_budget, latency_s
 from edgeprune.stages.evaluate import gguf_perplexity, window_nll
 from edgeprune.stages.export import export_gguf

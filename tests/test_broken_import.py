@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgeprune.errors import EdgepruneError, ModelError
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.load import import_model
 
 

@@ -10,7 +10,7 @@ from edgeprune.errors import ConfigError
 from edgeprune.methods.angular import ANGULAR, angular_matrix, best_block
 from edgeprune.methods.attention_norm import ATTENTION_NORM, attention_scores
 from edgeprune.methods.ppl_greedy import greedy_order, select_greedy
-from edgeprune.stages.layerwise import GreedyOracle, layer0_inputs, lm_nll, run_layer
+from edgeprune.streaming.layerwise import GreedyOracle, layer0_inputs, lm_nll, run_layer
 from edgeprune.stages.score import depth_stats
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.toolchain.hf import load_model
@@ -104,7 +104,7 @@ def test_depth_method_typo_answers_did_you_mean():
 
 @pytest.mark.parametrize("name", ["block-influence", "angular", "attention-norm"])
 def test_streamed_scoring_equals_in_memory(tiny_llama, name):
-    from edgeprune.stages.stream import streamed_depth_stats
+    from edgeprune.streaming.stream import streamed_depth_stats
 
     model, _ = load_model(tiny_llama)
     windows = torch.randint(0, 1000, (3, 12))
@@ -114,7 +114,7 @@ def test_streamed_scoring_equals_in_memory(tiny_llama, name):
 
 
 def test_ppl_greedy_cannot_stream(tiny_llama):
-    from edgeprune.stages.stream import streamed_depth_stats
+    from edgeprune.streaming.stream import streamed_depth_stats
 
     with pytest.raises(ConfigError, match="cannot be streamed"):
         streamed_depth_stats(tiny_llama, torch.randint(0, 1000, (1, 8)), "ppl-greedy")

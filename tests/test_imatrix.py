@@ -76,7 +76,7 @@ def test_a_file_that_is_not_an_imatrix_is_refused_in_one_line(tmp_path):
 def test_export_with_an_imatrix_is_a_cached_step_and_says_so_in_the_gguf(tiny_llama, tmp_path):
     import gguf
 
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.export import export_gguf
     from edgeprune.stages.load import import_model
 

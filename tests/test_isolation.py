@@ -14,7 +14,7 @@ def test_every_cache_path_is_the_sessions_temporary_one(temp_cache, tokenizer_di
     """Mutant caught: conftest without its EDGEPRUNE_CACHE override (tests wrote the tokenizer,
     lm-eval tasks and an unpacked converter into the real ~/.cache/edgeprune)."""
     from edgeprune.paths import cache_dir
-    from edgeprune.runner.store import store_root
+    from edgeprune.store.step_store import store_root
     from edgeprune.targets.calibration import calibration_path
 
     assert cache_dir() == temp_cache and not temp_cache.is_relative_to(REAL_CACHE)

@@ -18,10 +18,12 @@ ROOT = Path(edgeprune.__file__).parent
 
 LAYERS = [
     ("__main__", "cli", "cli_eval", "cli_errors"),               # click entry points only
+    ("commands",),                                                # one stage outside a plan (export, bench, eval)
     ("planner",),                                                 # budget -> plan -> search loop
     ("stages",),                                                  # prune, recover, export, evaluate, bench
     ("recovery", "report"),                                       # training loop; manifest, tables, cards
-    ("runner", "devices", "methods", "surgery", "evaluation"),   # step store; bench runners; maths; surgery
+    ("store", "devices", "streaming", "methods", "surgery", "evaluation"),  # step store; bench runners;
+    # layer-by-layer plumbing; maths; surgery
     ("toolchain", "targets", "data"),                             # llama.cpp/gguf/hf; cost model; texts
     # strict configs, specs, the registry, atomic writes
     ("config", "quants", "registry", "paths", "errors", "atomic", "faults", "__init__"),

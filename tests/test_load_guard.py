@@ -96,7 +96,7 @@ def test_fake_runner_numbers_are_never_retaken():
 
 def test_a_retake_measures_anew_instead_of_reading_the_cache(tiny_gguf_for_bench, tmp_path):
     """Attempt 0 may be a cache hit; attempt 1 is a new step key, so a new measurement."""
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.bench import benchmark
     from edgeprune.targets import load_target
 

@@ -25,7 +25,7 @@ from test_ssh_runner import needs_sshd, sshd  # noqa: F401  (sshd: the fixture)
 def tiny_pair(tiny_llama, tmp_path_factory):
     """The tiny model's GGUF and a byte-identical copy under another name (one export, two files)."""
     from edgeprune.config.recipe import Export
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.export import export_gguf
 
     d = tmp_path_factory.mktemp("pair")

@@ -90,7 +90,7 @@ def test_stream_plan_removes_a_layer_and_runs_taylor_width(tokenizer_dir, small_
 
     from edgeprune import registry
     from edgeprune.config.recipe import Calibration
-    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.store import StepStore, tree_hash
     from edgeprune.stages.score import score_depth
     from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
 

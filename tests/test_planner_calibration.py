@@ -123,7 +123,7 @@ def test_stale_reason_age_load_and_session():
 
 def test_fresh_benchmark_remeasures_a_stale_cached_baseline_once(tmp_path, monkeypatch):
     from edgeprune.config.target import Target
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages import bench as bench_stage
     from edgeprune.targets import load_target
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgeprune.cli import main
 from edgeprune.config.recipe import Calibration
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.width_step import prune_width_step, width_fractions
 from edgeprune.targets.costmodel import Candidate
 from edgeprune.targets.gguf_size import ModelShape, gguf_bytes

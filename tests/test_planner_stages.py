@@ -79,7 +79,7 @@ def test_recovery_runs_between_prune_and_export_and_is_recorded(runs):
     steps = [s["step"] for s in m["steps"]]
     i = steps.index("recover")
     assert steps[i - 1] == "prune" and steps[i + 1] == "export"
-    from edgeprune.runner import tree_hash
+    from edgeprune.store import tree_hash
 
     r = cand["recovery"]
     rec_dir = Path(cand["gguf"]).parent.parent / m["steps"][i]["dir"]

@@ -241,7 +241,7 @@ def test_rebuilt_recovery_with_other_weights_gets_a_new_downstream_key(tmp_path,
     same key (step evicted or deleted) trains to other weights, and export reused the stale GGUF."""
     import shutil
 
-    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.store import StepStore, tree_hash
     from edgeprune.stages import recover as rec
 
     store = StepStore(tmp_path / "store")
@@ -261,7 +261,7 @@ def test_rebuilt_recovery_with_other_weights_gets_a_new_downstream_key(tmp_path,
 
 
 def test_recover_stage_is_a_cached_step_the_export_stage_can_read(tmp_path, tiny_llama, text_jsonl):
-    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.store import StepStore, tree_hash
     from edgeprune.stages.recover import recover_stage
     from edgeprune.toolchain.hf import check_hf_folder
 

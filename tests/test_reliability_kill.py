@@ -147,7 +147,7 @@ def test_export_gates_block_publishing(tiny_llama, tmp_path, monkeypatch):
     model, stops the export step: nothing appears under a final name in the store."""
     from edgeprune.config.recipe import Export
     from edgeprune.errors import ExportError
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages import export as export_stage
 
     store = StepStore(tmp_path / "store")

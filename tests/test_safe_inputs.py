@@ -192,7 +192,7 @@ def test_nan_weight_fails_the_export_gate_naming_the_tensor(tmp_path, tokenizer_
     from conftest import build_tiny
     from edgeprune.config.recipe import Export
     from edgeprune.errors import ExportError
-    from edgeprune.runner import StepStore, tree_hash
+    from edgeprune.store import StepStore, tree_hash
     from edgeprune.stages.export import export_gguf
 
     m = build_tiny(tmp_path / "nan", tokenizer_dir)
@@ -238,7 +238,7 @@ def test_repetitions_that_never_agree_are_refused_and_never_cached(tmp_path, mon
 
     from edgeprune.devices import runners
     from edgeprune.errors import ToolchainError
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     from edgeprune.stages.bench import benchmark
     from edgeprune.targets import load_target
 

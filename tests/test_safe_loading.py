@@ -6,7 +6,7 @@ import torch
 from click.testing import CliRunner
 
 from edgeprune.cli import main
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.load import import_model
 from edgeprune.toolchain.checkpoint import checkpoint_tensors
 from edgeprune.toolchain.hf import load_model

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from edgeprune.cli import main
 from edgeprune.errors import DiskError
 from edgeprune.atomic import atomic_copy, clear_stale_temps
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.planner.steps import steps_from
 from edgeprune.toolchain.gguf_check import TensorEntry, structure_problems
 
@@ -25,7 +25,7 @@ from edgeprune.toolchain.gguf_check import TensorEntry, structure_problems
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from edgeprune.runner import StepStore
+    from edgeprune.store import StepStore
     root, log = Path(sys.argv[1]), Path(sys.argv[2])
     pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     store = StepStore(root)
@@ -88,7 +88,7 @@ def test_two_runs_sharing_a_store_build_each_step_once(tmp_path):
 
 def test_from_stage_rebuilds_that_stage_and_later_ones_once_per_run(tmp_path):
     assert steps_from("export") == {"export", "bench", "ppl", "kld", "tasks"}
-    assert steps_from("recover") == {"recover", "export", "bench", "ppl", "kld", "tasks"}
+    assert steps_from("recover") == {"recover", "imatrix", "export", "bench", "ppl", "kld", "tasks"}
     assert steps_from(None) == set()
     builds = []
 
@@ -126,7 +126,7 @@ def test_disk_full_while_building_keeps_nothing(tmp_path):
 
 def test_free_disk_is_checked_before_building(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("edgeprune.runner.disk.shutil.disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr("edgeprune.store.disk.shutil.disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     called = []
     with pytest.raises(DiskError, match=r"need ~0\.1 MB, found 0\.0 MB free"):
         StepStore(tmp_path).run("export", {"k": 1}, lambda out: called.append(1), need_bytes=100_000)
@@ -244,7 +244,7 @@ def test_a_rerun_does_not_count_its_cached_measurements_twice(tmp_path):
 
 
 def test_a_resumed_run_calibrates_from_the_snapshot_its_first_attempt_took(tmp_path):
-    from edgeprune.runner.resume import (clear_run_calibration, merge_run_calibration,
+    from edgeprune.store.resume import (clear_run_calibration, merge_run_calibration,
                                          run_calibration_path)
     from edgeprune.targets import calibration as cal
 

@@ -13,9 +13,9 @@ from edgeprune import registry
 from edgeprune.cli import main
 from edgeprune.config.recipe import Calibration
 from edgeprune.errors import ConfigError
-from edgeprune.runner import StepStore, tree_hash
+from edgeprune.store import StepStore, tree_hash
 from edgeprune.stages.score import score_depth
-from edgeprune.stages.stream_policy import STREAM_SHARE, decide_stream
+from edgeprune.streaming.policy import STREAM_SHARE, decide_stream
 from edgeprune.surgery.layers_disk import layer_renames, remove_layers_on_disk
 
 
@@ -37,7 +37,7 @@ def test_two_identical_plans_have_equal_records_whatever_ram_is_free(tiny_llama,
     Mutant caught: the free-RAM figure back in StreamDecision.reason (it was "... 24.1 GB available
     RAM" against "24.2 GB" in the slow kill-and-resume test, so identical plans never compared equal)."""
     from edgeprune.planner.run import build_plan
-    from edgeprune.stages import stream_policy
+    from edgeprune.streaming import policy as stream_policy
 
     records, environments = [], []
     for free_gb in (24.1, 24.2):
@@ -52,7 +52,7 @@ def test_two_identical_plans_have_equal_records_whatever_ram_is_free(tiny_llama,
 
 
 def test_weight_bytes_are_what_scoring_would_hold(tiny_llama):
-    from edgeprune.stages.stream_policy import weight_bytes
+    from edgeprune.streaming.policy import weight_bytes
     from edgeprune.toolchain.hf import default_model_path
 
     assert weight_bytes(tiny_llama) == (tiny_llama / "model.safetensors").stat().st_size

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ConfigError
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.export import compare_logits, export_gguf
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.toolchain import llamacpp

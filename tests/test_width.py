@@ -10,7 +10,7 @@ from edgeprune.errors import ConfigError
 from edgeprune.methods.width import (aligned_keep, channel_contribution_sq, coupled_counts, head_contribution_sq,
                                      keep_heads_per_group, keep_kv_groups, taylor_saliency,
                                      taylor_second_order)
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.export import export_gguf
 from edgeprune.stages.width import prune_width, taylor_scores
 from edgeprune.surgery.ffn import keep_ffn_channels

@@ -19,7 +19,7 @@ from edgeprune import registry
 from edgeprune.config.recipe import Calibration, Recipe
 from edgeprune.methods.width import STRUCTURES, WidthCut, WidthMethod, WidthShape, default_methods
 from edgeprune.planner.methods import candidate_allowed, resolve_methods, width_structures
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.width import IMPORTANCE, prune_width
 from edgeprune.stages.width_step import prune_width_step
 from edgeprune.toolchain.hf import load_model

@@ -19,7 +19,7 @@ class Calibration(Strict):
     samples: PositiveInt = 32
     seq_len: PositiveInt = 256
     seed: int = 0
-    # Depth scoring reads one layer at a time from the safetensors (stages/stream.py) when True,
+    # Depth scoring reads one layer at a time from the safetensors (streaming/stream.py) when True,
     # loads the model when False; None: decide from the model's size vs available RAM.
     # Excluded from dumps, hence from every step's cache key: both paths give the same scores.
     stream: bool | None = Field(None, exclude=True)

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeprune.devices.runners import runner_spec
-from edgeprune.runner.resume import START
+from edgeprune.store.resume import START
 from edgeprune.stages.bench import benchmark
 
 MAX_AGE_S = 900.0

@@ -27,8 +27,8 @@ from edgeprune.planner.candidates import BETA_PRIOR, depth_costs
 from edgeprune.planner.searcher import Decision, Searcher, at_measured_drift, errors_pct, prediction_record
 from edgeprune.report.records import (CandidateRecord, Challenge, Measurement, Outcome, QualitySeed, Rejection,
                                       SearchEntry)
-from edgeprune.runner import StepStore
-from edgeprune.runner.resume import run_calibration_path
+from edgeprune.store import StepStore
+from edgeprune.store.resume import run_calibration_path
 from edgeprune.planner.budget import with_relative_latency
 from edgeprune.planner.drift import at_level, fresh_benchmark, paired_drift, session_start
 from edgeprune.planner.load_guard import LoadPolicy, busy_reason, guarded_benchmark, load_now_reason

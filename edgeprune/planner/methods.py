@@ -112,8 +112,8 @@ def width_label(recipe: Recipe) -> str:
 
 def plan_methods(recipe: Recipe, decision) -> dict:
     """What the plan records (manifest plan.methods) and `--dry-run` prints about its methods;
-    `decision`: the scoring StreamDecision (stages/stream_policy.py)."""
-    from edgeprune.stages.stream_policy import width_stream_note
+    `decision`: the scoring StreamDecision (streaming/policy.py)."""
+    from edgeprune.streaming.policy import width_stream_note
 
     sr = recipe.search
     width_on = min(sr.heads_keep + sr.ffn_keep) < 1.0

@@ -13,7 +13,7 @@ from edgeprune.atomic import atomic_copy, atomic_write_text
 from edgeprune.errors import ConfigError
 from edgeprune.report.manifest import build_manifest, write_json
 from edgeprune.report.markdown import llama_bench_records, render_report
-from edgeprune.runner.disk import check_free_space, check_writable_dir
+from edgeprune.store.disk import check_free_space, check_writable_dir
 
 
 def safe_name(stem: str) -> str:

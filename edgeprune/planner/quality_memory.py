@@ -4,7 +4,7 @@ the prior fitted on SmolLM2 (candidates.BETA_PRIOR), so its first pick already r
 model, healed this way, degrades.
 
 The file is read once per run and a copy kept in --out, so a resumed run decides with what the
-first attempt knew (as the speed calibration does, runner/resume.py); measured candidates are
+first attempt knew (as the speed calibration does, store/resume.py); measured candidates are
 added to the shared file as they come, one entry per candidate (a re-measurement replaces it).
 """
 

@@ -18,10 +18,10 @@ from edgeprune.config.checks import check_budget_fits_model
 from edgeprune.devices.reachability import check_ssh_reachable
 from edgeprune.devices.runners import check_runner_arch, runner_spec
 from edgeprune.atomic import clear_stale_temps
-from edgeprune.runner import StepStore
-from edgeprune.runner.resume import clear_run_calibration, merge_run_calibration
-from edgeprune.runner.store import store_root
-from edgeprune.stages.stream_policy import decide_stream, weight_bytes
+from edgeprune.store import StepStore
+from edgeprune.store.resume import clear_run_calibration, merge_run_calibration
+from edgeprune.store.step_store import store_root
+from edgeprune.streaming.policy import decide_stream, weight_bytes
 from edgeprune.targets.calibration import calibration_path
 from edgeprune.targets import load_target
 from edgeprune.toolchain.hf import resolve_model

@@ -17,7 +17,7 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "llama-cpp-python", "gguf", 
 
 
 def versions() -> dict:
-    from edgeprune.runner.store import code_fingerprint
+    from edgeprune.store.step_store import code_fingerprint
 
     out = {"edgeprune": __version__, "edgeprune_code": code_fingerprint(), "python": sys.version.split()[0]}
     for name in PACKAGES:

@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeprune.config.target import Budget, Target
 from edgeprune.devices import BenchSpec, get_runner
 from edgeprune.devices.runners import runner_spec
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 
 
 def latency_s(bench: dict, budget: Budget) -> float:

@@ -17,7 +17,7 @@ from edgeprune.config.evaluate import Evaluate
 from edgeprune.errors import ConfigError
 from edgeprune.evaluation.metrics import token_nll
 from edgeprune.report.records import Measurement
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.quality import model_perplexity
 
 

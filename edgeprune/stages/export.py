@@ -24,8 +24,8 @@ from tqdm import tqdm
 from edgeprune import quants
 from edgeprune.config.recipe import Export
 from edgeprune.errors import ExportError
-from edgeprune.runner import StepStore
-from edgeprune.runner.store import file_hash
+from edgeprune.store import StepStore
+from edgeprune.store.step_store import file_hash
 from edgeprune.stages.imatrix import imatrix_step
 from edgeprune.targets.gguf_size import ModelShape, tensor_types
 from edgeprune.toolchain import imatrix_file, llamacpp

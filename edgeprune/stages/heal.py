@@ -2,7 +2,7 @@
 
 The unpruned teacher runs once over the calibration windows and keeps, for every layer l, its
 input h_l and its post-attention residual u_l. The pruned student then runs one layer at a time
-(stages/layerwise.py); each projection that the method refits sees the inputs the already-healed
+(streaming/layerwise.py); each projection that the method refits sees the inputs the already-healed
 layers before it produce, and is fitted to the teacher's residual stream at the matching depth:
 
     o_proj of student layer k    ->  u_teacher[origin(k)] - h_student      (attention output)
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edgeprune import registry
 from edgeprune.errors import ConfigError
 from edgeprune.methods.heal import HealMethod, NormalEquations, residual_error, token_weights
-from edgeprune.stages.layerwise import layer0_inputs, run_layer
+from edgeprune.streaming.layerwise import layer0_inputs, run_layer
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edgeprune.methods.distill import kd_loss_topk
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.heal import StudentStates
-from edgeprune.stages.layerwise import run_layer
+from edgeprune.streaming.layerwise import run_layer
 
 
 def freeze_below(model, first: int) -> list[torch.nn.Parameter]:

@@ -15,7 +15,7 @@ import time
 import torch
 
 from edgeprune.stages.heal import StudentStates, TeacherStates, cut_layers, origins
-from edgeprune.stages.layerwise import run_layer
+from edgeprune.streaming.layerwise import run_layer
 
 
 def relative_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

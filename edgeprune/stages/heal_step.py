@@ -18,7 +18,7 @@ import torch
 
 from edgeprune import registry
 from edgeprune.config.recipe import Heal
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.methods.heal import HealMethod
 from edgeprune.stages.heal import cut_layers, heal_model, needed_states, plan_refits, teacher_states
@@ -161,7 +161,7 @@ def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path
 
     from edgeprune.config.recipe import Calibration
     from edgeprune.errors import ConfigError
-    from edgeprune.runner.store import store_root
+    from edgeprune.store.step_store import store_root
     from edgeprune.stages.load import import_model
     from edgeprune.stages.prune_methods import check_prune_out, method_kind, prune_by_name, publish_with
     from edgeprune.surgery.record import RECORD

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgeprune.config.recipe import Calibration
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.toolchain import imatrix_file
 from edgeprune.toolchain.hf import gguf_weight_name, load_model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgeprune.runner import StepStore, tree_hash
+from edgeprune.store import StepStore, tree_hash
 from edgeprune.toolchain.hf import load_model, save_model
 
 # Files of a HF checkpoint that carry no code; everything else in the folder stays behind.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.toolchain.hf import load_model, save_model
 

@@ -1,6 +1,6 @@
 """`edgeprune prune --method NAME`: route a method name to its kind (depth, width, sparsity).
 
-Depth keeps its own command (stages/commands.py); width and sparsity load the model, calibrate,
+Depth keeps its own command (commands/model.py); width and sparsity load the model, calibrate,
 change it in place and publish a plain HF checkpoint atomically (temp dir + rename), with a
 record of what was removed (surgery/record.py).
 
@@ -21,7 +21,7 @@ from edgeprune import registry
 from edgeprune.config.recipe import Calibration
 from edgeprune.errors import ConfigError
 from edgeprune.methods.sparsity import check_sparsity, parse_nm
-from edgeprune.runner.disk import check_free_space, check_writable_dir
+from edgeprune.store.disk import check_free_space, check_writable_dir
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.surgery.record import RECORD, read_record, removed_width, shape_of, write_record
 from edgeprune.toolchain.hf import load_model, resolve_model, save_model
@@ -107,9 +107,9 @@ def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, 
     _check_options(kind, n_remove, sparsity, nm, fraction)
     check_prune_out(out)
     if kind == "depth":
-        from edgeprune.stages.commands import prune_command
+        from edgeprune.stages.prune_depth import prune_depth
 
-        return prune_command(model, method, n_remove, calib, out, stream)
+        return prune_depth(model, method, n_remove, calib, out, stream)
     if stream:  # these hook or back-propagate through the loaded model; only depth scoring streams
         raise ConfigError(f"{method} cannot stream: {kind} methods work on the loaded model", where="--stream",
                           fix="drop --stream (streaming applies to depth methods: block-influence, angular, "

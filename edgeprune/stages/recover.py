@@ -20,8 +20,8 @@ import torch
 from edgeprune.config.loader import validate_dict
 from edgeprune.config.recovery import Recovery
 from edgeprune.errors import ConfigError
-from edgeprune.runner import StepStore, tree_hash
-from edgeprune.runner.store import key_hash
+from edgeprune.store import StepStore, tree_hash
+from edgeprune.store.step_store import key_hash
 from edgeprune.toolchain.hf import load_model, resolve_model
 
 BUDGET_KEYS = ("steps", "minutes", "epochs", "eval_every", "checkpoint_every", "patience", "threads")

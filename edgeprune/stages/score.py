@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from edgeprune import registry
 from edgeprune.config.recipe import Calibration
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.toolchain.hf import load_model
 
@@ -84,7 +84,7 @@ GREEDY_MAX_TOKENS = 2048
 
 
 def greedy_stats(model, windows: torch.Tensor, method, max_remove: int | None) -> torch.Tensor:
-    from edgeprune.stages.layerwise import GreedyOracle
+    from edgeprune.streaming.layerwise import GreedyOracle
 
     n_layers = len(model.model.layers)
     ids = windows[: max(1, GREEDY_MAX_TOKENS // windows.shape[1])]
@@ -109,7 +109,7 @@ def score_depth(store: StepStore, hf_dir: Path, hf_hash: str, method_name: str, 
                 max_remove: int | None = None, stream: bool = False):
     """Step: per-layer scores on calibration data, cached by (model, method, calibration).
     `max_remove` only matters to methods that search (ppl-greedy; default half the layers).
-    `stream` reads one layer at a time (stages/stream.py); it is not in the key because both
+    `stream` reads one layer at a time (streaming/stream.py); it is not in the key because both
     paths give the same scores (tests/test_stream_wiring.py)."""
     registry.get("depth", method_name)  # fail on a typo before loading anything
 
@@ -117,7 +117,7 @@ def score_depth(store: StepStore, hf_dir: Path, hf_hash: str, method_name: str, 
         if stream:
             from transformers import AutoTokenizer
 
-            from edgeprune.stages.stream import streamed_depth_stats
+            from edgeprune.streaming.stream import streamed_depth_stats
 
             windows = calibration_windows(AutoTokenizer.from_pretrained(hf_dir), calib)
             stats = streamed_depth_stats(hf_dir, windows, method_name)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from edgeprune import registry
 from edgeprune.methods.sparsity import NM, SparsityMethod, check_sparsity
-from edgeprune.stages.layerwise import layer0_inputs, run_layer
+from edgeprune.streaming.layerwise import layer0_inputs, run_layer
 
 
 def _linears(layer) -> dict[str, torch.nn.Linear]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from edgeprune.config.recipe import Calibration
-from edgeprune.runner import StepStore
+from edgeprune.store import StepStore
 
 
 def width_fractions(cfg: dict, heads: int | None, kv_heads: int | None, ffn: int | None) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Remove decoder layers from a safetensors checkpoint on disk, without loading the model.
 
-The streamed `prune` path (stages/commands.py) uses this so that scoring and surgery both stay at
+The streamed `prune` path (commands/model.py) uses this so that scoring and surgery both stay at
 one layer's memory: kept tensors are copied byte for byte from the source files (chunked), layer
 indices renumbered, and config.json's num_hidden_layers / layer_types updated. The weights keep
 their stored dtype; the result is the same checkpoint `remove_layers` + `save_model` writes for a

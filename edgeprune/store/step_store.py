@@ -24,7 +24,7 @@ from typing import Callable
 from edgeprune import __version__
 from edgeprune.errors import ConfigError, DiskError
 from edgeprune.paths import cache_dir
-from edgeprune.runner.disk import check_free_space
+from edgeprune.store.disk import check_free_space
 from edgeprune.faults import kill_point
 
 def file_hash(path: Path, chunk: int = 1 << 20) -> str:

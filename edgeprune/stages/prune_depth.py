@@ -1,38 +1,35 @@
-"""Single-stage commands (prune, export, bench, eval) outside a plan."""
+"""Depth pruning to a folder outside a plan (`edgeprune prune --method <depth method>`, and the heal
+step's own pruning): import, score, remove the lowest-scored layers, publish the checkpoint."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from edgeprune import quants, registry
+from edgeprune import registry
 from edgeprune.config.checks import check_layer_count
-from edgeprune.config.recipe import Calibration, Export
-from edgeprune.data.texts import read_texts
-from edgeprune.devices import BenchSpec, get_runner
+from edgeprune.config.recipe import Calibration
 from edgeprune.errors import ConfigError
-from edgeprune.runner import StepStore
-from edgeprune.atomic import atomic_copy
-from edgeprune.runner.store import store_root
-from edgeprune.runner.disk import check_free_space, check_writable_dir
-from edgeprune.stages.export import export_gguf
 from edgeprune.stages.load import CHECKPOINT_FILES, import_model
 from edgeprune.stages.prune_methods import check_prune_out, publish_model, publish_with
 from edgeprune.stages.score import score_depth
-from edgeprune.stages.stream_policy import check_streamable, decide_stream, weight_bytes
+from edgeprune.store import StepStore
+from edgeprune.store.disk import check_free_space
+from edgeprune.store.step_store import store_root
+from edgeprune.streaming.policy import check_streamable, decide_stream, weight_bytes
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.surgery.layers_disk import remove_layers_on_disk
 from edgeprune.surgery.record import removed_layers, shape_of
 from edgeprune.toolchain.hf import load_model, resolve_model
 
 
-def _scratch_store() -> StepStore:
+def scratch_store() -> StepStore:
     return StepStore(store_root(None))
 
 
-def prune_command(model: str | None, method: str, n_remove: int, calib: str | None, out: Path,
+def prune_depth(model: str | None, method: str, n_remove: int, calib: str | None, out: Path,
                   stream: bool | None = None) -> dict:
-    """`stream`: None decides from the model size (stages/stream_policy.py). Streamed, neither the
+    """`stream`: None decides from the model size (streaming/policy.py). Streamed, neither the
     scoring nor the surgery loads the model: layers are dropped from the safetensors on disk."""
     registry.get("depth", method)
     if n_remove < 1:
@@ -43,7 +40,7 @@ def prune_command(model: str | None, method: str, n_remove: int, calib: str | No
     n_layers = _num_layers(model_path)  # ppl-greedy searches half the depth unless asked for more
     check_layer_count(n_layers, n_remove)
     check_prune_out(out)
-    store = _scratch_store()
+    store = scratch_store()
     hf_dir, digest = import_model(store, model_path)
     weights = weight_bytes(hf_dir)
     check_free_space(out.parent, weights, "the pruned checkpoint")  # before scoring; an upper bound
@@ -75,31 +72,3 @@ def _num_layers(model_path: Path) -> int:
     from edgeprune.toolchain.llamacpp import gguf_metadata
 
     return gguf_metadata(model_path)["llama.block_count"]
-
-
-def export_command(model: Path, quant: str, out: Path, imatrix: bool | None = None, calib: Path | None = None) -> dict:
-    from edgeprune.toolchain.hf import check_hf_folder
-
-    if not model.is_dir():
-        raise ConfigError(f"export takes a HF folder, got {model}", where="--model", fix="give a folder with config.json")
-    check_hf_folder(model)
-    spec = quants.get(quant, where="--quant")
-    quants.usable(quant, where="--quant", imatrix=spec.imatrix_default if imatrix is None else imatrix)
-    cal = Export().imatrix_calibration
-    if calib is not None:
-        read_texts(calib)  # a missing, binary or malformed file fails here, in one line, before any work
-        cal = cal.model_copy(update={"path": calib})
-    cfg = Export(quant=quant, imatrix=imatrix, imatrix_calibration=cal)
-    store = _scratch_store()
-    from edgeprune.runner import tree_hash
-
-    gguf, meta = export_gguf(store, model, tree_hash(model), cfg)
-    check_writable_dir(out.parent, "--out")
-    check_free_space(out.parent, gguf.stat().st_size, "the GGUF")
-    atomic_copy(gguf, out)
-    return {"out": str(out), **meta}
-
-
-def bench_command(model: Path, prompt_tokens: int, tokens: int, reps: int, warmup: int, threads: int | None) -> dict:
-    gguf = resolve_model(str(model))
-    return get_runner("local")(gguf, BenchSpec(prompt_tokens, tokens, reps, warmup, threads))

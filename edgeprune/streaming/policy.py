@@ -1,4 +1,4 @@
-"""Whether depth scoring streams (stages/stream.py) or loads the model, and why.
+"""Whether depth scoring streams (streaming/stream.py) or loads the model, and why.
 
 Default (auto): stream when the model's weights exceed STREAM_SHARE of the RAM available now.
 In-memory block-influence scoring of SmolLM2 peaked at 2.5x the weight bytes (1,262 MB for

@@ -1,3 +1,0 @@
-from edgeprune.runner.store import StepStore, file_hash, tree_hash
-
-__all__ = ["StepStore", "file_hash", "tree_hash"]
