@@ -35,15 +35,15 @@ from edgeprune.toolchain import llamacpp  # noqa: E402
 from edgeprune.toolchain.hf import resolve_model  # noqa: E402
 
 IMATRIX_TYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "Q4_0", "Q5_K_M", "Q6_K"]
-# the planner's four whole-model types, and the same with each named mix (all with the imatrix default)
+# the planner's four whole-model types, and the same with named mixes, all quantized with the imatrix
 WHOLE = ["Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M"]
-MIXES = ["head-low", "ends-high", "v-down-high", "head-low+ends-high"]
+MIXES = ["head-low", "ends-high", "head-low+ends-high"]
 
 
 def rows_for(part: str) -> list[tuple[str, bool | None]]:
     if part == "imatrix":
         return [(q, im) for q in IMATRIX_TYPES for im in (False, True)]
-    return [(q, None) for q in WHOLE] + [(f"{q}+{m}", None) for q in WHOLE for m in MIXES]
+    return [(q, True) for q in WHOLE] + [(f"{q}+{m}", True) for q in WHOLE for m in MIXES]
 
 
 def run(args) -> dict:
@@ -73,7 +73,12 @@ def run(args) -> dict:
             "imatrix_calibration": Export().imatrix_calibration.model_dump(mode="json")}
 
 
-def table(data: dict) -> str:
+def table(path: Path) -> str:
+    """The bench/README table of one output file (bench/tables.py SCRIPT_TABLES)."""
+    return render(json.loads(Path(path).read_text()))
+
+
+def render(data: dict) -> str:
     rows = data["rows"]
     if data["part"] == "imatrix":
         out = ["| type | bytes | KLD plain | KLD imatrix | change | ppl plain | ppl imatrix | same top plain / imatrix |",
@@ -114,13 +119,13 @@ def main() -> None:
     ap.add_argument("--table", type=Path)
     args = ap.parse_args()
     if args.table:
-        print(table(json.loads(args.table.read_text())))
+        print(table(args.table))
         return
     data = run(args)
     data["command"] = "python " + " ".join(sys.argv)
     if args.out:
         write_json(args.out, data)
-    print(table(data))
+    print(render(data))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,9 @@ SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
                  "heal-throughput": ("heal_throughput", "heal/throughput.json"),
                  "heal-sweep": ("heal_sweep", "heal/sweep-gpu.json"),
                  "heal-sweep-2": ("heal_sweep", "heal/sweep-gpu-2.json"),
-                 "heal-sweep-3": ("heal_sweep", "heal/sweep-gpu-3.json")}
+                 "heal-sweep-3": ("heal_sweep", "heal/sweep-gpu-3.json"),
+                 "quant-imatrix": ("quant_levers", "quant/imatrix.json"),
+                 "quant-mixes": ("quant_levers", "quant/mixes.json")}
 
 
 def _script_table(script: str, rel: str) -> str:

@@ -287,7 +287,7 @@ def _summary(spec: QuantSpec) -> str:
     if cost is not None:
         parts.append(f"+{cost} ppl @ Llama-3-8B")
     if spec.may_need_imatrix:
-        parts.append("needs an imatrix (not offered)")
+        parts.append("needs an imatrix (--imatrix)")
     return ", ".join(parts)
 
 
