@@ -76,8 +76,7 @@ def test_hf_perplexity_is_unchanged(tiny_llama, text):
 
 
 def test_heal_holdout_nll_is_windows_nll(tiny_llama):
-    """heal_step.holdout_nll (not yet switched: stages/heal*.py is another engineer's) gives the
-    shared implementation's value bit for bit, batches of 4 and all."""
+    """heal_step.holdout_nll is the shared implementation: its value bit for bit, batches of 4 and all."""
     model, _ = load_model(tiny_llama)
     windows = torch.randint(0, 2000, (6, 24), generator=torch.Generator().manual_seed(3))
     total, count = windows_nll(model, windows, batch_size=4)

@@ -18,6 +18,7 @@ import torch
 
 from edgeprune import registry
 from edgeprune.config.recipe import Heal
+from edgeprune.evaluation.hf_nll import windows_nll
 from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.methods.heal import HealMethod
@@ -40,12 +41,7 @@ def check_heal_method(name: str) -> None:
 
 @torch.no_grad()
 def holdout_nll(model, windows: torch.Tensor, batch_size: int = 4) -> float:
-    total, count = 0.0, 0
-    for s in range(0, len(windows), batch_size):
-        ids = windows[s:s + batch_size]
-        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
-        count += ids[:, 1:].numel()
+    total, count = windows_nll(model, windows, batch_size)
     return total / count
 
 
