@@ -228,7 +228,7 @@ def test_ssh_runner_copies_the_reference_and_pairs(sshd):
 def test_pairing_is_skipped_when_both_models_do_not_fit_in_half_the_device_ram(tmp_path):
     from types import SimpleNamespace
 
-    from edgeprune.planner.execute import _reference
+    from edgeprune.planner.measure import _reference
 
     base, cand = tmp_path / "base.gguf", tmp_path / "cand.gguf"
     base.write_bytes(b"\0" * 600)

@@ -1,10 +1,11 @@
-"""Plan.steps is what executes: every step a plan lists has a runner in execute.py, and the step
+"""Plan.steps is what executes: every step a plan lists has a runner (planner/execute.py RUN_STEPS, planner/measure.py CANDIDATE_STEPS), and the step
 names are the step store's stages that `--from` rebuilds."""
 
 import pytest
 
 from edgeprune.config.loader import load_recipe
-from edgeprune.planner import execute as ex
+from edgeprune.planner.execute import RUN_STEPS
+from edgeprune.planner.measure import CANDIDATE_STEPS
 from edgeprune.planner.steps import STEP_ORDER, plan_steps, steps_from
 from edgeprune.targets import load_target
 
@@ -14,7 +15,7 @@ def test_every_planned_step_has_a_runner(recipe):
     r = load_recipe(recipe, {})
     steps = plan_steps(r, load_target("host", {}))
     for s in steps:
-        assert s.name in (ex.CANDIDATE_STEPS if s.per_candidate else ex.RUN_STEPS), s.name
+        assert s.name in (CANDIDATE_STEPS if s.per_candidate else RUN_STEPS), s.name
         assert s.name == "search" or s.name in STEP_ORDER
     names = [s.name for s in steps if s.per_candidate]
     assert names == sorted(names, key=STEP_ORDER.index)  # candidate steps run in pipeline order

@@ -1,4 +1,5 @@
-"""The steps a plan runs, as specs: `Plan.steps` lists them, `--dry-run` prints them, execute.py runs them.
+"""The steps a plan runs, as specs: `Plan.steps` lists them, `--dry-run` prints them, execute.py
+(run-level steps) and measure.py (candidate steps) run them.
 
 Each step's name is the step store's stage name (what `--from NAME` rebuilds, with every later one).
 Run-level steps run once (import, score, search, tasks); candidate steps run for the baseline and
