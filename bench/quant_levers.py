@@ -3,8 +3,8 @@
 llama.cpp's --kl-divergence protocol (stages/llama_perplexity.llama_kld_many: BOS, second half of
 each chunk scored, the base's log-probs coded to 16 bits).
 
-    python bench/quant_levers.py --out bench/out/quant/levers.json
-    python bench/quant_levers.py --table bench/out/quant/levers.json
+    python bench/quant_levers.py --out-dir bench/out/quant        # imatrix.json and mixes.json
+    python bench/quant_levers.py --table bench/out/quant/imatrix.json
 
 Every GGUF goes through the pipeline's own export step (convert, imatrix step, llama_model_quantize,
 verify gates), so what is measured is what `edgeprune export` ships. File bytes are the files' sizes;
@@ -37,7 +37,7 @@ from edgeprune.toolchain.hf import resolve_model  # noqa: E402
 IMATRIX_TYPES = ["Q4_K_M", "Q3_K_M", "Q2_K", "Q4_0", "Q5_K_M", "Q6_K"]
 # the planner's four whole-model types, and the same with named mixes, all quantized with the imatrix
 WHOLE = ["Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M"]
-MIXES = ["head-low", "ends-high", "head-low+ends-high"]
+MIXES = ["head-low", "ends-high"]
 
 
 def rows_for(part: str) -> list[tuple[str, bool | None]]:
@@ -46,31 +46,30 @@ def rows_for(part: str) -> list[tuple[str, bool | None]]:
     return [(q, True) for q in WHOLE] + [(f"{q}+{m}", True) for q in WHOLE for m in MIXES]
 
 
-def run(args) -> dict:
+def run(args) -> dict[str, dict]:
+    """Both parts in one run: one import, one F16 parent, one pass of the parent's logits."""
     store = StepStore(store_root(args.store))
     hf_dir, hf_hash = import_model(store, resolve_model(None))
     shape = ModelShape.from_config(json.loads((hf_dir / "config.json").read_text()))
     f16, _ = export_gguf(store, hf_dir, hf_hash, Export(quant="F16", imatrix=False))
-    paths, rows = {}, []
-    for quant, imatrix in rows_for(args.part):
+    paths, rows = {}, {}
+    for quant, imatrix in dict.fromkeys(rows_for("imatrix") + rows_for("mixes")):
         cfg = Export(quant=quant, imatrix=imatrix)
         t0 = time.time()
-        path, meta = export_gguf(store, hf_dir, hf_hash, cfg)
-        used = cfg.uses_imatrix()
-        name = f"{quant}{' imatrix' if used else ''}"
+        path, _ = export_gguf(store, hf_dir, hf_hash, cfg)
+        name = f"{quant}{' imatrix' if imatrix else ''}"
         paths[name] = path
-        rows.append({"name": name, "quant": quant, "imatrix": used, "bytes": path.stat().st_size,
-                     "predicted_bytes": gguf_bytes(shape, quant, kv_bytes=None, imatrix=used),
-                     "tensor_types": llamacpp.gguf_tensor_type_counts(path),
-                     "export_s": round(time.time() - t0, 1)})
-    text = eval_text()
-    klds = llama_kld_many(paths, f16, text, ctx=args.ctx, chunks=args.chunks)
-    for r in rows:
-        r |= {k: klds[r["name"]][k] for k in ("ppl", "ppl_unc", "parent_ppl", "kld_mean", "kld_mean_unc",
-                                               "kld_median", "kld_99", "same_top", "tokens_scored")}
-    return {"part": args.part, "model": str(resolve_model(None)), "parent": "F16 GGUF of the same import",
-            "text": "WikiText-2 test", "ctx": args.ctx, "chunks": args.chunks, "rows": rows,
+        rows[(quant, imatrix)] = {"name": name, "quant": quant, "imatrix": imatrix, "bytes": path.stat().st_size,
+                                  "predicted_bytes": gguf_bytes(shape, quant, kv_bytes=None, imatrix=imatrix),
+                                  "tensor_types": llamacpp.gguf_tensor_type_counts(path),
+                                  "export_s": round(time.time() - t0, 1)}
+    klds = llama_kld_many(paths, f16, eval_text(), ctx=args.ctx, chunks=args.chunks)
+    for r in rows.values():
+        r |= {k: v for k, v in klds[r["name"]].items() if k != "running_ppl"}
+    meta = {"model": str(resolve_model(None)), "parent": "F16 GGUF of the same import", "text": "WikiText-2 test",
+            "ctx": args.ctx, "chunks": args.chunks,
             "imatrix_calibration": Export().imatrix_calibration.model_dump(mode="json")}
+    return {part: {"part": part, **meta, "rows": [rows[k] for k in rows_for(part)]} for part in ("imatrix", "mixes")}
 
 
 def table(path: Path) -> str:
@@ -111,21 +110,21 @@ def pareto(rows: list[dict]) -> set[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=["imatrix", "mixes"], default="imatrix")
     ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--chunks", type=int, default=40)
+    ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--store", default=None)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out-dir", type=Path, help="writes imatrix.json and mixes.json there")
     ap.add_argument("--table", type=Path)
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
         return
-    data = run(args)
-    data["command"] = "python " + " ".join(sys.argv)
-    if args.out:
-        write_json(args.out, data)
-    print(render(data))
+    parts = run(args)
+    for part, data in parts.items():
+        data["command"] = "python " + " ".join(sys.argv)
+        if args.out_dir:
+            write_json(args.out_dir / f"{part}.json", data)
+        print(render(data))
 
 
 if __name__ == "__main__":

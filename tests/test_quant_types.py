@@ -95,6 +95,15 @@ def test_spec_file_type_is_llama_cpps(name):
     assert spec.summary and spec.kld_max > 0 and spec.ppl_prior >= 0
 
 
+def test_imatrix_is_on_by_default_where_it_was_measured_to_help():
+    """On for the six types bench/out/quant/imatrix.json measured (KLD vs F16 down 25-91 %) and the types
+    that need one; off for the rest (Q8_0: its quantizer ignores an imatrix)."""
+    on = {n for n, s in quants.SPECS.items() if s.imatrix_default}
+    assert set(quants.IMATRIX_MEASURED) <= on and set(NEEDS_IMATRIX) <= on
+    assert not {"Q8_0", "F16", "Q5_0", "IQ4_XS"} & on
+    assert quants.get("Q4_K_M+head-low").imatrix_default
+
+
 def test_a_typo_answers_did_you_mean():
     with pytest.raises(ConfigError, match="did you mean 'Q4_K_M'"):
         quants.get("Q4KM")
@@ -106,8 +115,9 @@ def test_a_type_that_needs_an_imatrix_says_so_in_the_recipe():
     from edgeprune.config.recipe import Export, Search
 
     assert Export(quant="Q6_K").quant == "Q6_K" and Search(quants=["Q2_K", "IQ4_XS"]).quants == ["Q2_K", "IQ4_XS"]
+    assert Export(quant="IQ2_XXS").uses_imatrix()  # needs one: on by default
     with pytest.raises(ValueError, match="importance matrix"):
-        Export(quant="IQ2_XXS")
+        Export(quant="IQ2_XXS", imatrix=False)
     with pytest.raises(ValueError, match="did you mean 'Q5_K_M'"):
         Search(quants=["Q5_KM"])
 
