@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from edgeprune.cli import main
@@ -26,6 +27,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tiny_llama, small_calib, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a whole planner run on the tiny model with an imatrix per export: 2-3 min
 def test_plan_iterates_until_budget_met_then_resumes_from_cache(tiny_llama, small_calib, tmp_path):
     loose = run(plan_args(tiny_llama, small_calib, tmp_path / "loose", "--latency", "100"))
     assert loose.exit_code == 0, loose.output

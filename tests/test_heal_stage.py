@@ -65,6 +65,7 @@ heal: {{method: down-cut, calibration: {{path: {calib}, samples: 8, seq_len: 64}
 """
 
 
+@pytest.mark.slow  # a whole planner run on the tiny model with an imatrix per export: 2-3 min
 def test_planner_heals_every_pruned_candidate(tmp_path, tokenizer_dir, calib):
     from conftest import build_tiny
 

@@ -175,6 +175,7 @@ def _fake_at_speed_when_paired(speed: float):
     return run
 
 
+@pytest.mark.slow  # a whole planner run on the tiny model with an imatrix per export: 2-3 min
 def test_manifest_records_reference_drift_and_both_errors(tiny_llama, small_calib, tmp_path, monkeypatch):
     from edgeprune.cli import main
     from edgeprune.stages import bench as bench_stage
@@ -298,6 +299,7 @@ def test_paired_worker_adds_repetitions_until_the_ratio_is_tight(monkeypatch, tm
     assert p["converged"] == (max(p["tg_ratio"]["rse"], p["pp_ratio"]["rse"]) <= bench_worker.RATIO_RSE)
 
 
+@pytest.mark.slow  # a whole planner run on the tiny model with an imatrix per export: 2-3 min
 def test_a_relative_latency_budget_is_checked_at_the_baselines_level(tiny_llama, small_calib, tmp_path, monkeypatch):
     """--latency-fraction: the seconds come from the baseline measured in the run, and a candidate is
     judged on its paired speed (tiny model: its embeddings dominate, so 1 % is what depth buys): the fake

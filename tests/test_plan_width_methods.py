@@ -81,6 +81,7 @@ def test_dry_run_names_the_methods(tiny_llama, small_calib, tmp_path):
     assert "heads 2/4 kv 1 ffn 128/256" in res.output  # the coupled candidate is in the predicted grid
 
 
+@pytest.mark.slow  # a whole planner run on the tiny model with an imatrix per export: 2-3 min
 def test_stream_plan_removes_a_layer_and_runs_taylor_width(tokenizer_dir, small_calib, tmp_path, isolated_store):
     """One plan, two checks: the streamed scoring removes the layer in-memory scoring would, and the
     taylor width step runs at the candidate's shape, writing a checkpoint that reloads."""

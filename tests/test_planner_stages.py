@@ -78,7 +78,7 @@ def test_recovery_runs_between_prune_and_export_and_is_recorded(runs):
     assert m["result"]["met"] and cand["k"] == 1 and "recovery" not in base  # the unpruned model is not trained
     steps = [s["step"] for s in m["steps"]]
     i = steps.index("recover")
-    assert steps[i - 1] == "prune" and steps[i + 1] == "export"
+    assert steps[i - 1] == "prune" and steps[i + 1:i + 3] == ["imatrix", "export"]  # the imatrix is of the recovered model
     from edgeprune.store import tree_hash
 
     r = cand["recovery"]
