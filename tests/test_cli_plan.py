@@ -64,6 +64,7 @@ def test_plan_iterates_until_budget_met_then_resumes_from_cache(tiny_llama, smal
     assert (tmp_path / "again" / m2["result"]["artifact"]).read_bytes() == art.read_bytes()
 
 
+@pytest.mark.slow  # a whole planner search on the tiny model, an imatrix per export: 1.5 min
 def test_unmeetable_budget_exits_1_without_gguf(tiny_llama, small_calib, tmp_path):
     out = tmp_path / "impossible"
     res = run(plan_args(tiny_llama, small_calib, out, "--latency", "0.001"))
