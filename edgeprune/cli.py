@@ -12,6 +12,7 @@ import click
 from edgeprune import registry
 from edgeprune.cli_errors import friendly
 from edgeprune.planner.steps import STEP_ORDER
+from edgeprune.toolchain.synth import SHAPES as SYNTH_SHAPES
 
 
 @click.group()
@@ -197,6 +198,20 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
     if "scoring" in info:
         click.echo(info["scoring"], err=True)
     click.echo(json.dumps(info, indent=2))
+
+
+@main.command()
+@click.option("--shape", required=True, type=click.Choice(list(SYNTH_SHAPES)),
+              help="The Hub model whose configuration the checkpoint copies.")
+@click.option("--out", required=True, type=click.Path(), help="New folder for the checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly
+def synth(shape, out, seed):
+    """Random-weight bf16 checkpoint of a real Llama shape, sharded like the Hub's, with the default
+    model's tokenizer (vocabulary 49,152): its sizes, memory and speed are real, its quality is noise."""
+    from edgeprune.commands.synth import synth_command
+
+    click.echo(json.dumps(synth_command(shape, Path(out), seed), indent=2))
 
 
 @main.command()
