@@ -123,7 +123,7 @@ def test_prune_stream_cli_matches_no_stream(tiny_llama, small_calib, tmp_path):
 
 @pytest.mark.parametrize("args, match", [
     (["--method", "ppl-greedy", "--remove", "1"], "ppl-greedy cannot stream"),
-    (["--method", "heads", "--fraction", "0.5"], "heads cannot stream: width methods work on the loaded model"),
+    (["--method", "taylor", "--fraction", "0.3"], "taylor cannot stream: its taylor importance back-propagates"),
 ])
 def test_forced_stream_of_a_method_that_cannot_is_one_line(tiny_llama, tmp_path, args, match):
     res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), *args, "--stream", "--out",

@@ -1,8 +1,9 @@
 """`edgeprune prune --method NAME`: route a method name to its kind (depth, width, sparsity).
 
-Depth keeps its own command (commands/model.py); width and sparsity load the model, calibrate,
+Depth has its own stage (stages/prune_depth.py); width and sparsity load the model, calibrate,
 change it in place and publish a plain HF checkpoint atomically (temp dir + rename), with a
-record of what was removed (surgery/record.py).
+record of what was removed (surgery/record.py). Width with activation importance can instead
+stream (stages/prune_width.py): --stream, or auto when the weights are large (streaming/policy.py).
 
 `--out` is checked before any work: an existing file, or a non-empty folder that is not an
 earlier edgeprune output, is refused; only a folder holding edgeprune's record is replaced.
@@ -23,6 +24,8 @@ from edgeprune.errors import ConfigError
 from edgeprune.methods.sparsity import check_sparsity, parse_nm
 from edgeprune.store.disk import check_free_space, check_writable_dir
 from edgeprune.stages.calib import calibration_windows
+from edgeprune.streaming.policy import (check_width_streamable, decide_width_stream, streamable_width_methods,
+                                        weight_bytes)
 from edgeprune.surgery.record import RECORD, read_record, removed_width, shape_of, write_record
 from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 
@@ -110,14 +113,19 @@ def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, 
         from edgeprune.stages.prune_depth import prune_depth
 
         return prune_depth(model, method, n_remove, calib, out, stream)
-    if stream:  # these hook or back-propagate through the loaded model; only depth scoring streams
-        raise ConfigError(f"{method} cannot stream: {kind} methods work on the loaded model", where="--stream",
-                          fix="drop --stream (streaming applies to depth methods: block-influence, angular, "
-                              "attention-norm)")
+    _check_stream(kind, method, importance, stream)
     nm_t = parse_nm(nm) if nm else None
     if sparsity is not None:
         check_sparsity(sparsity)
     source = resolve_model(model)
+    scoring = None
+    if kind == "width":
+        spec = registry.get("width", method)
+        scoring = decide_width_stream(stream, spec, importance, weight_bytes(source))
+        if scoring.stream:
+            from edgeprune.stages.prune_width import prune_width_streamed
+
+            return prune_width_streamed(source, spec, fraction, head_mode, importance, calib, out, scoring)
     model_obj, tok = load_model(source)
     check_free_space(out.parent, sum(p.numel() * p.element_size() for p in model_obj.parameters()),
                      "the pruned checkpoint")
@@ -138,4 +146,19 @@ def prune_by_name(model: str | None, method: str, calib: str | None, out: Path, 
     info["prune_s"] = round(time.perf_counter() - start, 2)
     publish_model(model_obj, tok, out, dict(kind=kind, method=method, source=str(source), shape=shape,
                                             removed=removed, options=options))
-    return {**info, "calibration_windows": list(windows.shape), "out": str(out)}
+    extra = {"scoring": scoring.line()} if scoring else {}
+    return {**info, "calibration_windows": list(windows.shape), "out": str(out), **extra}
+
+
+def _check_stream(kind: str, method: str, importance: str | None, stream: bool | None) -> None:
+    """Before any work: --stream with a method that cannot stream is refused, not run in memory
+    (the user asked for bounded memory). Width methods stream with activation importance."""
+    if not stream:
+        return
+    if kind == "width":
+        check_width_streamable(registry.get("width", method), importance)
+        return
+    width = ", ".join(streamable_width_methods())
+    raise ConfigError(f"{method} cannot stream: {kind} methods change every layer of the loaded model",
+                      where="--stream", fix=f"drop --stream (streaming applies to depth methods block-influence, "
+                                            f"angular, attention-norm and width methods {width})")

@@ -1,12 +1,15 @@
 """Width pruning plumbing: collect head / MLP-channel importance, decide, slice.
 
-Activation importance: hooks on o_proj and down_proj inputs, no gradients.
+Activation importance: hooks on o_proj and down_proj inputs, no gradients; the same hooks on one
+layer at a time read from disk give streamed_activation_scores (the streamed `prune`).
 Taylor importance: one backward of the calibration loss per window; each weight's per-window
 (w * grad)^2 is folded into its structure scores by a post-accumulate hook and the gradient freed
 at once. The element-wise |w * grad| variant (LLM-Pruner's param_first) is kept for comparison.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -15,6 +18,7 @@ from edgeprune import registry
 from edgeprune.errors import ConfigError
 from edgeprune.methods.width import (HeadMode, WidthCut, WidthMethod, WidthShape, channel_contribution_sq,
                                      head_contribution_sq, taylor_saliency, taylor_second_order)
+from edgeprune.streaming.stream import forward_batches, stream_layers
 from edgeprune.surgery.ffn import keep_ffn_channels
 from edgeprune.surgery.heads import keep_heads
 
@@ -31,18 +35,34 @@ def _zeros(s: dict) -> dict[str, torch.Tensor]:
             "ffn": torch.zeros(s["n_layers"], s["inter"], dtype=torch.float64)}
 
 
+TOKEN_CHUNK = 256  # tokens per head_contribution_sq call: it holds tokens x heads x hidden float64s
+# (a batch of 4 x 256 tokens of Llama-3.1-8B: 1 GiB); 256 tokens keep it at 256 MiB whatever the batch
+
+
+def _chunked(fn, act: torch.Tensor, *args) -> torch.Tensor:
+    """fn(rows, *args) summed over TOKEN_CHUNK-row slices of `act` flattened to (tokens, features);
+    fn is a sum over tokens, so this is the same value with bounded memory."""
+    flat = act.reshape(-1, act.shape[-1])
+    return sum(fn(flat[i:i + TOKEN_CHUNK], *args) for i in range(0, len(flat), TOKEN_CHUNK))
+
+
+def _activation_hooks(i: int, layer, scores: dict, n_heads: int) -> list:
+    """Hooks adding layer i's squared head / channel contributions (o_proj and down_proj inputs) to
+    `scores`; the caller removes the returned handles."""
+    def on_o(_m, args, w=layer.self_attn.o_proj):
+        scores["heads"][i] += _chunked(head_contribution_sq, args[0], w.weight, n_heads)
+
+    def on_down(_m, args, w=layer.mlp.down_proj):  # tokens x channels only: no chunks needed
+        scores["ffn"][i] += channel_contribution_sq(args[0].reshape(-1, args[0].shape[-1]), w.weight)
+    return [layer.self_attn.o_proj.register_forward_pre_hook(on_o),
+            layer.mlp.down_proj.register_forward_pre_hook(on_down)]
+
+
 def activation_scores(model, windows: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
     s = _shape(model.config)
     scores = _zeros(s)
-    handles = []
-    for i, layer in enumerate(model.model.layers):
-        def on_o(_m, args, i=i, w=layer.self_attn.o_proj):
-            scores["heads"][i] += head_contribution_sq(args[0].reshape(-1, args[0].shape[-1]), w.weight, s["n_heads"])
-
-        def on_down(_m, args, i=i, w=layer.mlp.down_proj):
-            scores["ffn"][i] += channel_contribution_sq(args[0].reshape(-1, args[0].shape[-1]), w.weight)
-        handles += [layer.self_attn.o_proj.register_forward_pre_hook(on_o),
-                    layer.mlp.down_proj.register_forward_pre_hook(on_down)]
+    handles = [h for i, layer in enumerate(model.model.layers)
+               for h in _activation_hooks(i, layer, scores, s["n_heads"])]
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(windows), batch_size), desc="width importance", unit="batch"):
@@ -50,6 +70,27 @@ def activation_scores(model, windows: torch.Tensor, batch_size: int = 4) -> dict
     finally:
         for h in handles:
             h.remove()
+    return {k: v.sqrt() for k, v in scores.items()}
+
+
+def streamed_activation_scores(hf_dir: Path, windows: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """activation_scores computed one decoder layer at a time from the safetensors in `hf_dir`
+    (streaming/stream.stream_layers): the same hooks on the same layer inputs, so the same scores
+    (tests/test_width_stream.py), with one layer in memory instead of the model."""
+    from transformers import AutoConfig
+
+    s = _shape(AutoConfig.from_pretrained(hf_dir))
+    scores = _zeros(s)
+
+    def visit(i: int, layer, hs: list, kw: dict) -> None:
+        handles = _activation_hooks(i, layer, scores, s["n_heads"])
+        try:
+            forward_batches(layer, hs, kw)
+        finally:
+            for h in handles:
+                h.remove()
+
+    stream_layers(hf_dir, windows, visit, batch_size)
     return {k: v.sqrt() for k, v in scores.items()}
 
 
@@ -157,11 +198,19 @@ def prune_to_cut(model, windows: torch.Tensor, method: WidthMethod, cut: WidthCu
         keep_ffn_channels(model, decision["ffn"])
     after = sum(p.numel() for p in model.model.layers.parameters())
     cfg = model.config
+    widths = {k: getattr(cfg, k) for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+    return width_info(method, importance, cut, before, after, widths, decision)
+
+
+def width_info(method: WidthMethod, importance: str | None, cut: WidthCut, before: int, after: int, widths: dict,
+               decision: dict) -> dict:
+    """What a width prune reports, in memory or streamed: `before`/`after` count the decoder
+    layers' parameters, `widths` the pruned config's head / KV head / MLP widths."""
     return {"method": method.name, "importance": importance or method.importance,
             "cut": {"heads": list(cut.heads) if cut.heads else None, "ffn_keep": cut.ffn_keep},
             "layer_params_before": before, "layer_params_after": after, "removed_fraction": 1 - after / before,
-            "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
-            "intermediate_size": cfg.intermediate_size, "decision": decision}
+            **{k: widths[k] for k in ("num_attention_heads", "num_key_value_heads", "intermediate_size")},
+            "decision": decision}
 
 
 def prune_width(model, windows: torch.Tensor, method_name: str, fraction: float, head_mode: HeadMode = "groups",

@@ -1,4 +1,5 @@
-"""Whether depth scoring streams (streaming/stream.py) or loads the model, and why.
+"""Whether depth scoring, or `prune` with a width method, streams (streaming/stream.py) or loads
+the model, and why.
 
 Default (auto): stream when the model's weights exceed STREAM_SHARE of the RAM available now.
 In-memory block-influence scoring of SmolLM2 peaked at 2.5x the weight bytes (1,262 MB for
@@ -79,12 +80,60 @@ def decide_stream(forced: bool | None, depth_method: str, weights: int, availabl
         return StreamDecision(True, "forced by --stream / calibration.stream")
     if forced is False:
         return StreamDecision(False, "forced by --no-stream / calibration.stream")
+    big, size, now = _size_rule(weights, available)
+    if big and not can_stream(depth_method):
+        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream", now)
+    return StreamDecision(big, f"auto: {size}", now)
+
+
+def _size_rule(weights: int, available: int | None) -> tuple[bool, str, str]:
+    """(stream?, the size comparison in words, the free RAM in words) for auto decisions."""
     available = available_bytes() if available is None else available
     big = weights > STREAM_SHARE * available
     size = f"weights {weights / 1e6:,.0f} MB {'>' if big else '<='} {STREAM_SHARE:.0%} of available RAM"
-    now = f"available RAM: {available / 1e9:.1f} GB"
-    if big and not can_stream(depth_method):
-        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream", now)
+    return big, size, f"available RAM: {available / 1e9:.1f} GB"
+
+
+def width_stream_refusal(method, importance: str | None = None) -> str | None:
+    """Why `prune` with width method spec `method` (methods/width.WidthMethod) cannot stream, or None.
+    Only activation importance streams: its hooks see one layer's inputs, which the streamed pass
+    has. Taylor importance back-propagates the loss through every layer; a method's own scorer
+    is handed the whole model."""
+    kind = importance or method.importance
+    if importance is None and method.score is not None:
+        return "it scores with its own function, which takes the whole loaded model"
+    if kind != "activation":
+        return f"its {kind} importance back-propagates the calibration loss through the whole model"
+    return None
+
+
+def check_width_streamable(method, importance: str | None = None, where: str = "--stream") -> None:
+    why = width_stream_refusal(method, importance)
+    if why is None:
+        return
+    if importance and width_stream_refusal(method) is None:
+        fix = f"drop --importance {importance} (activation importance streams), or use --no-stream"
+    else:
+        fix = f"use --no-stream, or a streamable width method ({', '.join(streamable_width_methods())})"
+    raise ConfigError(f"{method.name} cannot stream: {why}", where=where, fix=fix)
+
+
+def streamable_width_methods() -> list[str]:
+    return [n for n in registry.names("width") if width_stream_refusal(registry.get("width", n)) is None]
+
+
+def decide_width_stream(forced: bool | None, method, importance: str | None, weights: int,
+                        available: int | None = None) -> StreamDecision:
+    """decide_stream for `prune` with a width method: the same size rule; forcing a method that
+    cannot stream is an error (see decide_stream)."""
+    if forced is True:
+        check_width_streamable(method, importance)
+        return StreamDecision(True, "forced by --stream")
+    if forced is False:
+        return StreamDecision(False, "forced by --no-stream")
+    big, size, now = _size_rule(weights, available)
+    if big and width_stream_refusal(method, importance):
+        return StreamDecision(False, f"auto: {size}, but {method.name} cannot stream", now)
     return StreamDecision(big, f"auto: {size}", now)
 
 

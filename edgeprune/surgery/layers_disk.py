@@ -13,8 +13,11 @@ import json
 import re
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
+from edgeprune.errors import ModelError
 from edgeprune.surgery.layers import check_removal
 from edgeprune.toolchain.checkpoint import read_safetensors_header
 
@@ -37,36 +40,74 @@ def layer_renames(names: list[str], remove: list[int], n_layers: int) -> dict[st
     return out
 
 
-def _data_start(path: Path) -> int:
+def data_start(path: Path) -> int:
     with open(path, "rb") as fh:
         return 8 + struct.unpack("<Q", fh.read(8))[0]
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One tensor of a safetensors file being written: its header entry (dtype, shape, byte count)
+    is known before its data, which emit(dst) writes at dst's position and returns the bytes of."""
+    name: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    emit: Callable[[BinaryIO], int]
+
+
+def write_safetensors(out: Path, tensors: list[OutTensor]) -> int:
+    """Write one safetensors file: the whole header first (every offset follows from the byte
+    counts), then each tensor's data in order, so no tensor waits in memory for the others.
+    Returns the bytes written; an emit that writes other than its nbytes is an error, not a
+    silently shifted file."""
+    header, offset = {}, 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
+    with open(out, "wb") as dst:
+        dst.write(struct.pack("<Q", len(raw)) + raw)
+        for t in tensors:
+            wrote = t.emit(dst)
+            if wrote != t.nbytes:
+                raise ModelError(f"{t.name}: wrote {wrote} bytes where the header says {t.nbytes}", where=str(out),
+                                 fix="check the source safetensors are whole (re-download or re-save) and run again")
+    return 8 + len(raw) + offset
+
+
+def _copier(src: Path, start: int, lo: int, hi: int) -> Callable[[BinaryIO], int]:
+    """emit for a tensor copied byte for byte from `src`, CHUNK bytes at a time."""
+    def emit(dst: BinaryIO) -> int:
+        with open(src, "rb") as fh:
+            fh.seek(start + lo)
+            left = hi - lo
+            while left:
+                chunk = fh.read(min(CHUNK, left))
+                if not chunk:
+                    break  # a short source: write_safetensors reports the missing bytes
+                dst.write(chunk)
+                left -= len(chunk)
+        return hi - lo - left
+    return emit
+
+
+def copied_tensor(name: str, src: Path, entry: dict, start: int | None = None) -> OutTensor:
+    """The OutTensor of `src`'s tensor with header `entry`, stored as `name`, bytes unchanged;
+    `start`: where src's data section begins (data_start(src), passed by callers that cache it)."""
+    lo, hi = entry["data_offsets"]
+    start = data_start(src) if start is None else start
+    return OutTensor(name, entry["dtype"], list(entry["shape"]), hi - lo, _copier(src, start, lo, hi))
 
 
 def write_copied_tensors(out: Path, parts: list[tuple[str, Path, dict]]) -> int:
     """Write one safetensors file from (new name, source file, source header entry) triples,
     copying each tensor's bytes in CHUNK pieces. Returns the bytes written."""
-    header, offset = {}, 0
-    for name, _src, entry in parts:
-        size = entry["data_offsets"][1] - entry["data_offsets"][0]
-        header[name] = {"dtype": entry["dtype"], "shape": entry["shape"], "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
     starts: dict[Path, int] = {}
-    with open(out, "wb") as dst:
-        dst.write(struct.pack("<Q", len(raw)) + raw)
-        for _name, src, entry in parts:
-            start = starts.setdefault(src, _data_start(src))
-            lo, hi = entry["data_offsets"]
-            with open(src, "rb") as fh:
-                fh.seek(start + lo)
-                left = hi - lo
-                while left:
-                    chunk = fh.read(min(CHUNK, left))
-                    dst.write(chunk)
-                    left -= len(chunk)
-    return 8 + len(raw) + offset
+    return write_safetensors(out, [copied_tensor(name, src, entry, starts.setdefault(src, data_start(src)))
+                                   for name, src, entry in parts])
 
 
 def remove_layers_on_disk(src: Path, dst: Path, remove: list[int], other_files: tuple[str, ...]) -> dict:
@@ -86,7 +127,13 @@ def remove_layers_on_disk(src: Path, dst: Path, remove: list[int], other_files: 
         cfg["layer_types"] = [t for i, t in enumerate(cfg["layer_types"]) if i not in drop]
     cfg["head_dim"] = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    for name in other_files:
+    copy_side_files(src, dst, other_files)
+    return {"layers_before": n, "layers_after": cfg["num_hidden_layers"], "bytes": written}
+
+
+def copy_side_files(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    """Copy the non-weight files (tokenizer, generation config) present in `src`; config.json is
+    rewritten by the caller and the shard index would name shards the output does not have."""
+    for name in names:
         if name not in ("config.json", "model.safetensors.index.json") and (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-    return {"layers_before": n, "layers_after": cfg["num_hidden_layers"], "bytes": written}
