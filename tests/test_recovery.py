@@ -93,6 +93,8 @@ def test_training_lowers_validation_loss_and_merge_matches_adapter(tmp_path, tin
     out = tmp_path / "rec"
     summary = run_recovery(tiny_llama, tiny_cfg(text_jsonl, steps=16, lr=3e-2), out)
     assert summary["steps"] == 16
+    assert summary["parallel"] == "single" and summary["param_mb_per_process"][0] > 0
+    assert len(summary["rss_peak_mb_per_process"]) == 1 and summary["rss_peak_mb_per_process"][0] > 0
     # A random model learns token frequencies fast: validation ppl must fall clearly.
     assert summary["best_val_ppl"] < 0.7 * summary["initial_val_ppl"]
     vals = [h["val_ppl"] for h in summary["history"]]

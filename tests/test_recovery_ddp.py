@@ -49,7 +49,8 @@ def test_two_process_ddp_matches_single_process(tmp_path, tiny_llama):
           "-m", "edgeprune", *args, "--out", str(tmp_path / "two")], tmp_path)
     one = json.loads((tmp_path / "one" / "recovery.json").read_text())
     two = json.loads((tmp_path / "two" / "recovery.json").read_text())
-    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["processes"] == 1 and two["processes"] == 2 and two["parallel"] == "ddp"
+    assert len(two["rss_peak_mb_per_process"]) == 2  # memory of every process, gathered
     assert len(one["losses"]) == len(two["losses"]) == 4
     for a, b in zip(one["losses"], two["losses"]):
         assert b == pytest.approx(a, rel=1e-4)

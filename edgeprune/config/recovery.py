@@ -49,6 +49,9 @@ class Train(Strict):
     patience: PositiveInt = 4  # evaluations without improvement before stopping
     checkpoint_every: PositiveInt = 25
     threads: PositiveInt | None = None
+    # dtype the frozen weights (student base, live teacher) are loaded in; LoRA stays fp32. bfloat16
+    # halves the memory of a large model (docs/recovery.md, FSDP) at the cost of exact fp32 losses.
+    base_dtype: Literal["float32", "bfloat16"] = "float32"
 
 
 class Recovery(Strict):

@@ -1,5 +1,6 @@
 """The lean training loop: LoRA on a CPU without trainer overhead, the same code under
-`accelerate launch` (DDP; each process takes its slice of the global batch).
+`accelerate launch` (DDP, or FSDP with the base sharded: recovery/fsdp.py; each process takes
+its slice of the global batch).
 
 Budget: steps, epochs or minutes (wall clock of the loop, evaluations included; a step is only
 started when the mean step and evaluation times so far say it and the evaluation after it still
@@ -24,7 +25,8 @@ from edgeprune.config.recovery import Recovery
 from edgeprune.data.sft import Blocks
 from edgeprune.errors import BudgetError
 from edgeprune.methods.distill import IGNORE, lm_loss, mixed_loss
-from edgeprune.recovery import checkpoint
+from edgeprune.faults import kill_point
+from edgeprune.recovery import checkpoint, fsdp
 from edgeprune.recovery.lora import load_trainable, trainable_state
 
 
@@ -89,7 +91,8 @@ def validation_ppl(model, val: Blocks, batch: int) -> float:
 
 class Loop:
     def __init__(self, model, train: Blocks, val: Blocks, cfg: Recovery, out: Path, teacher=None,
-                 accelerator=None, fingerprint: str = "", on_step: Callable[[int], None] | None = None):
+                 accelerator=None, fingerprint: str = "", on_step: Callable[[int], None] | None = None,
+                 sharding: fsdp.Sharding | None = None):
         from accelerate import Accelerator
 
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
@@ -102,12 +105,21 @@ class Loop:
         if len(train) < self.t.batch_size:
             raise BudgetError(f"{len(train)} training blocks, fewer than one batch of {self.t.batch_size}",
                               where="data", fix="give more data or a smaller train.batch_size")
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.t.lr, weight_decay=self.t.weight_decay)
-        self.model, self.opt = self.acc.prepare(model, opt)
-        self.inner = self.acc.unwrap_model(self.model)
+        self.sharded = sharding is not None
+        if self.sharded:
+            # Shard first: the optimizer must hold the sharded parameters. Not passed to prepare(),
+            # which on a CPU would wrap the sharded model in DDP as well.
+            self.model = self.inner = sharding.apply(model)
+            self.opt = self._adamw(model)
+        else:
+            self.model, self.opt = self.acc.prepare(model, self._adamw(model))
+            self.inner = self.acc.unwrap_model(self.model)
         self.state, self.best = LoopState(), None
         self.limit = step_limit(cfg, len(train))
+
+    def _adamw(self, model) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.t.lr, weight_decay=self.t.weight_decay)
 
     # -- checkpoints -------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -116,15 +128,20 @@ class Loop:
             return False
         state, self.best = found
         load_trainable(self.inner, state["adapter"])
-        self.opt.load_state_dict(state["optim"])
+        self.opt.load_state_dict(fsdp.local_optim_state(self.opt, state["optim"]))
         checkpoint.set_rng_state(state["rng"])
         self.state = LoopState(**state["loop"])
         return True
 
     def save(self, best_changed: bool) -> None:
+        # Under FSDP the adapter and optimizer tensors are shards and gathering them is a collective:
+        # every process takes part, the main one writes whole tensors (the file a single process
+        # writes, so a checkpoint resumes on any number of processes).
+        if self.sharded or self.acc.is_main_process:
+            adapter, optim = trainable_state(self.inner), fsdp.full_optim_state(self.opt)
         if self.acc.is_main_process:
-            state = {"fingerprint": self.fingerprint, "adapter": trainable_state(self.inner),
-                     "optim": self.opt.state_dict(), "rng": checkpoint.rng_state(), "loop": asdict(self.state)}
+            state = {"fingerprint": self.fingerprint, "adapter": adapter,
+                     "optim": optim, "rng": checkpoint.rng_state(), "loop": asdict(self.state)}
             checkpoint.save(self.out, state, self.best if best_changed else None)
         self.acc.wait_for_everyone()
 
@@ -224,6 +241,7 @@ class Loop:
                             val_ppl=f"{s.best_ppl:.2f}")
             if self.on_step:
                 self.on_step(s.step)
+            kill_point(f"recover-step-{s.step}")
         bar.close()
         if s.history[-1]["step"] != s.step:
             self.save(self.evaluate())
@@ -235,4 +253,5 @@ class Loop:
                 "train_tokens_per_s": s.tokens / max(s.train_seconds, 1e-9), "best_step": s.best_step,
                 "best_val_ppl": s.best_ppl, "initial_val_ppl": s.history[0]["val_ppl"], "history": s.history,
                 "losses": s.losses,
-                "resumed": resumed, "processes": self.acc.num_processes}
+                "resumed": resumed, "processes": self.acc.num_processes,
+                "parallel": "fsdp" if self.sharded else ("ddp" if self.acc.num_processes > 1 else "single")}

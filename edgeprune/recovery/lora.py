@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from edgeprune.config.recovery import Lora
 
 
@@ -21,8 +23,11 @@ def wrap_lora(model, cfg: Lora):
 
 
 def trainable_state(model) -> dict:
-    """Only the adapter tensors: what a checkpoint needs, a few MB instead of the whole model."""
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    """Only the adapter tensors: what a checkpoint needs, a few MB instead of the whole model.
+    Whole tensors: under FSDP each shard is gathered, so every process must call this."""
+    from edgeprune.recovery.fsdp import full
+
+    return {k: full(v.detach()).clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
 def load_trainable(model, state: dict) -> None:
@@ -30,8 +35,11 @@ def load_trainable(model, state: dict) -> None:
     missing = set(state) ^ {k for k, v in params.items() if v.requires_grad}
     if missing:
         raise KeyError(f"adapter state does not match the model: {sorted(missing)[:3]}")
-    for k, v in state.items():
-        params[k].data.copy_(v)
+    from edgeprune.recovery.fsdp import local_like
+
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(local_like(v, params[k]))  # under FSDP: this process's shard of v
 
 
 def merge_and_save(peft_model, tok, out: Path, adapter_out: Path | None = None):

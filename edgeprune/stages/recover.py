@@ -3,12 +3,16 @@ plain HF checkpoint that the export stage turns into a GGUF.
 
 Output folder: the merged checkpoint at the top (config.json + safetensors), `adapter/`
 (PEFT format, loadable with PeftModel.from_pretrained on the pruned input), `recovery.json`
-(budget, throughput, validation history). While training, `checkpoint/` holds resumable
-state; it is removed once the merged model is written.
+(budget, throughput, validation history, memory per process). While training, `checkpoint/`
+holds resumable state; it is removed once the merged model is written.
+
+Under `accelerate launch --use_fsdp --fsdp_version 2` the student (and a live teacher) are sharded
+over the processes (recovery/fsdp.py); the merged checkpoint is the same plain HF folder.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import shutil
@@ -55,7 +59,7 @@ def fingerprint(student_hash: str, cfg: Recovery, teacher: str | None) -> str:
     return key_hash({"student": student_hash, "teacher": teacher, "recovery": dump})
 
 
-def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path, device):
+def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path, device, sharding=None):
     from edgeprune.recovery.teacher import CachedTeacher, LiveTeacher, build_topk_cache, check_vocab
 
     if cfg.mode == "sft":
@@ -63,11 +67,14 @@ def _teacher(cfg: Recovery, teacher_path: Path | None, student, train, out: Path
     if teacher_path is None:
         raise ConfigError(f"mode '{cfg.mode}' needs a teacher", where="--teacher",
                           fix="give the unpruned model (HF folder or .gguf)")
-    model, _ = load_model(resolve_model(str(teacher_path)))
+    model, _ = load_model(resolve_model(str(teacher_path)), cfg.train.base_dtype)
     check_vocab(student, model, str(teacher_path))
     k = cfg.distill.topk_cache
     if k is None:
-        return LiveTeacher(model, device), train
+        live = LiveTeacher(model, device)
+        if sharding is not None:  # under FSDP the teacher is sharded like the student: forward only
+            sharding.apply(live.model, train=False)
+        return live, train
     n = min(len(train), (cfg.train.steps or 10**9) * cfg.train.batch_size, cfg.distill.cache_blocks)
     train = train.take(slice(0, n))  # a cached run trains on the cached blocks only
     cached: CachedTeacher = build_topk_cache(model.to(device), train, k, out / f"teacher-top{k}.pt")
@@ -80,10 +87,12 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
     from accelerate import Accelerator
 
     from edgeprune.data.sft import build_blocks
-    from edgeprune.recovery import checkpoint
+    from edgeprune.recovery import checkpoint, fsdp
     from edgeprune.recovery.lora import merge_and_save, wrap_lora
+    from edgeprune.recovery.memory import Tracker
 
     check_budget(cfg, "recovery.train")
+    fsdp.check_launch(cfg.train.trainer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
@@ -91,23 +100,34 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    model, tok = load_model(student_dir)
+    sharding = fsdp.Sharding.from_launch(acc)
+    model, tok = load_model(student_dir, cfg.train.base_dtype)
     train, val = build_blocks(cfg.data, tok, cfg.seed)
-    teacher, train = _teacher(cfg, teacher_path, model, train, out, acc.device)
+    teacher, train = _teacher(cfg, teacher_path, model, train, out, acc.device, sharding)
     fp = fingerprint(tree_hash(student_dir), cfg, str(teacher_path) if teacher_path else None)
     if fresh and acc.is_main_process:
         checkpoint.discard(out)
     if cfg.train.trainer == "trl":
         from edgeprune.recovery.trl_path import train_trl
 
+        memory = Tracker(model)
         peft_model, summary = train_trl(model, tok, train, val, cfg, out)
+        summary.update(memory.gathered(acc))
     else:
         from edgeprune.recovery.loop import Loop
 
-        loop = Loop(wrap_lora(model, cfg.lora), train, val, cfg, out, teacher, acc, fp, on_step)
+        loop = Loop(wrap_lora(model, cfg.lora), train, val, cfg, out, teacher, acc, fp, on_step, sharding)
         loop.resume()
+        memory = Tracker(loop.inner)  # after sharding: parameters held, and the peak from here on
         summary = loop.run()
-        peft_model = loop.inner
+        summary.update(memory.gathered(acc))  # the training's numbers, before any merge
+        if loop.sharded:
+            adapter = loop.best["adapter"]  # whole tensors, gathered by every process
+            del loop, model, teacher  # the shards go before the main process loads the whole model
+            gc.collect()
+            peft_model = _unsharded(student_dir, cfg, adapter) if acc.is_main_process else None
+        else:
+            peft_model = loop.inner
     summary.update({"mode": cfg.mode, "trainer": cfg.train.trainer, "train_blocks": len(train),
                     "val_blocks": len(val), "block_tokens": cfg.data.max_length, "data": cfg.data.source,
                     "student": str(student_dir), "teacher": str(teacher_path) if teacher_path else None,
@@ -119,6 +139,17 @@ def run_recovery(student_dir: Path, cfg: Recovery, out: Path, teacher_path: Path
         shutil.rmtree(out / "trl", ignore_errors=True)
     acc.wait_for_everyone()
     return summary
+
+
+def _unsharded(student_dir: Path, cfg: Recovery, adapter: dict):
+    """The student with the trained adapter in one process, to merge: the frozen base never changed,
+    so it is read again from disk and only the adapter comes from training."""
+    from edgeprune.recovery.lora import load_trainable, wrap_lora
+
+    model, _ = load_model(student_dir, cfg.train.base_dtype)
+    peft_model = wrap_lora(model, cfg.lora)
+    load_trainable(peft_model, adapter)
+    return peft_model
 
 
 RECORD_KEYS = ("mode", "data", "steps", "tokens", "seconds", "stopped_by", "best_step", "initial_val_ppl",
