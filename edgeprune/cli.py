@@ -166,8 +166,9 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
 @click.option("--nm", default=None, help="Sparsity: N:M pattern, e.g. 2:4 (N non-zeros in every M).")
 @click.option("--calib", type=click.Path(), default=None)
 @click.option("--stream/--no-stream", default=None,
-              help="Depth: score and cut layer by layer from the safetensors, never loading the model "
-                   "(default: stream when the weights exceed 30 % of available RAM).")
+              help="Depth, and width heads/ffn with activation importance: score and cut layer by layer from "
+                   "the safetensors, never loading the model (default: stream when the weights exceed 30 % of "
+                   "available RAM).")
 @click.option("--heal", default=None,
               help="Training-free healing after the cut: a heal method (see `edgeprune methods`) or 'auto'.")
 @click.option("--heal-minutes", type=(click.FloatRange(min=0), click.FloatRange(min=0)), default=(0.0, 0.0),

@@ -88,6 +88,10 @@ class Export(Strict):
     # Gate: mean KL(F16 || quantized) of next-token distributions on the verify prompt, in nats.
     # None: the quant type's default (QuantSpec.kld_max).
     kld_max: float | None = Field(None, gt=0)
+    # The reference logits, weight check and imatrix read the checkpoint one layer at a time (True)
+    # or load it in float32 (False); None: stream when float32 weights exceed 30 % of free RAM.
+    # Excluded from dumps, hence from the step keys: both paths give the same numbers.
+    stream: bool | None = Field(None, exclude=True)
 
     def uses_imatrix(self, quant: str | None = None) -> bool:
         spec = quants.get(quant or self.quant)

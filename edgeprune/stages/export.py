@@ -32,6 +32,8 @@ from edgeprune.toolchain import imatrix_file, llamacpp
 from edgeprune.toolchain.checkpoint import checkpoint_tensors, parameter_count
 from edgeprune.toolchain.gguf_check import check_finite, check_gguf
 from edgeprune.toolchain.hf import load_model
+from edgeprune.streaming.logits import named_weights, streamed_logits
+from edgeprune.streaming.policy import decide_export_stream
 
 VERIFY_PROMPT = ("The tower is 324 metres tall, about the same height as an 81-storey building, "
                  "and the tallest structure in Paris. Its base is square, measuring 125 metres on each side.")
@@ -58,6 +60,26 @@ def hf_logits(model, tokens: list[int]) -> np.ndarray:
         return model(input_ids=torch.tensor([tokens])).logits[0].float().numpy()
 
 
+class Phases:
+    """Wall seconds of each export phase and the process's peak RSS when it ended (ru_maxrss only
+    grows, so the phase where it jumps is the one that set it); the converter runs as a child
+    process, whose peak is reported apart."""
+
+    def __init__(self):
+        import time
+
+        self._clock, self._last, self.record = time.perf_counter, time.perf_counter(), {}
+
+    def done(self, name: str) -> None:
+        import resource
+
+        now = self._clock()
+        self.record[name] = {"s": round(now - self._last, 1),
+                             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                             "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}
+        self._last = now
+
+
 def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tuple[Path, dict]:
     llamacpp.require_llama_cpp()
     use_imatrix = cfg.uses_imatrix()
@@ -66,22 +88,22 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     # fail before converting when llama.cpp could not quantize these shapes (e.g. Q1_0 on 576-wide rows)
     types = tensor_types(ModelShape.from_config(json.loads((hf_dir / "config.json").read_text())), cfg.quant,
                          use_imatrix)
-    im_path = imatrix_step(store, hf_dir, hf_hash, cfg.imatrix_calibration) if use_imatrix else None
+    phases = Phases()
+    stream = decide_export_stream(cfg.stream, parameter_count(checkpoint_tensors(hf_dir)))
+    im_path = imatrix_step(store, hf_dir, hf_hash, cfg.imatrix_calibration, stream.stream) if use_imatrix else None
+    phases.done("imatrix")
 
     def build(out: Path) -> dict:
         bar = tqdm(total=4, desc=f"export {cfg.quant}", unit="step")
-        model, tok = load_model(hf_dir)
-        check_finite(model.state_dict().items(), str(hf_dir), "weight")
-        tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
-        ref = hf_logits(model, tokens)
+        tokens, ref, expect = reference(hf_dir, stream.stream)
         check_finite([("of the HF model", ref)], str(hf_dir), "the verify prompt's logits")
-        expect = expected_header(model.config)
-        del model
+        phases.done("reference logits (streamed)" if stream.stream else "load and reference logits")
         f16 = out / "converted.F16.gguf"  # not model.F16.gguf: --quant F16 writes that, and must not read itself
         bar.set_postfix_str("convert F16")
         llamacpp.convert_hf_to_gguf(hf_dir, f16, "f16")
         f16_meta = llamacpp.gguf_metadata(f16)
         check_gguf(f16, f16_meta, expect)
+        phases.done("convert F16")
         bar.update()
         bar.set_postfix_str("verify F16")
         f16_logits = llamacpp.gguf_logits(f16, tokens)
@@ -90,10 +112,12 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
         if not f16_vs_hf["cos_min"] >= cfg.logits_cos_min:  # `not >=` also catches NaN
             raise ExportError(f"F16 GGUF logits disagree with the HF model (cos {f16_vs_hf['cos_min']:.4f} "
                               f"< {cfg.logits_cos_min})", where=str(hf_dir), fix="report a converter bug")
+        phases.done("verify F16")
         bar.update()
         bar.set_postfix_str(f"quantize {cfg.quant}")
         quant = out / f"model.{cfg.quant}.gguf"
         llamacpp.quantize(f16, quant, cfg.quant, **quantize_inputs(spec, types, im_path))
+        phases.done("quantize")
         bar.update()
         bar.set_postfix_str("verify quantized")
         meta = llamacpp.gguf_metadata(quant)
@@ -104,11 +128,12 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
                               where=str(hf_dir), fix="use a higher-precision quant (e.g. Q5_K_M, Q8_0), or raise "
                               "export.kld_max in the recipe if this drift is acceptable")
         f16.unlink()  # 2-4x the quantized size; reproducible from the step key
+        phases.done("verify quantized")
         bar.update()
         bar.close()
         verify = {"prompt_tokens": len(tokens), "hf_vs_f16": f16_vs_hf, "quant_vs_f16": q_vs_f16,
                   "tolerance": {"hf_vs_f16_cos_min": cfg.logits_cos_min, "quant_vs_f16_kld_max": kld_max},
-                  "gguf": meta}
+                  "gguf": meta, "phases": phases.record}
         (out / "verify.json").write_text(json.dumps(verify, indent=2, default=str))
         return {"gguf": quant.name, "bytes": quant.stat().st_size, "layers": expect["llama.block_count"],
                 "verify": verify}
@@ -119,6 +144,22 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     res = store.run("export", key, build,
                     need_bytes=export_bytes_needed(hf_dir, spec))
     return res.path / res.meta["gguf"], res.meta
+
+
+def reference(hf_dir: Path, stream: bool) -> tuple[list[int], np.ndarray, dict]:
+    """(verify prompt tokens, the HF model's float32 logits on them, the GGUF header it implies),
+    every weight checked finite on the way: loaded whole, or read one layer at a time."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not stream:
+        model, tok = load_model(hf_dir)
+        check_finite(model.state_dict().items(), str(hf_dir), "weight")
+        tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
+        return tokens, hf_logits(model, tokens), expected_header(model.config)
+    check_finite(named_weights(hf_dir), str(hf_dir), "weight")
+    tok = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False)
+    tokens = tok(VERIFY_PROMPT, add_special_tokens=False)["input_ids"]
+    return tokens, streamed_logits(hf_dir, tokens), expected_header(AutoConfig.from_pretrained(hf_dir))
 
 
 def quantize_inputs(spec: quants.QuantSpec, types: list[tuple[str, str, int]], im_path: Path | None) -> dict:

@@ -10,6 +10,7 @@ pipeline's own calibration data and store, and needs no extra llama.cpp binary.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,21 @@ import torch
 from edgeprune.config.recipe import Calibration
 from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
+from edgeprune.streaming.stream import forward_batches, stream_layers
 from edgeprune.toolchain import imatrix_file
 from edgeprune.toolchain.hf import gguf_weight_name, load_model
 
 FILE = "imatrix.gguf"
 BATCH = 4
+
+
+def _summing(name: str, sums: dict, counts: dict):
+    """A forward pre-hook adding the squares of its Linear's inputs to sums[name], tokens to counts."""
+    def pre(_mod, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        counts[name] = counts.get(name, 0) + x.shape[0]
+    return pre
 
 
 def collect(model, windows: torch.Tensor) -> imatrix_file.IMatrix:
@@ -32,16 +43,9 @@ def collect(model, windows: torch.Tensor) -> imatrix_file.IMatrix:
     sums: dict[str, torch.Tensor] = {}
     hooks = []
 
-    def hook_for(name: str):
-        def pre(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-            im.counts[name] = im.counts.get(name, 0) + x.shape[0]
-        return pre
-
     for hf_name, mod in model.model.layers.named_modules(prefix="model.layers"):
         if isinstance(mod, torch.nn.Linear):
-            hooks.append(mod.register_forward_pre_hook(hook_for(gguf_weight_name(hf_name, n_layers))))
+            hooks.append(mod.register_forward_pre_hook(_summing(gguf_weight_name(hf_name, n_layers), sums, im.counts)))
     try:
         with torch.no_grad():
             for batch in windows.split(BATCH):
@@ -53,13 +57,41 @@ def collect(model, windows: torch.Tensor) -> imatrix_file.IMatrix:
     return im
 
 
-def imatrix_step(store: StepStore, hf_dir: Path, hf_hash: str, cal: Calibration) -> Path:
-    """The imatrix file of the checkpoint `hf_dir` on calibration `cal`, cached as a step."""
+def collect_streamed(hf_dir: Path, windows: torch.Tensor) -> imatrix_file.IMatrix:
+    """collect's sums, with the checkpoint read one decoder layer at a time (streaming/stream.py)."""
+    im = imatrix_file.IMatrix(chunk_count=len(windows), chunk_size=windows.shape[1])
+    sums: dict[str, torch.Tensor] = {}
+    n_layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
+
+    def visit(idx: int, layer, hs: list, kw: dict) -> None:
+        hooks = [mod.register_forward_pre_hook(_summing(gguf_weight_name(name, n_layers), sums, im.counts))
+                 for name, mod in layer.named_modules(prefix=f"model.layers.{idx}")
+                 if isinstance(mod, torch.nn.Linear)]
+        try:
+            forward_batches(layer, hs, kw)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    stream_layers(hf_dir, windows, visit, BATCH)
+    im.sums = {n: s.numpy().astype(np.float32) for n, s in sums.items()}
+    return im
+
+
+def imatrix_step(store: StepStore, hf_dir: Path, hf_hash: str, cal: Calibration, stream: bool = False) -> Path:
+    """The imatrix file of the checkpoint `hf_dir` on calibration `cal`, cached as a step. `stream`:
+    read one layer at a time instead of loading the model (same sums; not part of the key)."""
 
     def build(out: Path) -> dict:
-        model, tok = load_model(hf_dir)
-        windows = calibration_windows(tok, cal)
-        im = collect(model, windows)
+        if stream:
+            from transformers import AutoTokenizer
+
+            windows = calibration_windows(AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False), cal)
+            im = collect_streamed(hf_dir, windows)
+        else:
+            model, tok = load_model(hf_dir)
+            windows = calibration_windows(tok, cal)
+            im = collect(model, windows)
         im.datasets = [str(cal.path) if cal.path else "edgeprune C4 sample"]
         imatrix_file.write(out / FILE, im)
         return {"entries": len(im.sums), "chunks": im.chunk_count, "chunk_size": im.chunk_size,

@@ -146,3 +146,13 @@ def width_stream_note(methods: list | None, decision: StreamDecision) -> str | N
     return (f"note: width method {'+'.join(m.name for m in methods)} cannot stream (it slices every layer's "
             f"matrices and {'back-propagates through the whole model' if backward else 'hooks the whole model'}); "
             "only depth scoring streams, the width step loads the depth-pruned model")
+
+
+def decide_export_stream(forced: bool | None, params: int, available: int | None = None) -> StreamDecision:
+    """Export's reference logits, weight check and imatrix: streamed layer by layer, or from the
+    model loaded in float32 (4 bytes a parameter, whatever the stored dtype). Both give the same
+    numbers; the loaded pass is faster, the streamed one holds one layer."""
+    if forced is not None:
+        return StreamDecision(forced, f"forced by export.stream = {forced}")
+    big, size, now = _size_rule(4 * params, available)
+    return StreamDecision(big, f"auto: float32 {size}", now)
