@@ -11,8 +11,9 @@ process tree, the peak of anonymous memory (what a device must really hold) and 
 pages (mmapped weights, which the kernel can drop and re-read). RSS / model bytes divides by the
 bytes of the stage's input weights.
 
-Every intermediate folder is deleted once the next stage has read it (the 8B run would otherwise
-need ~55 GB of disk); its size is recorded first. Calibration is a small slice of the shipped C4
+Every intermediate folder, and the step store the stage imported its input into, is deleted once
+the next stage has read it (the 8B run would otherwise need ~90 GB of disk); its size is recorded
+first. Calibration is a small slice of the shipped C4
 sample (--calib-windows windows of 256 tokens) so that the streamed fp32 passes stay minutes at 8B.
 """
 
@@ -61,7 +62,7 @@ def _tree(pid: int) -> list[int]:
 def run_stage(name: str, argv: list[str], logs: Path, input_bytes: int) -> dict:
     """Run one stage's command to the end; its JSON stdout is parsed into `result`."""
     out, err = logs / f"{name}.out", logs / f"{name}.err"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "EDGEPRUNE_STORE": str(logs.parent / "store")}
     start = time.perf_counter()
     with open(out, "w") as so, open(err, "w") as se:
         proc = subprocess.Popen(argv, stdout=so, stderr=se, env=env)
@@ -137,6 +138,7 @@ def main() -> None:
               f"anon {rec['peak_anon_bytes'] / 1e9:6.2f} GB  out {sizes[name] / 1e9:6.2f} GB", flush=True)
         if src is not None and not args.keep:
             shutil.rmtree(src)
+        shutil.rmtree(work / "store", ignore_errors=True)  # the stage's imported copy and steps
 
     synth, depth, hd, ff = (work / n for n in ("synth", "depth", "heads", "ffn"))
     stage("synth", ["synth", "--shape", args.shape, "--out", str(synth)], None, synth)
@@ -172,3 +174,36 @@ def _machine() -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+SIZES = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
+
+
+def _runs(folder: Path) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("llama-*.json"))]
+    return sorted(runs, key=lambda r: SIZES.index(r["shape"]))
+
+
+def table(folder: Path) -> str:
+    """Stage x size for every bench/out/scale/<shape>.json (python bench/tables.py scale)."""
+    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
+    lines = ["| shape | stage | wall s | peak RSS GB | peak anon GB | peak file-backed GB | RSS / input bytes "
+             "| input GB | output GB |", "|" + "---|" * 9]
+    for run in _runs(folder):
+        for s in run["stages"]:
+            ratio = f"{s['rss_per_model_byte']:.2f}" if s.get("rss_per_model_byte") is not None else ""
+            lines.append(f"| {run['shape']} | {s['stage']} | {s['wall_s']:.0f} | {gb(s['peak_rss_bytes'])} "
+                         f"| {gb(s['peak_anon_bytes'])} | {gb(s['peak_file_bytes'])} | {ratio} "
+                         f"| {gb(s['input_bytes']) if s['input_bytes'] else ''} | {gb(s['output_bytes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def phases_table(folder: Path) -> str:
+    """Inside export: each phase's wall time and the peak RSS reached by its end."""
+    lines = ["| shape | phase | wall s | peak RSS by its end GB | converter peak GB |", "|" + "---|" * 5]
+    for run in _runs(folder):
+        export = next(s for s in run["stages"] if s["stage"] == "export")
+        for name, ph in export["result"]["verify"]["phases"].items():
+            lines.append(f"| {run['shape']} | {name} | {ph['s']:.0f} | {ph['peak_rss_mb'] / 1e3:.2f} "
+                         f"| {ph['children_peak_rss_mb'] / 1e3:.2f} |")
+    return "\n".join(lines) + "\n"

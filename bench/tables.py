@@ -169,11 +169,15 @@ SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
                  "heal-sweep-2": ("heal_sweep", "heal/sweep-gpu-2.json"),
                  "heal-sweep-3": ("heal_sweep", "heal/sweep-gpu-3.json"),
                  "quant-imatrix": ("quant_levers", "quant/imatrix.json"),
-                 "quant-mixes": ("quant_levers", "quant/mixes.json")}
+                 "quant-mixes": ("quant_levers", "quant/mixes.json"),
+                 "scale-stages": ("scale", "scale"),
+                 "scale-export": ("scale", "scale", "phases_table"),
+                 "scale-cost": ("scale_cost", "scale/cost-llama-3.2-1b.json"),
+                 "scale-arm16g": ("scale_cost", "scale/cost-llama-3.2-1b.json", "paper_table")}
 
 
-def _script_table(script: str, rel: str) -> str:
-    return _bench_script(script).table(OUT / rel) + "\n"
+def _script_table(script: str, rel: str, func: str = "table") -> str:
+    return getattr(_bench_script(script), func)(OUT / rel) + "\n"
 
 
 TABLES = {"first-run": first_run, "slice": slice_, "methods": methods, "methods-memory": methods_memory,

@@ -13,13 +13,11 @@ import json
 import re
 import shutil
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from edgeprune.errors import ModelError
 from edgeprune.surgery.layers import check_removal
-from edgeprune.toolchain.checkpoint import read_safetensors_header
+from edgeprune.toolchain.checkpoint import OutTensor, read_safetensors_header, write_safetensors  # noqa: F401 (re-exported)
 
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 CHUNK = 16 << 20  # bytes copied at a time: memory stays at this, whatever the tensor size
@@ -43,39 +41,6 @@ def layer_renames(names: list[str], remove: list[int], n_layers: int) -> dict[st
 def data_start(path: Path) -> int:
     with open(path, "rb") as fh:
         return 8 + struct.unpack("<Q", fh.read(8))[0]
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    """One tensor of a safetensors file being written: its header entry (dtype, shape, byte count)
-    is known before its data, which emit(dst) writes at dst's position and returns the bytes of."""
-    name: str
-    dtype: str
-    shape: list[int]
-    nbytes: int
-    emit: Callable[[BinaryIO], int]
-
-
-def write_safetensors(out: Path, tensors: list[OutTensor]) -> int:
-    """Write one safetensors file: the whole header first (every offset follows from the byte
-    counts), then each tensor's data in order, so no tensor waits in memory for the others.
-    Returns the bytes written; an emit that writes other than its nbytes is an error, not a
-    silently shifted file."""
-    header, offset = {}, 0
-    for t in tensors:
-        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-        offset += t.nbytes
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
-    with open(out, "wb") as dst:
-        dst.write(struct.pack("<Q", len(raw)) + raw)
-        for t in tensors:
-            wrote = t.emit(dst)
-            if wrote != t.nbytes:
-                raise ModelError(f"{t.name}: wrote {wrote} bytes where the header says {t.nbytes}", where=str(out),
-                                 fix="check the source safetensors are whole (re-download or re-save) and run again")
-    return 8 + len(raw) + offset
 
 
 def _copier(src: Path, start: int, lo: int, hi: int) -> Callable[[BinaryIO], int]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from edgeprune.errors import ModelError
 
@@ -79,3 +81,36 @@ def check_config_consistency(cfg: dict, tensors: dict, where: str) -> None:
     if cfg.get("auto_map"):
         raise ModelError("config.json has auto_map: the model needs its own Python code to load", where=where,
                          fix="edgeprune never runs remote code; use a checkpoint of a supported architecture")
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One tensor of a safetensors file being written: its header entry (dtype, shape, byte count)
+    is known before its data, which emit(dst) writes at dst's position and returns the bytes of."""
+    name: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    emit: Callable[[BinaryIO], int]
+
+
+def write_safetensors(out: Path, tensors: list[OutTensor]) -> int:
+    """Write one safetensors file: the whole header first (every offset follows from the byte
+    counts), then each tensor's data in order, so no tensor waits in memory for the others.
+    Returns the bytes written; an emit that writes other than its nbytes is an error, not a
+    silently shifted file."""
+    header, offset = {}, 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
+    with open(out, "wb") as dst:
+        dst.write(struct.pack("<Q", len(raw)) + raw)
+        for t in tensors:
+            wrote = t.emit(dst)
+            if wrote != t.nbytes:
+                raise ModelError(f"{t.name}: wrote {wrote} bytes where the header says {t.nbytes}", where=str(out),
+                                 fix="check the source safetensors are whole (re-download or re-save) and run again")
+    return 8 + len(raw) + offset

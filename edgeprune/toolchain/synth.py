@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from edgeprune.errors import ConfigError
+from edgeprune.toolchain.checkpoint import OutTensor, write_safetensors
 
 SHARD_BYTES = 5 * 10**9  # transformers' save_pretrained default shard size, what the Hub holds
 INIT_STD = 0.02          # Llama's initializer_range: activations stay finite through 32 layers
@@ -120,26 +120,15 @@ def _numel(shape: Iterable[int]) -> int:
     return n
 
 
-def write_streamed(path: Path, entries: list[tuple[str, tuple[int, ...]]], make: Callable,
-                   dtype: str = "BF16") -> int:
-    """One safetensors file whose header is known before any tensor exists; each tensor is made,
-    written and freed in turn. Returns the bytes written."""
-    header, offset = {}, 0
-    for name, shape in entries:
-        n = 2 * _numel(shape)
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
-    import torch
+def _drawn(name: str, shape: tuple[int, ...], seed: int) -> OutTensor:
+    """The OutTensor of one weight: drawn when the writer reaches it, written, freed."""
+    def emit(fh) -> int:
+        import torch
 
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
-        for name, shape in entries:
-            t = make(name, shape).contiguous()
-            fh.write(memoryview(t.view(torch.uint8).numpy()))  # bf16 has no numpy dtype; its bytes do
-    return 8 + len(raw) + offset
+        t = draw(name, shape, seed).contiguous()
+        return fh.write(memoryview(t.view(torch.uint8).numpy()))  # bf16 has no numpy dtype; its bytes do
+
+    return OutTensor(name, "BF16", list(shape), 2 * _numel(shape), emit)
 
 
 def write_checkpoint(shape: Shape, vocab: int, out: Path, seed: int, max_shard: int = SHARD_BYTES) -> dict:
@@ -150,7 +139,7 @@ def write_checkpoint(shape: Shape, vocab: int, out: Path, seed: int, max_shard: 
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     total = 0
     for fname, entries in zip(names, shards):
-        write_streamed(out / fname, entries, lambda name, shp: draw(name, shp, seed))
+        write_safetensors(out / fname, [_drawn(name, shp, seed) for name, shp in entries])
         total += sum(2 * _numel(s) for _, s in entries)
     if n > 1:
         index = {"metadata": {"total_size": total},

@@ -1,0 +1,220 @@
+"""The cost model against DRAM-bound decode: predicted vs measured tok/s of pruned 1B-shaped models.
+
+    python bench/scale_cost.py --work /tmp/scale-cost --out bench/out/scale/cost-llama-3.2-1b.json
+
+A 1B model's Q4_K_M (~0.8 GB) does not fit this CPU's 300 MB L3, so its decode reads DRAM, as an
+edge device's does. The run, on the `host` target with no cache eviction:
+  1. `edgeprune synth --shape llama-3.2-1b`, then candidates made with the CLI: the unpruned model
+     at Q4_K_M (the reference) and Q4_0, -4 layers at Q4_K_M, -4 layers with -20 % FFN at Q4_K_M,
+     and -4 layers with half the KV groups and -20 % FFN at Q3_K_M (streamed prunes, no imatrix:
+     it changes no byte count and no speed).
+  2. Each candidate benchmarked paired with the reference in one process (alternating every 10
+     decoded tokens; devices/bench_worker.run_paired), so both see the same minute.
+  3. Predictions from the cost model (targets/costmodel.py) three ways:
+     - prior: the host target's datasheet numbers and the prior efficiencies;
+     - per-model: calibrated on this model's reference alone, measured in the candidate's own
+       paired run (the planner's situation after it measured its baseline);
+     - leave-one-out: calibrated on the reference and every other candidate, not this one.
+Errors are predicted / measured - 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchout import write_json
+
+from edgeprune.devices.runners import BenchSpec, run_local
+from edgeprune.targets import load_target
+from edgeprune.targets.calibration import fit, sample_from
+from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, predict
+from edgeprune.targets.gguf_size import ModelShape
+
+# name: (layers removed, KV-group fraction removed, FFN fraction removed, quant)
+CANDIDATES = {"full Q4_K_M": (0, 0, 0, "Q4_K_M"), "full Q4_0": (0, 0, 0, "Q4_0"),
+              "-4L Q4_K_M": (4, 0, 0, "Q4_K_M"), "-4L ffn-20% Q4_K_M": (4, 0, 0.2, "Q4_K_M"),
+              "-4L kv-50% ffn-20% Q3_K_M": (4, 0.5, 0.2, "Q3_K_M")}
+REFERENCE = "full Q4_K_M"
+
+
+def edgeprune(*args: str) -> dict:
+    res = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"edgeprune {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return json.loads(res.stdout[res.stdout.index("{"):])
+
+
+def checkpoint(work: Path, synth: Path, calib: Path, removed: int, kv: float, ffn: float) -> Path:
+    """The pruned HF folder for one cut, each prune streamed from the previous folder."""
+    folder, name = synth, "synth"
+    for method, flag, value in (("block-influence", "--remove", removed), ("heads", "--fraction", kv),
+                                ("ffn", "--fraction", ffn)):
+        if not value:
+            continue
+        name += f"_{method}{value}"
+        out = work / name
+        if not out.is_dir():
+            edgeprune("prune", "--model", str(folder), "--method", method, flag, str(value), "--stream",
+                      "--calib", str(calib), "--out", str(out))
+        folder = out
+    return folder
+
+
+def candidate_of(base: ModelShape, folder: Path, quant: str) -> Candidate:
+    cfg = json.loads((folder / "config.json").read_text())
+    return Candidate(layers_removed=base.layers - cfg["num_hidden_layers"], heads=cfg["num_attention_heads"],
+                     kv_heads=cfg["num_key_value_heads"], ffn=cfg["intermediate_size"], quant=quant)
+
+
+def read_bandwidth_gbs(threads: int, gb: float = 2.0, reps: int = 5) -> float:
+    """This machine's DRAM read rate with `threads` threads: the best of `reps` sums over a buffer
+    far larger than the L3 cache (what decode does to the weights: read each byte once)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    buf = torch.ones(int(gb * 1e9) // 4, dtype=torch.float32)
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        float(buf.sum())
+        best = max(best, gb / (time.perf_counter() - t))
+    return best
+
+
+def paper_plan(efficiency: float) -> dict:
+    """The arm16g paper plan of Llama-3.1-8B (planner/predict_only.py) with the decode efficiency
+    measured here (share of DRAM read bandwidth llama.cpp reaches) in place of the 70 % prior."""
+    from edgeprune.config.loader import load_recipe
+    from edgeprune.planner.methods import resolve_methods
+    from edgeprune.planner.predict_only import REFERENCE, load_model_config, searcher_for
+
+    cfg, _ = load_model_config("llama-3.1-8b")
+    s = searcher_for(cfg, load_target("arm16g"), resolve_methods(load_recipe("default")))
+    out = {}
+    for way, f in {"prior": Factors(), "measured_efficiency": Factors(decode=(1 / efficiency, 1.0))}.items():
+        s.factors = f
+        b = s.target.budget
+        out[way] = [{"label": label, "claimed_gb": size / 1e9, "claimed_tg_tps": tps,
+                     "predicted_gb": round(s.predict(c).file_bytes / 1e9, 3), "predicted_tg_tps": round(s.predict(c).tg_tps, 2),
+                     "predicted_answer_s": round(b.answer_tokens / s.predict(c).tg_tps, 2)}
+                    for label, c, size, tps in REFERENCE]
+    return out
+
+
+def error(pred: float, meas: float) -> float:
+    return round(pred / meas - 1, 4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scale import calib_file
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    synth = args.work / "synth"
+    if not synth.is_dir():
+        edgeprune("synth", "--shape", "llama-3.2-1b", "--out", str(synth))
+    calib = calib_file(args.work / "calib.jsonl", 8)
+    base = ModelShape.from_config(json.loads((synth / "config.json").read_text()), name="llama-3.2-1b synth")
+    ggufs, cands = {}, {}
+    for name, (removed, kv, ffn, quant) in CANDIDATES.items():
+        folder = checkpoint(args.work, synth, calib, removed, kv, ffn)
+        ggufs[name] = args.work / (name.replace(" ", "_").replace("%", "") + ".gguf")
+        if not ggufs[name].is_file():
+            edgeprune("export", "--model", str(folder), "--quant", quant, "--no-imatrix", "--out", str(ggufs[name]))
+        cands[name] = candidate_of(base, folder, quant)
+        print(f"built {name}: {ggufs[name].stat().st_size / 1e6:.0f} MB", flush=True)
+
+    target = load_target("host")
+    dev = DeviceSpec.from_target(target)
+    spec = BenchSpec(args.prompt_tokens, args.tokens, args.reps, 1, dev.threads)
+    p, n = args.prompt_tokens, args.tokens
+    pred_of = lambda name, f: predict(base, cands[name], dev, f, p, n)  # noqa: E731
+    runs = {}
+    for name in CANDIDATES:
+        if name == REFERENCE:
+            continue
+        res = run_local(ggufs[name], spec, reference=ggufs[REFERENCE])
+        runs[name] = res
+        print(f"measured {name}: tg {res['tg_tps']['median']:.2f} vs ref {res['reference']['tg_tps']['median']:.2f}",
+              flush=True)
+    rows = []
+    ref_samples = {nm: sample_from(pred_of(REFERENCE, Factors()), r["reference"], REFERENCE, "local", "Q4_K_M")
+                   for nm, r in runs.items()}
+    cand_samples = {nm: sample_from(pred_of(nm, Factors()), r, nm, "local", cands[nm].quant) for nm, r in runs.items()}
+    for name, res in runs.items():
+        meas = {"tg": res["tg_tps"]["median"], "pp": res["pp_tps"]["median"]}
+        ways = {"prior": Factors(), "per_model": fit([ref_samples[name]]),
+                "leave_one_out": fit([ref_samples[name]] + [s for k, s in cand_samples.items() if k != name])}
+        row = {"candidate": name, "quant": cands[name].quant, "gguf_bytes": ggufs[name].stat().st_size,
+               "measured_tg_tps": meas["tg"], "measured_pp_tps": meas["pp"],
+               "reference_tg_tps": res["reference"]["tg_tps"]["median"],
+               "reference_pp_tps": res["reference"]["pp_tps"]["median"],
+               "tg_ratio": res["paired"]["tg_ratio"]["median"], "pp_ratio": res["paired"]["pp_ratio"]["median"],
+               "pairs": res["paired"]["pairs"], "converged": res["paired"]["converged"],
+               "peak_rss_bytes": res["peak_rss_bytes"]}
+        for way, f in ways.items():
+            pr = pred_of(name, f)
+            row[way] = {"tg_tps": round(pr.tg_tps, 3), "pp_tps": round(pr.pp_tps, 2),
+                        "tg_error": error(pr.tg_tps, meas["tg"]), "pp_error": error(pr.pp_tps, meas["pp"])}
+        rows.append(row)
+        print(f"{name:28} tg err prior {row['prior']['tg_error']:+.1%} per-model {row['per_model']['tg_error']:+.1%} "
+              f"loo {row['leave_one_out']['tg_error']:+.1%}", flush=True)
+    bw = read_bandwidth_gbs(dev.threads)
+    ref_run = runs[next(iter(runs))]["reference"]
+    ref_read = pred_of(REFERENCE, Factors()).weights_read
+    efficiency = ref_read * ref_run["tg_tps"]["median"] / (bw * 1e9)
+    ref_fit = fit([ref_samples[next(iter(runs))]])
+    data = {"read_bandwidth_gbs_measured": round(bw, 2), "decode_bytes_per_s_reference": round(ref_read * ref_run["tg_tps"]["median"]),
+            "decode_efficiency_vs_measured_read": round(efficiency, 4), "arm16g_paper_plan": paper_plan(efficiency),
+            "model": "llama-3.2-1b synth", "target": "host", "evict_llc_mb": 0, "threads": dev.threads,
+            "prompt_tokens": p, "tokens": n, "bandwidth_gbs_datasheet": dev.bandwidth_gbs,
+            "decode_bandwidth_efficiency": round(1 / ref_fit.decode_theta("Q4_K_M")[0], 4),
+            "rows": rows, "host_load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "command": "python bench/scale_cost.py " + " ".join(sys.argv[1:])}
+    write_json(args.out, data)
+
+
+def table(path: Path) -> str:
+    """python bench/tables.py scale-cost"""
+    data = json.loads(Path(path).read_text())
+    pct = lambda x: f"{100 * x:+.1f} %"  # noqa: E731
+    lines = ["| candidate | GGUF MB | tg tok/s (× reference, paired) | tg error: prior / per-model / leave-one-out "
+             "| pp tok/s | pp error: prior / per-model / leave-one-out |", "|" + "---|" * 6]
+    for r in data["rows"]:
+        tg = " / ".join(pct(r[w]["tg_error"]) for w in ("prior", "per_model", "leave_one_out"))
+        pp = " / ".join(pct(r[w]["pp_error"]) for w in ("prior", "per_model", "leave_one_out"))
+        lines.append(f"| {r['candidate']} | {r['gguf_bytes'] / 1e6:.0f} | {r['measured_tg_tps']:.2f} "
+                     f"(×{r['tg_ratio']:.3f}) | {tg} | {r['measured_pp_tps']:.1f} | {pp} |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_table(path: Path) -> str:
+    """python bench/tables.py scale-arm16g: the case study next to the paper plan, prior vs measured efficiency."""
+    data = json.loads(Path(path).read_text())
+    plan = data["arm16g_paper_plan"]
+    eff = data["decode_efficiency_vs_measured_read"]
+    lines = ["| case-study model | claimed GB | claimed tok/s | predicted GB | predicted tok/s, prior 70 % "
+             f"| predicted tok/s, measured {eff:.0%} | 100-token answer s, measured efficiency |", "|" + "---|" * 7]
+    for prior, meas in zip(plan["prior"], plan["measured_efficiency"]):
+        lines.append(f"| {prior['label']} | {prior['claimed_gb']:.1f} | {prior['claimed_tg_tps']:.0f} "
+                     f"| {prior['predicted_gb']:.2f} | {prior['predicted_tg_tps']:.2f} | {meas['predicted_tg_tps']:.2f} "
+                     f"| {meas['predicted_answer_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
