@@ -123,9 +123,28 @@ def main(argv: list[str] | None = None) -> dict:
             data = measure(args, Path(tmp))
     from benchout import write_json  # bench/ is on sys.path when a script runs
 
+    data["command"] = "python bench/fsdp_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
     write_json(args.out, data)
     print(json.dumps(data, indent=1))
     return data
+
+
+def table(path: Path) -> str:
+    """python bench/tables.py scale-fsdp"""
+    d = json.loads(Path(path).read_text())
+    mb = lambda xs: " / ".join(f"{x / 1e3:.2f}" for x in xs)  # noqa: E731
+    lines = ["| run | processes | step losses | peak RSS per process GB | training peak RSS GB "
+             "| parameters per process GB | wall s |", "|" + "---|" * 7]
+    for name in ("single", "fsdp"):
+        r = d[name]
+        lines.append(f"| {name} | {r['processes']} | {', '.join(f'{x:.5f}' for x in r['losses'])} "
+                     f"| {mb(r['rss_peak_mb_per_process'])} | {mb(r['rss_train_peak_mb_per_process'])} "
+                     f"| {mb(r['param_mb_per_process'])} | {r['wall_s']:.0f} |")
+    lines.append(f"\nLargest relative difference of a step's loss: {d['max_rel_loss_diff']:.1e} "
+                 f"({d['mode']}, {d['steps']} steps, sequence length {d['seq_len']}, global batch {d['global_batch']}, "
+                 f"base {d['base_dtype']}).")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 A 1B model's Q4_K_M (~0.8 GB) does not fit this CPU's 300 MB L3, so its decode reads DRAM, as an
 edge device's does. The run, on the `host` target with no cache eviction:
   1. `edgeprune synth --shape llama-3.2-1b`, then candidates made with the CLI: the unpruned model
-     at Q4_K_M (the reference) and Q4_0, -4 layers at Q4_K_M, -4 layers with -20 % FFN at Q4_K_M,
+     at Q4_K_M (the reference), Q4_0 and Q3_K_M, -4 layers at Q4_K_M, -4 layers with -20 % FFN at Q4_K_M,
      and -4 layers with half the KV groups and -20 % FFN at Q3_K_M (streamed prunes, no imatrix:
      it changes no byte count and no speed).
   2. Each candidate benchmarked paired with the reference in one process (alternating every 10
@@ -14,6 +14,9 @@ edge device's does. The run, on the `host` target with no cache eviction:
      - prior: the host target's datasheet numbers and the prior efficiencies;
      - per-model: calibrated on this model's reference alone, measured in the candidate's own
        paired run (the planner's situation after it measured its baseline);
+     - per-model per-type: on the reference and the unpruned model at the candidate's quant type
+       (a plan that measures the quant-only front first has it; the unpruned models of other
+       types are what calibrates it, so they get no such prediction);
      - leave-one-out: calibrated on the reference and every other candidate, not this one.
 Errors are predicted / measured - 1.
 """
@@ -31,12 +34,12 @@ from benchout import write_json
 
 from edgeprune.devices.runners import BenchSpec, run_local
 from edgeprune.targets import load_target
-from edgeprune.targets.calibration import fit, sample_from
+from edgeprune.targets.calibration import factors_dict, fit, sample_from
 from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, predict
 from edgeprune.targets.gguf_size import ModelShape
 
 # name: (layers removed, KV-group fraction removed, FFN fraction removed, quant)
-CANDIDATES = {"full Q4_K_M": (0, 0, 0, "Q4_K_M"), "full Q4_0": (0, 0, 0, "Q4_0"),
+CANDIDATES = {"full Q4_K_M": (0, 0, 0, "Q4_K_M"), "full Q4_0": (0, 0, 0, "Q4_0"), "full Q3_K_M": (0, 0, 0, "Q3_K_M"),
               "-4L Q4_K_M": (4, 0, 0, "Q4_K_M"), "-4L ffn-20% Q4_K_M": (4, 0, 0.2, "Q4_K_M"),
               "-4L kv-50% ffn-20% Q3_K_M": (4, 0.5, 0.2, "Q3_K_M")}
 REFERENCE = "full Q4_K_M"
@@ -112,14 +115,53 @@ def error(pred: float, meas: float) -> float:
     return round(pred / meas - 1, 4)
 
 
+def predict_scale_run(scale_json: Path, cost_json: Path) -> dict:
+    """The GGUF a bench/scale.py run made (e.g. the 8B one), predicted from its shape with the prior
+    and with the factors fitted on the 1B candidates (`fit_all` of a scale_cost run), against the
+    speed its bench stage measured (unpaired: a few tokens, one process)."""
+    from edgeprune.toolchain.synth import SHAPES
+
+    run = json.loads(scale_json.read_text())
+    f = json.loads(cost_json.read_text())["fit_all"]
+    stages = {s["stage"]: s for s in run["stages"]}
+    base = ModelShape.from_config(SHAPES[run["shape"]].config(49152, None, None))
+    width = stages["prune-ffn"]["result"]
+    cand = Candidate(layers_removed=run["cuts"]["layers_removed"], heads=width["num_attention_heads"],
+                     kv_heads=width["num_key_value_heads"], ffn=width["intermediate_size"], quant=run["quant"])
+    bench = stages["bench"]["result"]
+    p, n = bench["n_prompt"], bench["n_gen"]
+    dev = DeviceSpec.from_target(load_target("host"), host_threads=bench["n_threads"])
+    calibrated = Factors(decode=tuple(f["decode"]), prefill=tuple(f["prefill"]), decode_quant=f["decode_quant"],
+                         prefill_quant=f["prefill_quant"], samples=f["samples"])
+    meas = {"tg_tps": bench["tg_tps"]["median"], "pp_tps": bench["pp_tps"]["median"]}
+    out = {"shape": run["shape"], "candidate": cand.label(base), "gguf_bytes": stages["export"]["output_bytes"],
+           "measured": meas, "prompt_tokens": p, "tokens": n, "repetitions": bench["repetitions"]}
+    for way, factors in {"prior": Factors(), "calibrated_on_1b": calibrated}.items():
+        pr = predict(base, cand, dev, factors, p, n)
+        out[way] = {"tg_tps": round(pr.tg_tps, 3), "pp_tps": round(pr.pp_tps, 2),
+                    "tg_error": error(pr.tg_tps, meas["tg_tps"]), "pp_error": error(pr.pp_tps, meas["pp_tps"]),
+                    "predicted_gguf_bytes": pr.file_bytes}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--predict-scale", type=Path, nargs=2, metavar=("SCALE_JSON", "COST_JSON"),
+                    help="predict a bench/scale.py run's GGUF with the factors of a scale_cost run, then exit")
+    ap.add_argument("--work", type=Path)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if args.predict_scale:
+        data = predict_scale_run(*args.predict_scale)
+        data["command"] = "python bench/scale_cost.py " + " ".join(sys.argv[1:])
+        write_json(args.out, data)
+        print(json.dumps(data, indent=1))
+        return
+    if args.work is None:
+        ap.error("--work is required to build and measure the 1B candidates")
     sys.path.insert(0, str(Path(__file__).parent))
     from scale import calib_file
 
@@ -159,6 +201,13 @@ def main() -> None:
         meas = {"tg": res["tg_tps"]["median"], "pp": res["pp_tps"]["median"]}
         ways = {"prior": Factors(), "per_model": fit([ref_samples[name]]),
                 "leave_one_out": fit([ref_samples[name]] + [s for k, s in cand_samples.items() if k != name])}
+        # the unpruned model at the candidate's quant type, measured paired in its own run: what a plan
+        # that first measures the quant-only front knows of each type's kernel speed on this model
+        same_type = [s for k, s in cand_samples.items() if k != name and k == f"full {cands[name].quant}"]
+        if same_type and cands[name].quant != "Q4_K_M":
+            ways["per_model_per_type"] = fit([ref_samples[name], *same_type])
+        elif cands[name].layers_removed or cands[name].quant == "Q4_K_M":
+            ways["per_model_per_type"] = ways["per_model"]  # the reference is this type
         row = {"candidate": name, "quant": cands[name].quant, "gguf_bytes": ggufs[name].stat().st_size,
                "measured_tg_tps": meas["tg"], "measured_pp_tps": meas["pp"],
                "reference_tg_tps": res["reference"]["tg_tps"]["median"],
@@ -166,19 +215,19 @@ def main() -> None:
                "tg_ratio": res["paired"]["tg_ratio"]["median"], "pp_ratio": res["paired"]["pp_ratio"]["median"],
                "pairs": res["paired"]["pairs"], "converged": res["paired"]["converged"],
                "peak_rss_bytes": res["peak_rss_bytes"]}
-        for way, f in ways.items():
+        for way, f in ways.items():  # the unpruned models of other types have no per-type way: they calibrate it
             pr = pred_of(name, f)
             row[way] = {"tg_tps": round(pr.tg_tps, 3), "pp_tps": round(pr.pp_tps, 2),
                         "tg_error": error(pr.tg_tps, meas["tg"]), "pp_error": error(pr.pp_tps, meas["pp"])}
         rows.append(row)
-        print(f"{name:28} tg err prior {row['prior']['tg_error']:+.1%} per-model {row['per_model']['tg_error']:+.1%} "
-              f"loo {row['leave_one_out']['tg_error']:+.1%}", flush=True)
+        print(f"{name:28} tg err " + " ".join(f"{w} {row[w]['tg_error']:+.1%}" for w in ways), flush=True)
     bw = read_bandwidth_gbs(dev.threads)
     ref_run = runs[next(iter(runs))]["reference"]
     ref_read = pred_of(REFERENCE, Factors()).weights_read
     efficiency = ref_read * ref_run["tg_tps"]["median"] / (bw * 1e9)
     ref_fit = fit([ref_samples[next(iter(runs))]])
-    data = {"read_bandwidth_gbs_measured": round(bw, 2), "decode_bytes_per_s_reference": round(ref_read * ref_run["tg_tps"]["median"]),
+    fit_all = fit([ref_samples[next(iter(runs))], *cand_samples.values()])
+    data = {"fit_all": factors_dict(fit_all), "read_bandwidth_gbs_measured": round(bw, 2), "decode_bytes_per_s_reference": round(ref_read * ref_run["tg_tps"]["median"]),
             "decode_efficiency_vs_measured_read": round(efficiency, 4), "arm16g_paper_plan": paper_plan(efficiency),
             "model": "llama-3.2-1b synth", "target": "host", "evict_llc_mb": 0, "threads": dev.threads,
             "prompt_tokens": p, "tokens": n, "bandwidth_gbs_datasheet": dev.bandwidth_gbs,
@@ -192,11 +241,13 @@ def table(path: Path) -> str:
     """python bench/tables.py scale-cost"""
     data = json.loads(Path(path).read_text())
     pct = lambda x: f"{100 * x:+.1f} %"  # noqa: E731
-    lines = ["| candidate | GGUF MB | tg tok/s (× reference, paired) | tg error: prior / per-model / leave-one-out "
-             "| pp tok/s | pp error: prior / per-model / leave-one-out |", "|" + "---|" * 6]
+    ways = ("prior", "per_model", "per_model_per_type", "leave_one_out")
+    lines = ["| candidate | GGUF MB | tg tok/s (× reference, paired) | tg error: prior / per-model / per-model "
+             "per-type / leave-one-out | pp tok/s | pp error: prior / per-model / per-model per-type / leave-one-out |",
+             "|" + "---|" * 6]
     for r in data["rows"]:
-        tg = " / ".join(pct(r[w]["tg_error"]) for w in ("prior", "per_model", "leave_one_out"))
-        pp = " / ".join(pct(r[w]["pp_error"]) for w in ("prior", "per_model", "leave_one_out"))
+        tg = " / ".join(pct(r[w]["tg_error"]) if w in r else "—" for w in ways)
+        pp = " / ".join(pct(r[w]["pp_error"]) if w in r else "—" for w in ways)
         lines.append(f"| {r['candidate']} | {r['gguf_bytes'] / 1e6:.0f} | {r['measured_tg_tps']:.2f} "
                      f"(×{r['tg_ratio']:.3f}) | {tg} | {r['measured_pp_tps']:.1f} | {pp} |")
     return "\n".join(lines) + "\n"
@@ -213,6 +264,20 @@ def paper_table(path: Path) -> str:
         lines.append(f"| {prior['label']} | {prior['claimed_gb']:.1f} | {prior['claimed_tg_tps']:.0f} "
                      f"| {prior['predicted_gb']:.2f} | {prior['predicted_tg_tps']:.2f} | {meas['predicted_tg_tps']:.2f} "
                      f"| {meas['predicted_answer_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def scale_table(path: Path) -> str:
+    """python bench/tables.py scale-cost-8b: a scale run's GGUF, predicted vs measured."""
+    d = json.loads(Path(path).read_text())
+    pct = lambda x: f"{100 * x:+.1f} %"  # noqa: E731
+    lines = ["| model | GGUF GB (predicted) | tg tok/s measured | tg predicted: prior / 1B-calibrated "
+             "| pp tok/s measured | pp predicted: prior / 1B-calibrated |", "|" + "---|" * 6]
+    pr, cb = d["prior"], d["calibrated_on_1b"]
+    lines.append(f"| {d['shape']} {d['candidate']} | {d['gguf_bytes'] / 1e9:.2f} ({pr['predicted_gguf_bytes'] / 1e9:.2f}) "
+                 f"| {d['measured']['tg_tps']:.2f} | {pr['tg_tps']:.2f} ({pct(pr['tg_error'])}) / {cb['tg_tps']:.2f} "
+                 f"({pct(cb['tg_error'])}) | {d['measured']['pp_tps']:.1f} | {pr['pp_tps']:.1f} ({pct(pr['pp_error'])}) "
+                 f"/ {cb['pp_tps']:.1f} ({pct(cb['pp_error'])}) |")
     return "\n".join(lines) + "\n"
 
 

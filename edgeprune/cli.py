@@ -223,14 +223,17 @@ def synth(shape, out, seed):
 @click.option("--imatrix/--no-imatrix", default=None,
               help="Quantize with an importance matrix from calibration text (default: where it measurably helps).")
 @click.option("--calib", type=click.Path(), default=None, help="Calibration text for the imatrix (.jsonl or .txt).")
+@click.option("--kld-max", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Verify gate: max mean KL(F16 || quantized) on the verify prompt, nats (default: the quant "
+                   "type's). A random-weight model (`edgeprune synth`) has no signal for it to protect.")
 @VERBOSE
 @friendly
-def export(model, quant, out, imatrix, calib, verbose):
+def export(model, quant, out, imatrix, calib, kld_max, verbose):
     """HF folder -> verified quantized GGUF."""
     from edgeprune.commands.model import export_command
 
     with quiet(verbose):
-        info = export_command(Path(model), quant, Path(out), imatrix, Path(calib) if calib else None)
+        info = export_command(Path(model), quant, Path(out), imatrix, Path(calib) if calib else None, kld_max)
     click.echo(json.dumps(info, indent=2, default=str))
 
 

@@ -16,7 +16,8 @@ from edgeprune.stages.prune_depth import scratch_store
 from edgeprune.toolchain.hf import resolve_model
 
 
-def export_command(model: Path, quant: str, out: Path, imatrix: bool | None = None, calib: Path | None = None) -> dict:
+def export_command(model: Path, quant: str, out: Path, imatrix: bool | None = None, calib: Path | None = None,
+                   kld_max: float | None = None) -> dict:
     from edgeprune.toolchain.hf import check_hf_folder
 
     if not model.is_dir():
@@ -28,7 +29,7 @@ def export_command(model: Path, quant: str, out: Path, imatrix: bool | None = No
     if calib is not None:
         read_texts(calib)  # a missing, binary or malformed file fails here, in one line, before any work
         cal = cal.model_copy(update={"path": calib})
-    cfg = Export(quant=quant, imatrix=imatrix, imatrix_calibration=cal)
+    cfg = Export(quant=quant, imatrix=imatrix, imatrix_calibration=cal, kld_max=kld_max)
     store = scratch_store()
     from edgeprune.store import tree_hash
 
