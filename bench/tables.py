@@ -173,7 +173,9 @@ SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
                  "scale-stages": ("scale", "scale"),
                  "scale-export": ("scale", "scale", "phases_table"),
                  "scale-cost": ("scale_cost", "scale/cost-llama-3.2-1b.json"),
-                 "scale-arm16g": ("scale_cost", "scale/cost-llama-3.2-1b.json", "paper_table")}
+                 "scale-arm16g": ("scale_cost", "scale/cost-llama-3.2-1b.json", "paper_table"),
+                 "scale-cost-8b": ("scale_cost", "scale/cost-llama-3.1-8b.json", "scale_table"),
+                 "scale-fsdp": ("fsdp_scale", "scale/fsdp-llama-3.2-1b.json")}
 
 
 def _script_table(script: str, rel: str, func: str = "table") -> str:
