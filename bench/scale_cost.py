@@ -104,11 +104,14 @@ def paper_plan(efficiency: float) -> dict:
     for way, f in {"prior": Factors(), "measured_efficiency": Factors(decode=(1 / efficiency, 1.0))}.items():
         s.factors = f
         b = s.target.budget
-        out[way] = [{"label": label, "claimed_gb": size / 1e9, "claimed_tg_tps": tps,
-                     "predicted_gb": round(s.predict(c).file_bytes / 1e9, 3), "predicted_tg_tps": round(s.predict(c).tg_tps, 2),
-                     "predicted_answer_s": round(b.answer_tokens / s.predict(c).tg_tps, 2)}
-                    for label, c, size, tps in REFERENCE]
+        out[way] = [_paper_row(label, s.predict(c), size, tps, b.answer_tokens) for label, c, size, tps in REFERENCE]
     return out
+
+
+def _paper_row(label: str, pred, size: float, tps: float, answer_tokens: int) -> dict:
+    return {"label": label, "claimed_gb": size / 1e9, "claimed_tg_tps": tps,
+            "predicted_gb": round(pred.file_bytes / 1e9, 3), "predicted_tg_tps": round(pred.tg_tps, 2),
+            "predicted_answer_s": round(answer_tokens / pred.tg_tps, 2)}
 
 
 def error(pred: float, meas: float) -> float:

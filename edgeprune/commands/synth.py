@@ -5,6 +5,7 @@ place only when every shard is whole."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -31,7 +32,7 @@ def synth_command(shape_name: str, out: Path, seed: int = 0, max_shard: int = sy
     check_writable_dir(out.parent, "--out")
     tok = default_tokenizer()
     vocab = len(tok)
-    need = 2 * sum(synth._numel(s) for _, s in synth.tensor_shapes(shape, vocab))
+    need = 2 * sum(math.prod(s) for _, s in synth.tensor_shapes(shape, vocab))
     check_free_space(out.parent, need, f"the {shape_name} checkpoint")
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".synth-"))
     try:

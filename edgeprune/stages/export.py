@@ -15,6 +15,8 @@ Gates (each failure raises ExportError and nothing is published):
 from __future__ import annotations
 
 import json
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +68,10 @@ class Phases:
     process, whose peak is reported apart."""
 
     def __init__(self):
-        import time
-
-        self._clock, self._last, self.record = time.perf_counter, time.perf_counter(), {}
+        self._last, self.record = time.perf_counter(), {}
 
     def done(self, name: str) -> None:
-        import resource
-
-        now = self._clock()
+        now = time.perf_counter()
         self.record[name] = {"s": round(now - self._last, 1),
                              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                              "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}
@@ -89,7 +87,8 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     types = tensor_types(ModelShape.from_config(json.loads((hf_dir / "config.json").read_text())), cfg.quant,
                          use_imatrix)
     phases = Phases()
-    stream = decide_export_stream(cfg.stream, parameter_count(checkpoint_tensors(hf_dir)))
+    params = parameter_count(checkpoint_tensors(hf_dir))
+    stream = decide_export_stream(cfg.stream, params)
     im_path = imatrix_step(store, hf_dir, hf_hash, cfg.imatrix_calibration, stream.stream) if use_imatrix else None
     phases.done("imatrix")
 
@@ -142,7 +141,7 @@ def export_gguf(store: StepStore, hf_dir: Path, hf_hash: str, cfg: Export) -> tu
     if im_path is not None:
         key["imatrix"] = file_hash(im_path)
     res = store.run("export", key, build,
-                    need_bytes=export_bytes_needed(hf_dir, spec))
+                    need_bytes=export_bytes_needed(params, spec))
     return res.path / res.meta["gguf"], res.meta
 
 
@@ -184,6 +183,6 @@ def expected_header(config) -> dict:
             "llama.attention.head_count_kv": config.num_key_value_heads}
 
 
-def export_bytes_needed(hf_dir: Path, spec: quants.QuantSpec) -> int:
+def export_bytes_needed(params: int, spec: quants.QuantSpec) -> int:
     """F16 copy (2 bytes/weight) + quantized copy (at most 1 byte/weight below 8 bits per weight)."""
-    return int((2 + max(1.0, spec.bits / 8)) * parameter_count(checkpoint_tensors(hf_dir)))
+    return int((2 + max(1.0, spec.bits / 8)) * params)

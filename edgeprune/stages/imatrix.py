@@ -19,7 +19,7 @@ import torch
 from edgeprune.config.recipe import Calibration
 from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
-from edgeprune.streaming.stream import forward_batches, stream_layers
+from edgeprune.streaming.stream import hooked, stream_layers
 from edgeprune.toolchain import imatrix_file
 from edgeprune.toolchain.hf import gguf_weight_name, load_model
 
@@ -63,17 +63,12 @@ def collect_streamed(hf_dir: Path, windows: torch.Tensor) -> imatrix_file.IMatri
     sums: dict[str, torch.Tensor] = {}
     n_layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
 
-    def visit(idx: int, layer, hs: list, kw: dict) -> None:
-        hooks = [mod.register_forward_pre_hook(_summing(gguf_weight_name(name, n_layers), sums, im.counts))
-                 for name, mod in layer.named_modules(prefix=f"model.layers.{idx}")
-                 if isinstance(mod, torch.nn.Linear)]
-        try:
-            forward_batches(layer, hs, kw)
-        finally:
-            for h in hooks:
-                h.remove()
+    def hook(idx: int, layer) -> list:
+        return [mod.register_forward_pre_hook(_summing(gguf_weight_name(name, n_layers), sums, im.counts))
+                for name, mod in layer.named_modules(prefix=f"model.layers.{idx}")
+                if isinstance(mod, torch.nn.Linear)]
 
-    stream_layers(hf_dir, windows, visit, BATCH)
+    stream_layers(hf_dir, windows, hooked(hook), BATCH)
     im.sums = {n: s.numpy().astype(np.float32) for n, s in sums.items()}
     return im
 

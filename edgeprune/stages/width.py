@@ -18,7 +18,7 @@ from edgeprune import registry
 from edgeprune.errors import ConfigError
 from edgeprune.methods.width import (HeadMode, WidthCut, WidthMethod, WidthShape, channel_contribution_sq,
                                      head_contribution_sq, taylor_saliency, taylor_second_order)
-from edgeprune.streaming.stream import forward_batches, stream_layers
+from edgeprune.streaming.stream import hooked, stream_layers
 from edgeprune.surgery.ffn import keep_ffn_channels
 from edgeprune.surgery.heads import keep_heads
 
@@ -81,16 +81,8 @@ def streamed_activation_scores(hf_dir: Path, windows: torch.Tensor, batch_size: 
 
     s = _shape(AutoConfig.from_pretrained(hf_dir))
     scores = _zeros(s)
-
-    def visit(i: int, layer, hs: list, kw: dict) -> None:
-        handles = _activation_hooks(i, layer, scores, s["n_heads"])
-        try:
-            forward_batches(layer, hs, kw)
-        finally:
-            for h in handles:
-                h.remove()
-
-    stream_layers(hf_dir, windows, visit, batch_size)
+    stream_layers(hf_dir, windows, hooked(lambda i, layer: _activation_hooks(i, layer, scores, s["n_heads"])),
+                  batch_size)
     return {k: v.sqrt() for k, v in scores.items()}
 
 

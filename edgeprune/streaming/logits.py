@@ -4,6 +4,7 @@ compares the F16 GGUF against when the model is streamed instead of loaded."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ HEAD_ROWS = 8192  # output-head rows made float32 at a time: a 128k x 4096 head 
 
 def streamed_logits(hf_dir: Path, tokens: list[int]) -> np.ndarray:
     """(len(tokens) x vocab) float32 logits, as the loaded model in float32 gives them."""
-    import json
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     cfg = json.loads((hf_dir / "config.json").read_text())
     hs: list = []
@@ -27,12 +28,12 @@ def streamed_logits(hf_dir: Path, tokens: list[int]) -> np.ndarray:
 
     stream_layers(hf_dir, torch.tensor([tokens]), visit, batch_size=1)
     reader = ShardReader(hf_dir)
-    h = hs[0][0]
-    var = h.pow(2).mean(-1, keepdim=True)  # LlamaRMSNorm, in float32
-    h = reader.get("model.norm.weight") * (h * torch.rsqrt(var + cfg.get("rms_norm_eps", 1e-6)))
+    norm = LlamaRMSNorm(cfg["hidden_size"], eps=cfg.get("rms_norm_eps", 1e-6))
+    norm.weight.data = reader.get("model.norm.weight")
     head = "lm_head.weight" if "lm_head.weight" in reader.where else "model.embed_tokens.weight"
     weight = reader.stored(head)
     with torch.no_grad():
+        h = norm(hs[0][0])
         parts = [h @ weight[i:i + HEAD_ROWS].float().T for i in range(0, weight.shape[0], HEAD_ROWS)]
     return torch.cat(parts, dim=-1).numpy()
 

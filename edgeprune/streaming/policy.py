@@ -75,14 +75,23 @@ def decide_stream(forced: bool | None, depth_method: str, weights: int, availabl
     """`forced`: True/False from --stream/--no-stream (or calibration.stream), None for auto.
     A forced stream of a method that cannot stream is an error, not a silent in-memory run: the
     user asked for bounded memory and would get the whole model."""
+    return _decide(forced, lambda: check_streamable(depth_method, where), lambda: can_stream(depth_method),
+                   depth_method, weights, available, " / calibration.stream")
+
+
+def _decide(forced: bool | None, check, streamable, name: str, weights: int, available: int | None,
+            also: str = "") -> StreamDecision:
+    """The one decision rule: a forced stream is `check`ed first (it raises for a method that cannot
+    stream); auto streams by the size rule, unless `streamable()` says the method cannot. `also`
+    names the recipe key that forces it besides the flags."""
     if forced is True:
-        check_streamable(depth_method, where)
-        return StreamDecision(True, "forced by --stream / calibration.stream")
+        check()
+        return StreamDecision(True, f"forced by --stream{also}")
     if forced is False:
-        return StreamDecision(False, "forced by --no-stream / calibration.stream")
+        return StreamDecision(False, f"forced by --no-stream{also}")
     big, size, now = _size_rule(weights, available)
-    if big and not can_stream(depth_method):
-        return StreamDecision(False, f"auto: {size}, but {depth_method} cannot stream", now)
+    if big and not streamable():
+        return StreamDecision(False, f"auto: {size}, but {name} cannot stream", now)
     return StreamDecision(big, f"auto: {size}", now)
 
 
@@ -126,15 +135,8 @@ def decide_width_stream(forced: bool | None, method, importance: str | None, wei
                         available: int | None = None) -> StreamDecision:
     """decide_stream for `prune` with a width method: the same size rule; forcing a method that
     cannot stream is an error (see decide_stream)."""
-    if forced is True:
-        check_width_streamable(method, importance)
-        return StreamDecision(True, "forced by --stream")
-    if forced is False:
-        return StreamDecision(False, "forced by --no-stream")
-    big, size, now = _size_rule(weights, available)
-    if big and width_stream_refusal(method, importance):
-        return StreamDecision(False, f"auto: {size}, but {method.name} cannot stream", now)
-    return StreamDecision(big, f"auto: {size}", now)
+    return _decide(forced, lambda: check_width_streamable(method, importance),
+                   lambda: width_stream_refusal(method, importance) is None, method.name, weights, available)
 
 
 def width_stream_note(methods: list | None, decision: StreamDecision) -> str | None:

@@ -98,6 +98,19 @@ def forward_batches(layer, hs: list[torch.Tensor], kw: dict) -> None:
         hs[b] = out[0] if isinstance(out, tuple) else out
 
 
+def hooked(hook: Callable[[int, torch.nn.Module], list]) -> Visit:
+    """A visit for stream_layers: hook(idx, layer) registers hooks on the layer and returns their
+    handles; every batch then runs through it, and the hooks are removed whatever happens."""
+    def visit(idx: int, layer, hs: list, kw: dict) -> None:
+        handles = hook(idx, layer)
+        try:
+            forward_batches(layer, hs, kw)
+        finally:
+            for h in handles:
+                h.remove()
+    return visit
+
+
 def stream_layers(hf_dir: Path, windows: torch.Tensor, visit: Visit, batch_size: int = 4) -> list:
     """Load decoder layer 0, 1, ... one at a time and call visit(idx, layer, hs, kw) -> result on
     each; `hs` holds the batches' hidden states entering the layer (float32) and `kw` the keyword

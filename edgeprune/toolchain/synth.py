@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from edgeprune.errors import ConfigError
 from edgeprune.toolchain.checkpoint import OutTensor, write_safetensors
@@ -104,7 +104,7 @@ def shard_plan(tensors: list[tuple[str, tuple[int, ...]]], max_bytes: int = SHAR
     """Consecutive tensors grouped into shards of at most max_bytes (a bigger tensor gets its own)."""
     shards, cur, size = [], [], 0
     for name, shape in tensors:
-        n = 2 * _numel(shape)
+        n = 2 * math.prod(shape)
         if cur and size + n > max_bytes:
             shards.append(cur)
             cur, size = [], 0
@@ -112,12 +112,6 @@ def shard_plan(tensors: list[tuple[str, tuple[int, ...]]], max_bytes: int = SHAR
         size += n
     return shards + [cur] if cur else shards
 
-
-def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _drawn(name: str, shape: tuple[int, ...], seed: int) -> OutTensor:
@@ -128,7 +122,7 @@ def _drawn(name: str, shape: tuple[int, ...], seed: int) -> OutTensor:
         t = draw(name, shape, seed).contiguous()
         return fh.write(memoryview(t.view(torch.uint8).numpy()))  # bf16 has no numpy dtype; its bytes do
 
-    return OutTensor(name, "BF16", list(shape), 2 * _numel(shape), emit)
+    return OutTensor(name, "BF16", list(shape), 2 * math.prod(shape), emit)
 
 
 def write_checkpoint(shape: Shape, vocab: int, out: Path, seed: int, max_shard: int = SHARD_BYTES) -> dict:
@@ -140,7 +134,7 @@ def write_checkpoint(shape: Shape, vocab: int, out: Path, seed: int, max_shard: 
     total = 0
     for fname, entries in zip(names, shards):
         write_safetensors(out / fname, [_drawn(name, shp, seed) for name, shp in entries])
-        total += sum(2 * _numel(s) for _, s in entries)
+        total += sum(2 * math.prod(s) for _, s in entries)
     if n > 1:
         index = {"metadata": {"total_size": total},
                  "weight_map": {name: f for f, entries in zip(names, shards) for name, _ in entries}}
