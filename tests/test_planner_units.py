@@ -252,3 +252,18 @@ def test_a_candidate_failing_its_export_gate_is_rejected_and_the_search_goes_on(
     assert rec["speed_ok"] is False and rec["quality_ok"] is False and "0.603" in rec["rejected"]
     assert state.search_log[0].to_dict()["rejected"] == Candidate(8, quant="Q4_0").label(base)
     assert lines and lines[0].startswith("rejected ")
+
+
+def test_k_quant_candidates_keep_ffn_down_on_the_256_grid():
+    """Bug caught: a -20 % FFN cut of Llama-3.1-8B at 32-channel steps (11,456 wide) is no multiple of
+    256, so llama.cpp stores every Q4_K_M ffn_down as Q5_0 / Q8_0, bigger and, on this CPU, read at
+    0.43 x Q4_K's speed per byte. K-quant candidates step by 256, legacy types by 32; SmolLM2, whose
+    576-wide rows are off the grid anyway, keeps the fine step."""
+    from edgeprune.targets.gguf_size import ffn_multiple, tensor_types
+
+    assert ffn_multiple(L8B, "Q4_K_M") == 256 and ffn_multiple(L8B, "Q3_K_M") == 256
+    assert ffn_multiple(L8B, "Q4_0") == 32 and ffn_multiple(L8B, "Q8_0") == 32
+    assert ffn_multiple(SMOL, "Q4_K_M") == 32
+    assert ffn_options(L8B, [0.8], 256) == [11264] and ffn_options(L8B, [0.8]) == [11456]
+    down = lambda ffn: {t for name, t, _ in tensor_types(L8B.pruned(ffn=ffn), "Q4_K_M") if "ffn_down" in name}  # noqa: E731
+    assert down(11456) == {"Q5_0", "Q8_0"} and down(11264) == {"Q4_K", "Q6_K"}

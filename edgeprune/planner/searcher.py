@@ -23,7 +23,7 @@ from edgeprune.planner.drift import NO_DRIFT, at_drift
 from edgeprune.report import records
 from edgeprune.targets import calibration as cal
 from edgeprune.targets.costmodel import Candidate, DeviceSpec, Factors, Prediction, predict
-from edgeprune.targets.gguf_size import ModelShape, gguf_bytes
+from edgeprune.targets.gguf_size import ModelShape, ffn_multiple, gguf_bytes
 
 
 def width_methods() -> list[str]:
@@ -63,7 +63,8 @@ def _refuse_heads_keep(base: ModelShape, f: float, kv: int) -> None:
 
 
 def ffn_options(base: ModelShape, fractions: list[float], multiple: int = 32) -> list[int | None]:
-    """FFN channels kept, a multiple of 32 so every quant type's row blocks still fit."""
+    """FFN channels kept, at most each fraction, a multiple of `multiple` (32: every quant type's
+    blocks still fit; gguf_size.ffn_multiple: no ffn_down falls back to another type)."""
     out: list[int | None] = []
     for f in sorted(set(fractions), reverse=True):
         n = max(multiple, int(base.ffn * f) // multiple * multiple)
@@ -144,10 +145,12 @@ class Searcher:
         sr = self.recipe.search
         width = self.width_ok or allow_unexecutable
         heads = head_options(self.base, sr.heads_keep) if width else [(None, None)]
-        ffns = ffn_options(self.base, sr.ffn_keep) if width else [None]
         from edgeprune.planner.methods import candidate_allowed  # the width method decides which shapes exist
 
-        return [c for c in grid(self.base.layers, self.max_removed, sr.quant_choices(), heads, ffns)
+        # FFN widths per quant type: a K-quant's keep the 256-block grid (gguf_size.ffn_multiple)
+        return [c for q in sr.quant_choices()
+                for c in grid(self.base.layers, self.max_removed, [q], heads,
+                              ffn_options(self.base, sr.ffn_keep, ffn_multiple(self.base, q)) if width else [None])
                 if candidate_allowed(self.recipe, c.heads, c.ffn)]
 
     def predict_level(self, c: Candidate) -> Prediction:

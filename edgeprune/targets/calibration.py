@@ -104,7 +104,8 @@ def add_sample(path: Path, fp: dict, sample: dict) -> dict:
 
 def factors_dict(f: Factors) -> dict:
     return {"decode": list(f.decode), "prefill": list(f.prefill), "ram_overhead": f.ram_overhead,
-            "samples": f.samples, "decode_quant": dict(f.decode_quant), "prefill_quant": dict(f.prefill_quant)}
+            "samples": f.samples, "decode_quant": dict(f.decode_quant), "prefill_quant": dict(f.prefill_quant),
+            "decode_type": dict(f.decode_type)}
 
 
 def fit_theta(xs: list[tuple[float, ...]], ys: list[float], prior: tuple[float, ...]) -> tuple[float, ...]:
@@ -150,7 +151,33 @@ def fit_per_quant(samples: list[dict], kind: str, rate: str, prior: tuple[float,
     return per, theta[-1], default
 
 
-def fit(samples: list[dict], prior: Factors | None = None) -> Factors:
+DOMINANT = 0.5  # a tensor type is fitted only from samples where it is at least half the bytes read
+
+
+def fit_per_tensor_type(samples: list[dict], default: float, dispatch: float) -> dict[str, float]:
+    """One decode theta per ggml tensor type, for the types that make up at least half of some
+    sample's bytes (a pure probe, or the bulk type of a file); the other bytes of every sample are
+    read at `default`, the dispatch term is held at `dispatch`. Least squares of relative error,
+    ridged towards `default` as fit_theta is. Samples stored without "decode_types" are skipped."""
+    usable = [s for s in samples if s["features"].get("decode_types")]
+    types = sorted({t for s in usable for t, x in s["features"]["decode_types"].items()
+                    if x >= DOMINANT * s["features"]["decode"][0]})
+    if not types:
+        return {}
+    y = np.array([1.0 / s["tg_tps"] for s in usable])
+    a = np.array([[s["features"]["decode_types"].get(t, 0.0) for t in types] for s in usable]) / y[:, None]
+    rest = np.array([sum(x for t, x in s["features"]["decode_types"].items() if t not in types) * default
+                     + s["features"]["decode"][1] * dispatch for s in usable])
+    b = 1.0 - rest / y
+    reg = RIDGE / default**2 * np.eye(len(types))
+    theta = np.linalg.solve(a.T @ a + reg, a.T @ b + reg @ np.full(len(types), default))
+    return {t: float(v) for t, v in zip(types, theta) if v > 0}
+
+
+def fit(samples: list[dict], prior: Factors | None = None, per_tensor_type: bool = False) -> Factors:
+    """Factors from measured samples. `per_tensor_type`: also fit decode efficiency per ggml tensor
+    type (fit_per_tensor_type); worth it when the samples include files whose bulk is one type each,
+    e.g. pure-type probes of the model at hand (bench/scale_cost.py)."""
     prior = prior or Factors()
     if not samples:
         return prior
@@ -158,8 +185,9 @@ def fit(samples: list[dict], prior: Factors | None = None) -> Factors:
     pre, pre_d, pre_default = fit_per_quant(samples, "prefill", "pp_tps", prior.prefill)
     resid = [s["peak_rss_bytes"] - s["ram_static"] for s in samples if s.get("peak_rss_bytes")]
     overhead = statistics.median(resid) if resid else prior.ram_overhead
+    by_type = fit_per_tensor_type(samples, dec_default, dec_d) if per_tensor_type else {}
     return Factors(decode=(dec_default, dec_d), prefill=(pre_default, pre_d), ram_overhead=max(0.0, overhead),
-                   samples=len(samples), decode_quant=dec, prefill_quant=pre)
+                   samples=len(samples), decode_quant=dec, prefill_quant=pre, decode_type=by_type)
 
 
 def _level(now: dict, then: dict) -> float | None:

@@ -64,6 +64,11 @@ class Factors:
     # efficiency cannot express. Unmeasured types use decode[0] / prefill[0], the prior.
     decode_quant: dict = field(default_factory=dict)
     prefill_quant: dict = field(default_factory=dict)
+    # Per ggml tensor type (Q4_K, Q5_0, Q6_K, ..., and "KV" for the cache) multiplier of the bytes of
+    # that type: a file type's efficiency assumes its usual tensor mix, but pruning changes the mix
+    # (an FFN width that is no multiple of 256 turns every K-quant ffn_down into Q5_0), so a pruned
+    # file of one type reads bytes of other kernels. Types missing here fall back to decode_theta.
+    decode_type: dict = field(default_factory=dict)
 
     # A mix ("Q4_K_M+head-low") takes its type's efficiency until it has one of its own: its bytes
     # already differ in the features; what is per type is how fast each byte is read.
@@ -154,18 +159,41 @@ def flops_per_token(s: ModelShape, context: int) -> float:
     return s.layers * (per_layer + attn) + 2 * s.hidden * s.vocab
 
 
-def features(s: ModelShape, quant: str, dev: DeviceSpec, prompt: int, answer: int) -> dict:
-    """The x of the two linear models (seconds per token at theta = 1)."""
-    read = weights_read_per_token(s, quant) + kv_cache_bytes(s, prompt + answer // 2)
-    return {"decode": (read / (dev.bandwidth_gbs * 1e9), s.layers * LAYER_S + TOKEN_S),
-            "prefill": (flops_per_token(s, prompt) / (dev.compute_gflops * 1e9), s.layers * LAYER_S_PP + TOKEN_S_PP)}
+def read_by_type(s: ModelShape, quant: str | list, prompt: int, answer: int) -> dict[str, int]:
+    """Bytes read per decoded token, split by ggml type (weights) and "KV" (the cache at mid-answer).
+    `quant`: a file type, or the (name, type, bytes) rows of a file made another way (a pure probe)."""
+    rows = tensor_types(s, quant) if isinstance(quant, str) else quant
+    out: dict[str, int] = {}
+    for name, t, b in rows:
+        if not (name == "token_embd.weight" and not s.tied):
+            out[t] = out.get(t, 0) + b
+    out["KV"] = kv_cache_bytes(s, prompt + answer // 2)
+    return out
+
+
+def features(s: ModelShape, quant: str | list, dev: DeviceSpec, prompt: int, answer: int) -> dict:
+    """The x of the two linear models (seconds per token at theta = 1); "decode_types" splits the
+    decode bandwidth term by the type of the bytes read (it sums to decode[0])."""
+    by_type = {t: b / (dev.bandwidth_gbs * 1e9) for t, b in read_by_type(s, quant, prompt, answer).items()}
+    return {"decode": (sum(by_type.values()), s.layers * LAYER_S + TOKEN_S),
+            "prefill": (flops_per_token(s, prompt) / (dev.compute_gflops * 1e9), s.layers * LAYER_S_PP + TOKEN_S_PP),
+            "decode_types": by_type}
+
+
+def decode_seconds(x: dict, factors: Factors, quant: str) -> float:
+    """Seconds per decoded token: each type's bytes at its own efficiency where one is known."""
+    file_theta, dispatch = factors.decode_theta(quant)
+    if not factors.decode_type:
+        return file_theta * x["decode"][0] + dispatch * x["decode"][1]
+    read = sum(factors.decode_type.get(t, file_theta) * v for t, v in x["decode_types"].items())
+    return read + dispatch * x["decode"][1]
 
 
 def predict(base: ModelShape, cand: Candidate, dev: DeviceSpec, factors: Factors, prompt: int, answer: int,
             context: int | None = None, kv_bytes_meta: int | None = None) -> Prediction:
     s = cand.shape(base)
     x = features(s, cand.quant, dev, prompt, answer)
-    t_tg = sum(a * b for a, b in zip(factors.decode_theta(cand.quant), x["decode"]))
+    t_tg = decode_seconds(x, factors, cand.quant)
     t_pp = sum(a * b for a, b in zip(factors.prefill_theta(cand.quant), x["prefill"]))
     ctx = context or prompt + answer
     file_b = gguf_bytes(s, cand.quant, kv_bytes_meta)
