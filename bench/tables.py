@@ -100,22 +100,37 @@ def eval_ppl() -> str:
     return _table(["model", "ppl", "KLD vs parent (mean / median / p99, nats)", "top-1 agree with parent"], rows)
 
 
-ZERO_SHOT = ("unpruned", "bi6", "bi6-recovered")
+ZERO_SHOT = {"unpruned": "unpruned Q4_K_M", "bi6": "−6 layers (BI) Q4_K_M", "bi6-recovered": "−6 layers + recovery Q4_K_M",
+             "a6-span": "−6 layers (angular) + down-span heal Q4_K_M",
+             "a6-span-g8": "the same + 8 min global distillation Q4_K_M"}
+# issue #15's zero-shot bar: the mean over these (as each row shows it) vs the unpruned model's, and LAMBADA
+BAR_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "boolq", "openbookqa")
 
 
 def eval_zero_shot() -> str:
     """Zero-shot accuracies on the full sets, --backend torch (bench/out/eval/full/<model>/<task>.json)."""
     tasks = sorted(p.stem for p in (OUT / "eval" / "full" / "unpruned").glob("*.json"))
-    rows = []
-    for task in tasks:
-        cells = [task]
-        for model in ZERO_SHOT:
-            path = OUT / "eval" / "full" / model / f"{task}.json"
-            rec = json.loads(path.read_text()) if path.is_file() else None
-            cells.append(_score_cell(rec, task) if rec else "—")
-        rows.append(cells)
-    return _table(["task (metric, items)", "unpruned Q4_K_M", "−6 layers (BI) Q4_K_M", "−6 layers + recovery Q4_K_M"],
-                  rows)
+    recs = {(m, t): json.loads(p.read_text()) for m in ZERO_SHOT for t in tasks
+            if (p := OUT / "eval" / "full" / m / f"{t}.json").is_file()}
+    rows = [[task] + [_score_cell(recs[m, task], task) if (m, task) in recs else "—" for m in ZERO_SHOT]
+            for task in tasks]
+    # without BoolQ too: the unpruned model's BoolQ is below the set's 62 % "yes" rate (label bias), and
+    # damaged models gain there
+    for name, bar in ((f"mean of {len(BAR_TASKS)}", BAR_TASKS),
+                      ("mean without boolq", tuple(t for t in BAR_TASKS if t != "boolq"))):
+        mean = {m: sum(_score(recs[m, t], t) for t in bar) / len(bar) for m in ZERO_SHOT
+                if all((m, t) in recs for t in bar)}
+        rows.append([f"{name} (× unpruned)"] + [
+            f"{100 * mean[m]:.1f} (×{mean[m] / mean['unpruned']:.3f})" if m in mean else "—" for m in ZERO_SHOT])
+    lam = {m: _score(recs[m, "lambada_openai"], "lambada_openai") for m in ZERO_SHOT if (m, "lambada_openai") in recs}
+    rows.append(["lambada_openai × unpruned"] + [f"×{lam[m] / lam['unpruned']:.3f}" if m in lam else "—"
+                                                 for m in ZERO_SHOT])
+    return _table(["task (metric, items)", *ZERO_SHOT.values()], rows)
+
+
+def _score(rec: dict, task: str) -> float:
+    scores = rec["scores"].get(task) or next(iter(rec["scores"].values()))
+    return scores["acc_norm"] if "acc_norm" in scores else scores["acc"]
 
 
 def _score_cell(rec: dict, task: str) -> str:
@@ -163,6 +178,7 @@ SCRIPT_TABLES = {"heal-methods": ("heal", "heal/dev-bf16-methods.json"),
                  "heal-gguf": ("heal_gguf", "heal/gguf-depth6.json"),
                  "heal-local": ("heal_gguf", "heal/gguf-local.json"),
                  "heal-recovery": ("heal_gguf", "heal/gguf-recovery.json"),
+                 "heal-recovery-cpu": ("heal_eval", "heal/recovery-cpu.json"),
                  "heal-fronts": ("fronts", "heal/fronts.json"),
                  "heal-throughput": ("heal_throughput", "heal/throughput.json"),
                  "heal-sweep": ("heal_sweep", "heal/sweep-gpu.json"),

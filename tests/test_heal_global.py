@@ -97,3 +97,22 @@ def test_heal_stage_runs_global_distillation_and_keeps_it_only_if_held_out_loss_
     losses = rec["holdout_nll"]
     assert g["kept"] == (losses["global"] < min(losses["none"], losses["down-cut"]))
     assert json.loads((tmp_path / "healed" / "heal.json").read_text())["global"]["kept"] == g["kept"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_closed_form_head_gradient_equals_autograd(temperature):
+    """kd_topk_head's loss and d loss / d h equal autograd through kd_loss_topk. Mutants caught: the
+    teacher probabilities added instead of subtracted, the T factor left out, `scale` applied to the
+    loss only."""
+    from edgeprune.methods.distill import kd_topk_head
+
+    g = torch.Generator().manual_seed(0)
+    h, head = torch.randn(13, 24, generator=g), torch.randn(300, 24, generator=g) / 4
+    values = torch.randn(13, 16, generator=g) * 3
+    indices = torch.stack([torch.randperm(300, generator=g)[:16] for _ in range(13)]).int()
+    leaf = h.clone().requires_grad_(True)
+    want = kd_loss_topk(leaf @ head.T, values, indices, temperature) * 0.25 * 13
+    want.backward()
+    loss, grad = kd_topk_head(h, head, values, indices, temperature, 0.25)
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-4, atol=1e-6)

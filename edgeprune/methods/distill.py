@@ -63,6 +63,30 @@ def kd_loss_topk(student: torch.Tensor, top_values: torch.Tensor, top_indices: t
     return temperature ** 2 * _masked_mean(per_pos, mask)
 
 
+@torch.no_grad()
+def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
+                 temperature: float, scale: float) -> tuple[float, torch.Tensor]:
+    """`kd_loss_topk` of the logits h @ head.T summed over the rows of `h`, times `scale`, and its
+    gradient with respect to `h`, in closed form with no autograd graph.
+
+    d loss / d z = T * (softmax(z / T) - p_teacher scattered to its K ids), so the (rows x vocab)
+    logits are made once, turned into that gradient in place and multiplied back through the head:
+    autograd would keep the float copy, the log-softmax and a zeroed scatter buffer of the same
+    size, and read them again in backward. Returns (loss, grad of h in h's dtype)."""
+    z = F.linear(h.to(head.dtype), head).float()
+    if temperature != 1:
+        z /= temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
+    p_k = t_k.exp()
+    idx = top_indices.long()
+    loss = (p_k * (t_k - z.gather(-1, idx) + lse)).sum() * (temperature ** 2 * scale)
+    g = z.sub_(lse).exp_()
+    g.scatter_add_(-1, idx, -p_k)
+    g *= temperature * scale
+    return float(loss), (g.to(head.dtype) @ head).to(h.dtype)
+
+
 def mixed_loss(ce: torch.Tensor | None, kd: torch.Tensor | None, alpha: float) -> torch.Tensor:
     """alpha * KD + (1 - alpha) * CE; either term may be absent (pure SFT or pure KD)."""
     if kd is None:

@@ -7,8 +7,10 @@ What makes it fit a CPU budget (bench/heal_throughput.py measures it against the
 - the student's layers below the first cut are frozen: their output is computed once per window
   and every step starts from it;
 - the embeddings and the tied 49k-vocabulary head are frozen, and the head's logits are formed a
-  chunk of positions at a time: each chunk's loss is backpropagated into the final hidden state at
-  once, so the (tokens x vocab) logits are never held whole;
+  chunk of positions at a time: each chunk's loss gradient into the final hidden state is computed
+  in closed form (methods/distill.kd_topk_head), so the (tokens x vocab) logits are never held
+  whole, and no autograd graph is built over them;
+- AdamW runs fused (one kernel over all parameters, not a loop of elementwise ops);
 - matmuls under bf16 autocast where the CPU has native bf16 (AMX here), fp32 master weights.
 """
 
@@ -20,7 +22,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from edgeprune.methods.distill import kd_loss_topk
+from edgeprune.methods.distill import kd_topk_head
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.heal import StudentStates
 from edgeprune.streaming.layerwise import run_layer
@@ -56,15 +58,15 @@ def kd_step(model, x: torch.Tensor, kw: dict, head: torch.Tensor, values: torch.
         for layer in list(model.model.layers)[first:]:
             x = run_layer(layer, x, kw)
         hidden = model.model.norm(x)
-    h = hidden.detach().flatten(0, 1).requires_grad_(True)
+    h = hidden.detach().flatten(0, 1)
     v, i = values.flatten(0, 1), indices.flatten(0, 1)
     n, total = h.shape[0], 0.0
-    for s in range(0, n, chunk):
-        logits = torch.nn.functional.linear(h[s:s + chunk].to(head.dtype), head)
-        part = kd_loss_topk(logits, v[s:s + chunk], i[s:s + chunk], temperature) * (min(chunk, n - s) / n)
-        part.backward()  # into h.grad only: the head is frozen
-        total += float(part.detach())
-    hidden.backward(h.grad.view_as(hidden))
+    grad = torch.empty_like(h)
+    for s in range(0, n, chunk):  # the head is frozen: its gradient goes into h only, in closed form
+        part, grad[s:s + chunk] = kd_topk_head(h[s:s + chunk], head, v[s:s + chunk], i[s:s + chunk],
+                                               temperature, 1.0 / n)
+        total += part
+    hidden.backward(grad.view_as(hidden))
     return total
 
 
@@ -83,7 +85,7 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
     in micro-batches, learning rate on a warm-up + cosine schedule over the budget."""
     bf16 = bf16_ok() if bf16 is None else bf16
     params = freeze_below(model, first)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     t_prefix = time.perf_counter()
     prefix = prefix_states(model, windows, first, micro, bf16)
     t_prefix = time.perf_counter() - t_prefix
