@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,8 @@ def evaluate(path: Path, windows: int, ctx: int) -> dict:
 
 def table(path: Path) -> str:
     """python bench/tables.py heal-recovery-cpu"""
+    from edgeprune.methods.distill import share_regained
+
     data = json.loads(Path(path).read_text())
     ref = data["reference"]
     base, unhealed = ref["unpruned_wiki"], ref["unhealed_wiki"]
@@ -56,7 +57,7 @@ def table(path: Path) -> str:
              f"| −6 angular (13–18) | none | – | {unhealed:.2f} | 1.000 | {ref['unhealed_heldout']:.2f} | – |"]
     for name, r in data["models"].items():
         heal = r["heal"] or {}
-        regained = math.log(unhealed / r["ppl_wiki"]) / math.log(unhealed / base)
+        regained = share_regained(base, unhealed, r["ppl_wiki"])
         g = heal.get("global") or {}
         label = heal.get("chosen", "none") + (f" + global {g['seconds'] / 60:.0f} min, {g['tokens_per_s']:.0f} tok/s"
                                               f" ({'kept' if g.get('kept') else 'discarded'})" if g else "")

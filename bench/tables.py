@@ -128,16 +128,20 @@ def eval_zero_shot() -> str:
     return _table(["task (metric, items)", *ZERO_SHOT.values()], rows)
 
 
-def _score(rec: dict, task: str) -> float:
+def _metric(rec: dict, task: str) -> tuple[str, float]:
+    """The metric a task's row shows (acc_norm, else acc, else its first) and its value."""
     scores = rec["scores"].get(task) or next(iter(rec["scores"].values()))
-    return scores["acc_norm"] if "acc_norm" in scores else scores["acc"]
+    metric = "acc_norm" if "acc_norm" in scores else ("acc" if "acc" in scores else next(iter(scores)))
+    return metric, scores[metric]
+
+
+def _score(rec: dict, task: str) -> float:
+    return _metric(rec, task)[1]
 
 
 def _score_cell(rec: dict, task: str) -> str:
-    scores = rec["scores"].get(task) or next(iter(rec["scores"].values()))
-    metric = "acc_norm" if "acc_norm" in scores else ("acc" if "acc" in scores else next(iter(scores)))
+    metric, value = _metric(rec, task)
     n = rec["n"].get(task) if isinstance(rec.get("n"), dict) else None
-    value = scores[metric]
     shown = f"{100 * value:.1f}" if metric.startswith("acc") else f"{value:.2f}"
     return f"{shown} ({metric}{f', n={n}' if n else ''})"
 

@@ -21,9 +21,9 @@ P, N = 64, 64
 
 
 def pure_rows(t: str) -> list:
-    return [(name, "F32" if n == ncols or name.endswith("_norm.weight") else t,
-             tensor_bytes("F32" if n == ncols or name.endswith("_norm.weight") else t, n))
-            for name, ncols, n in tensor_list(BASE)]
+    """Every weight matrix of type `t`; 1-D tensors and norms stay F32."""
+    types = [(name, "F32" if n == ncols or name.endswith("_norm.weight") else t, n) for name, ncols, n in tensor_list(BASE)]
+    return [(name, ty, tensor_bytes(ty, n)) for name, ty, n in types]
 
 
 def measured(x: dict) -> float:

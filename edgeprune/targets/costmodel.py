@@ -142,14 +142,19 @@ def repacked_bytes(s: ModelShape, quant: str, features: frozenset = frozenset())
                if name != "token_embd.weight" and rows[name] > 1 and repacks(t, rows[name], features))
 
 
+def weights_read_by_type(s: ModelShape, rows: list) -> dict[str, int]:
+    """Weight bytes read to decode one token, by ggml type, from a file's (name, type, bytes) rows:
+    all weights, but only one row of an untied token embedding."""
+    out: dict[str, int] = {}
+    for name, t, b in rows:
+        if not (name == "token_embd.weight" and not s.tied):
+            out[t] = out.get(t, 0) + b
+    return out
+
+
 def weights_read_per_token(s: ModelShape, quant: str) -> int:
-    """Bytes read to decode one token: all weights, but only one row of an untied token embedding."""
-    total = 0
-    for name, _t, b in tensor_types(s, quant):
-        if name == "token_embd.weight" and not s.tied:
-            continue
-        total += b
-    return total
+    """Bytes read to decode one token (weights_read_by_type, summed)."""
+    return sum(weights_read_by_type(s, tensor_types(s, quant)).values())
 
 
 def flops_per_token(s: ModelShape, context: int) -> float:
@@ -163,12 +168,7 @@ def read_by_type(s: ModelShape, quant: str | list, prompt: int, answer: int) -> 
     """Bytes read per decoded token, split by ggml type (weights) and "KV" (the cache at mid-answer).
     `quant`: a file type, or the (name, type, bytes) rows of a file made another way (a pure probe)."""
     rows = tensor_types(s, quant) if isinstance(quant, str) else quant
-    out: dict[str, int] = {}
-    for name, t, b in rows:
-        if not (name == "token_embd.weight" and not s.tied):
-            out[t] = out.get(t, 0) + b
-    out["KV"] = kv_cache_bytes(s, prompt + answer // 2)
-    return out
+    return weights_read_by_type(s, rows) | {"KV": kv_cache_bytes(s, prompt + answer // 2)}
 
 
 def features(s: ModelShape, quant: str | list, dev: DeviceSpec, prompt: int, answer: int) -> dict:
