@@ -40,8 +40,20 @@ def evaluate(path: Path, windows: int, ctx: int) -> dict:
             t0 = time.perf_counter()
             out[f"ppl_{name}"] = round(window_ppl(model, token_windows(tok, text, ctx, windows)), 3)
             out[f"eval_{name}_s"] = round(time.perf_counter() - t0, 1)
-    record = json.loads((path / "edgeprune-pruned.json").read_text())
-    return out | {"removed": record["removed"]["layers"], "heal": record.get("heal")}
+    return out | heal_record(path)
+
+
+def heal_record(path: Path) -> dict:
+    """What was cut and how it was healed: `prune --heal`'s record, or a store heal step's heal.json;
+    an unhealed store step has neither (heal None)."""
+    if (path / "edgeprune-pruned.json").is_file():
+        record = json.loads((path / "edgeprune-pruned.json").read_text())
+        return {"removed": record.get("removed", {}).get("layers", []), "heal": record.get("heal")}
+    heal = json.loads((path / "heal.json").read_text()) if (path / "heal.json").is_file() else None
+    config = json.loads((path / "config.json").read_text())
+    return {"removed": (heal or {}).get("removed", []), "heal": heal,
+            "shape": {k: config[k] for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                              "intermediate_size")}}
 
 
 def table(path: Path) -> str:
@@ -59,11 +71,18 @@ def table(path: Path) -> str:
         heal = r["heal"] or {}
         regained = share_regained(base, unhealed, r["ppl_wiki"])
         g = heal.get("global") or {}
-        label = heal.get("chosen", "none") + (f" + global {g['seconds'] / 60:.0f} min, {g['tokens_per_s']:.0f} tok/s"
-                                              f" ({'kept' if g.get('kept') else 'discarded'})" if g else "")
+        label = heal.get("chosen", "none") + (global_label(g) if g else "")
         lines.append(f"| {name} | {label} | {heal.get('seconds', 0):.0f} | {r['ppl_wiki']:.2f} "
                      f"| {r['ppl_wiki'] / unhealed:.3f} | {r['ppl_heldout']:.2f} | {100 * regained:.0f} % |")
     return "\n".join(lines) + "\n"
+
+
+def global_label(g: dict) -> str:
+    """' + global 8 min, 762 tok/s (kept)', with the text and the teacher's top-K pass when recorded."""
+    text = Path(g["text"]).name if g.get("text", "calibration stream") != "calibration stream" else ""
+    teacher = f", teacher top-K {g['teacher_topk_s'] / 60:.1f} min" if "teacher_topk_s" in g else ""
+    return (f" + global {g['seconds'] / 60:.1f} min{' on ' + text if text else ''}, {g['tokens_per_s']:.0f} tok/s, "
+            f"{g['epochs']} epochs{teacher} ({'kept' if g.get('kept') else 'discarded'})")
 
 
 def reference() -> dict:
@@ -82,16 +101,22 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--append", action="store_true", help="keep the models already in --out (same protocol)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    models = {}
+    old = json.loads(args.out.read_text()) if args.append and args.out and args.out.is_file() else None
+    if old and (old["windows"], old["ctx"]) != (args.windows, args.ctx):
+        raise SystemExit(f"{args.out} holds {old['windows']} x {old['ctx']} windows; --append needs the same")
+    models = dict(old["models"]) if old else {}
+    commands = old["command"] if old and isinstance(old["command"], list) else [old["command"]] if old else []
     for spec in args.model:
         name, path = spec.split("=", 1)
         models[name] = evaluate(Path(path), args.windows, args.ctx)
         print(name, {k: v for k, v in models[name].items() if k != "heal"}, flush=True)
     from benchout import write_json
 
-    write_json(args.out, {"command": "python bench/heal_eval.py " + " ".join(sys.argv[1:]), "windows": args.windows,
+    command = "python bench/heal_eval.py " + " ".join(sys.argv[1:])
+    write_json(args.out, {"command": commands + [command] if commands else command, "windows": args.windows,
                           "ctx": args.ctx, "threads": args.threads, "torch": torch.__version__,
                           "reference": reference(), "models": models})
 

@@ -174,11 +174,16 @@ def plan(target, model, recipe, out, latency, latency_fraction, tokens, prompt_t
 @click.option("--heal-minutes", type=(click.FloatRange(min=0), click.FloatRange(min=0)), default=(0.0, 0.0),
               metavar="LOCAL GLOBAL", help="With --heal: minutes of layer-local, then of global top-K "
                                           "distillation after the closed-form fit (default 0 0).")
+@click.option("--heal-text", type=click.Path(dir_okay=False), default=None,
+              help="With --heal-minutes: a .jsonl ('text' per row) or plain text file the global distillation "
+                   "trains on besides the calibration windows; its held-out windows join every keep-decision.")
+@click.option("--heal-windows", type=click.IntRange(min=1), default=None,
+              help="With --heal-minutes: windows of 512 tokens the global distillation adds (default 256).")
 @click.option("--out", required=True, type=click.Path(), help="Output HF folder.")
 @VERBOSE
 @friendly
 def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm, calib, stream, heal, heal_minutes,
-          out, verbose):
+          heal_text, heal_windows, out, verbose):
     """Prune by any registered method and write a HF checkpoint."""
     from edgeprune.stages.prune_methods import prune_by_name
 
@@ -186,15 +191,19 @@ def prune(model, method, n_remove, fraction, head_mode, importance, sparsity, nm
               importance=importance, stream=stream)
     with quiet(verbose):
         if heal:
-            from edgeprune.stages.heal_step import prune_then_heal
+            from edgeprune.stages.heal_step import check_global_options, prune_then_heal
 
-            info = prune_then_heal(model, method, calib, Path(out), heal, minutes=heal_minutes, **kw)
+            check_global_options(heal_minutes, heal_text, heal_windows)
+            info = prune_then_heal(model, method, calib, Path(out), heal, minutes=heal_minutes,
+                                   global_text=Path(heal_text) if heal_text else None, global_samples=heal_windows,
+                                   **kw)
         else:
-            if any(heal_minutes):
+            if any(heal_minutes) or heal_text or heal_windows:
                 from edgeprune.errors import ConfigError
 
-                raise ConfigError("--heal-minutes trains after the heal fit, and no --heal was given",
-                                  where="--heal-minutes", fix="add --heal METHOD (or auto), or drop --heal-minutes")
+                flag = "--heal-minutes" if any(heal_minutes) else "--heal-text" if heal_text else "--heal-windows"
+                raise ConfigError(f"{flag} trains after the heal fit, and no --heal was given",
+                                  where=flag, fix=f"add --heal METHOD (or auto), or drop {flag}")
             info = prune_by_name(model, method, calib, Path(out), **kw)
     if "scoring" in info:
         click.echo(info["scoring"], err=True)

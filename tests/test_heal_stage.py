@@ -45,13 +45,59 @@ def test_prune_heal_refuses_sparsity_and_typos_in_one_line(tiny_llama, calib, tm
     for args, words in ((["--method", "wanda", "--sparsity", "0.5", "--heal", "down-cut"], "would fill in"),
                         (["--method", "block-influence", "--remove", "1", "--heal", "down-cutt"], "did you mean 'down-cut'"),
                         (["--method", "block-influence", "--remove", "1", "--heal-minutes", "1", "2"],
-                         "no --heal was given")):
+                         "no --heal was given"),
+                        (["--method", "block-influence", "--remove", "1", "--heal", "down-cut", "--heal-text",
+                          str(calib)], "gives it no time"),
+                        (["--method", "block-influence", "--remove", "1", "--heal", "down-cut", "--heal-minutes", "0",
+                          "1", "--heal-text", str(tmp_path / "missing.jsonl")], "file not found")):
         out = tmp_path / "x"
         res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), "--calib", str(calib), *args,
                                         "--out", str(out)])
         assert res.exit_code == 2, res.output
         assert words in res.output and "Traceback" not in res.output
         assert not out.exists()
+
+
+def test_global_text_adds_training_windows_and_its_own_held_out_ones(tokenizer_dir, calib, tmp_path):
+    """With heal.global_text, the fitting windows stay those of the calibration stream, the extra ones come
+    from the other text, and the held-out set holds both texts' windows (so a keep-decision sees both)."""
+    from transformers import AutoTokenizer
+
+    from edgeprune.config.recipe import Calibration, Heal
+    from edgeprune.stages.heal_step import split_windows
+    from conftest import c4_lines
+
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(c4_lines(40)[20:]) + "\n", encoding="utf-8")  # rows the calib file lacks
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    base = Heal(method="down-cut", calibration=Calibration(path=calib, samples=4, seq_len=64, seed=1),
+                holdout_samples=2, global_minutes=1, global_samples=5)
+    fit0, hold0, extra0 = split_windows(tok, base)
+    fit1, hold1, extra1 = split_windows(tok, base.model_copy(update={"global_text": other}))
+    assert fit1.equal(fit0) and hold1[:2].equal(hold0)
+    assert hold1.shape == (4, 64) and extra1.shape == (5, 64)
+    assert not any(extra1[i].equal(extra0[i]) for i in range(5))  # another text, not the stream's later windows
+    rows = {tuple(r.tolist()) for r in extra1}
+    assert not any(tuple(r.tolist()) in rows for r in hold1[2:])  # its held-out windows are never trained on
+
+
+def test_prune_heal_global_on_another_text_records_it(tiny_llama, calib, tmp_path):
+    from conftest import c4_lines
+
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(c4_lines(40)[20:]) + "\n", encoding="utf-8")
+    out = tmp_path / "healed"
+    res = CliRunner().invoke(main, ["prune", "--model", str(tiny_llama), "--method", "block-influence", "--remove", "1",
+                                    "--calib", str(calib), "--heal", "down-cut", "--heal-minutes", "0", "0.02",
+                                    "--heal-text", str(other), "--heal-windows", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    heal = json.loads((out / "edgeprune-pruned.json").read_text())["heal"]
+    glob = heal["global"]
+    assert glob["text"] == str(other) and glob["steps"] >= 1 and glob["teacher_topk_s"] >= 0
+    # the fitting windows (32 by default, fewer if the calib file is short) plus the 3 of the other text
+    assert glob["windows"] == heal["fit_tokens"] // 512 + 3
+    # the other text's 8 held-out windows, and the calibration stream's (one here: the file is short)
+    assert heal["holdout_tokens"] == 8 * 512 + 512
 
 
 RECIPE = """\

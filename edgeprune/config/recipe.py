@@ -75,6 +75,11 @@ class Heal(Strict):
     # the frozen prefix computed once). On SmolLM2 -6 angular, per 4 minutes: all 52.6, cut 54.5.
     global_layers: Literal["all", "cut"] = "all"
     global_samples: int = Field(256, ge=0)  # the shipped C4 sample holds ~570 windows of 512
+    # Text the global step distils on besides the fitting windows: `global_samples` windows of it, and
+    # `holdout_samples` more that join the held-out set every keep-decision reads. None: later windows
+    # of the calibration stream. C4 alone fits C4 and Wikipedia-like text, and a held-out set of C4
+    # alone cannot see another domain degrade; a user's own text lets both see it.
+    global_text: Path | None = None
     topk: PositiveInt = 64
 
 

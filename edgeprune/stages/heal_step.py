@@ -58,15 +58,34 @@ def fit_samples(cfg: Heal, methods: list[HealMethod]) -> int:
 def split_windows(tok, cfg: Heal, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fitting, held-out, extra) windows from one calibration stream, in that order: the stream is
     prefix-stable, so asking for extra windows (global distillation) leaves the first two unchanged.
-    `samples`: fitting windows (default: the recipe's)."""
+    `samples`: fitting windows (default: the recipe's). With `global_text`, the extra windows come
+    from that text, and its next `holdout_samples` windows are appended to the held-out ones."""
     calib = cfg.calibration
     samples = samples or calib.samples
     extra = cfg.global_samples if cfg.global_minutes > 0 else 0
-    total = samples + cfg.holdout_samples + extra
-    every = calibration_windows(tok, calib.model_copy(update={"samples": total}))
+    own = extra if cfg.global_text is None else 0
+    every = calibration_windows(tok, calib.model_copy(update={"samples": samples + cfg.holdout_samples + own}))
     both = every[:samples + cfg.holdout_samples]
     fit = min(samples, len(both) - 1) if len(both) > 1 else len(both)
-    return both[:fit], both[fit:] if len(both) > fit else both[-1:], every[len(both):]
+    holdout, more = both[fit:] if len(both) > fit else both[-1:], every[len(both):]
+    if cfg.global_text is not None and extra:
+        more, other_holdout = global_windows(tok, cfg, extra)
+        holdout = torch.cat([holdout, other_holdout])
+    return both[:fit], holdout, more
+
+
+def global_windows(tok, cfg: Heal, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `extra` training windows of `global_text`, and the `holdout_samples` held-out ones after them."""
+    from edgeprune.errors import DataError
+
+    calib = cfg.calibration.model_copy(update={"path": cfg.global_text, "samples": extra + cfg.holdout_samples})
+    other = calibration_windows(tok, calib)
+    if len(other) <= cfg.holdout_samples:
+        raise DataError(f"the global distillation text gives {len(other)} windows of {calib.seq_len} tokens, "
+                        f"no more than the {cfg.holdout_samples} it holds out", where=str(cfg.global_text),
+                        fix="give a longer text, or fewer heal.holdout_samples")
+    cut = min(extra, len(other) - cfg.holdout_samples)
+    return other[:cut], other[cut:]
 
 
 def width_cut(teacher_cfg, student_cfg) -> frozenset[str]:
@@ -93,7 +112,9 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     states = teacher_states(teacher, fit, keep=keep)
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
+    t_topk = time.perf_counter()
     topk = teacher_topk(teacher, kd_windows, cfg.topk, bf16=bf16_ok()) if kd_windows is not None else None
+    t_topk = time.perf_counter() - t_topk
     del teacher
     best, trials = ("none", student, None), []
     for method in methods:
@@ -117,6 +138,8 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     if topk is not None:
         model, glob = _kept_if_better("global", model, lambda m: global_distill(
             m, kd_windows, *topk, first, cfg.global_minutes, lr=cfg.global_lr), holdout, losses)
+        glob |= {"teacher_topk_s": round(t_topk, 1), "windows": len(kd_windows),
+                 "text": str(cfg.global_text) if cfg.global_text else "calibration stream"}
     save_model(model, tok, out)
     record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
               "holdout_nll": losses, "holdout_ppl": {k: math.exp(v) for k, v in losses.items()},
@@ -148,8 +171,22 @@ def heal_step(store: StepStore, teacher_dir: Path, teacher_hash: str, student_di
     return res.path, res.path.name, res.meta
 
 
+def check_global_options(minutes: tuple[float, float], text: str | None, windows: int | None) -> None:
+    """--heal-text / --heal-windows shape the global step: without its minutes they would do nothing."""
+    from edgeprune.data.texts import read_texts
+    from edgeprune.errors import ConfigError
+
+    for flag, given in (("--heal-text", text), ("--heal-windows", windows)):
+        if given and not minutes[1] > 0:
+            raise ConfigError(f"{flag} shapes the global distillation, and --heal-minutes gives it no time",
+                              where=flag, fix=f"add --heal-minutes LOCAL GLOBAL with GLOBAL > 0, or drop {flag}")
+    if text:
+        read_texts(Path(text))  # a missing, empty or malformed file fails here, before anything is pruned
+
+
 def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path, heal: str,
-                    minutes: tuple[float, float] = (0.0, 0.0), **prune_kw) -> dict:
+                    minutes: tuple[float, float] = (0.0, 0.0), global_text: Path | None = None,
+                    global_samples: int | None = None, **prune_kw) -> dict:
     """`edgeprune prune ... --heal METHOD`: prune into a temp folder beside `out`, heal against the
     unpruned model, then publish `out` in one rename (with the prune record, now naming the heal)."""
     import shutil
@@ -169,7 +206,8 @@ def prune_then_heal(model: str | None, method: str, calib: str | None, out: Path
                           fix="drop --heal for sparsity methods")
     check_prune_out(out)
     cfg = Heal(method=heal, calibration=Heal().calibration.model_copy(update={"path": calib}),
-               local_minutes=minutes[0], global_minutes=minutes[1])
+               local_minutes=minutes[0], global_minutes=minutes[1], global_text=global_text,
+               **({"global_samples": global_samples} if global_samples is not None else {}))
     teacher_dir, _ = import_model(StepStore(store_root(None)), resolve_model(model))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".heal-") as tmp:
