@@ -10,7 +10,7 @@ groups, -20 % FFN) healed by --width-heal, each x --pruned-quants. Every GGUF is
 planner's own cached steps. Per point: decode and prefill tok/s paired against the unpruned Q4_K_M in
 one process (ratio of interleaved measurements, bench_worker.run_paired), GGUF bytes, and on
 llama.cpp's perplexity protocol (--windows chunks of --ctx tokens of WikiText-2 test, second half of
-each scored) perplexity and KL(unpruned HF fp32 || GGUF), the parent's logits computed once.
+each scored) perplexity and KL(unpruned F16 GGUF || GGUF), the F16's log-probs saved once.
 """
 
 from __future__ import annotations
@@ -102,6 +102,8 @@ def quality(ggufs: dict[str, Path], parent_dir: Path, args) -> dict[str, dict]:
     F16 GGUF saved once (--kl-divergence-base); kept in --quality-cache as each model ends, so a
     rerun scores only what is missing. The C++ tool is used because scoring every position through
     the Python binding took 10-20 s a chunk here."""
+    from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
+
     cache = json.loads(args.quality_cache.read_text()) if args.quality_cache.is_file() else {}
     work = args.quality_work
     work.mkdir(parents=True, exist_ok=True)
@@ -120,9 +122,7 @@ def quality(ggufs: dict[str, Path], parent_dir: Path, args) -> dict[str, dict]:
         t0 = time.perf_counter()
         out = run_tool(args, "-m", str(gguf), "--kl-divergence-base", str(base), "--kl-divergence")
         cache[key] = parse_stats(out) | {"chunks": args.windows, "ctx": args.ctx, "quality_s": round(time.perf_counter() - t0, 1)}
-        tmp = args.quality_cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(args.quality_cache)
+        write_json(args.quality_cache, cache)
         print(key, json.dumps(cache[key]), flush=True)
     return cache
 
@@ -168,16 +168,17 @@ def timed(rows: list[dict], ggufs: list[Path], args) -> list[dict]:
     return rows
 
 
-def prepared(path: Path, store: Path) -> tuple[list[dict], list[Path]]:
-    """The rows of a --prepare run and their GGUFs, found in the store by each export step's key (model
-    key, quant). Every step's key carries the package's code fingerprint, so after any edit a rerun
-    through the steps would rebuild everything; this times exactly the files that were scored."""
-    rows = [r for r in json.loads(path.read_text())["rows"] if "refused" not in r]
+def prepared(path: Path, store: Path) -> tuple[list[dict], list[Path], list[dict]]:
+    """The rows of a --prepare run, their GGUFs (found in the store by each export step's key: model
+    key, quant) and the refused rows. Every step's key carries the package's code fingerprint, so after
+    any edit a rerun through the steps would rebuild everything; this times exactly the files scored."""
+    every = json.loads(path.read_text())["rows"]
+    rows = [r for r in every if "refused" not in r]
     found = {}
     for step in sorted(store.glob("export-*/step.json"), key=lambda f: f.stat().st_mtime):
         rec = json.loads(step.read_text())
         found[f"{rec['key']['model']}:{rec['key']['export']['quant']}"] = step.parent / rec["meta"]["gguf"]
-    return rows, [found[r["gguf_key"]] for r in rows]
+    return rows, [found[r["gguf_key"]] for r in rows], [r for r in every if "refused" in r]
 
 
 def _base(rows: list[dict]) -> dict:
@@ -190,7 +191,7 @@ def _measured(path: Path) -> list[dict]:
 
 def table(path: Path) -> str:
     every = json.loads(path.read_text())["rows"]
-    rows = [r for r in every if "refused" not in r]
+    rows = _measured(path)
     base = _base(rows)
     lines = ["| front | model | MB | decode × (paired) | prefill × | WikiText-2 ppl | ppl × | KLD mean | top-1 agree |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -297,15 +298,15 @@ def main(argv=None) -> int:
         print(versus_table(args.versus))
         return 0
     if args.prepared:
-        refused = [r for r in json.loads(args.prepared.read_text())["rows"] if "refused" in r]
-        rows = timed(*prepared(args.prepared, args.store), args) + refused
+        rows, ggufs, refused = prepared(args.prepared, args.store)
+        rows = timed(rows, ggufs, args) + refused
     else:
         store = StepStore(args.store)
         hf_dir, digest = import_model(store, resolve_model(None))
         rows = measure(store, models(store, hf_dir, digest, args), args)
     out = {"command": "python " + " ".join(sys.argv), "host": host_info(), "threads": args.threads,
            "protocol": {"ctx": args.ctx, "windows": args.windows, "quality": "llama-perplexity chunks, KLD vs the "
-                        "unpruned HF fp32 parent", "bench": "64-token prompt, 100 decoded, paired "
+                        "unpruned F16 GGUF", "bench": "64-token prompt, 100 decoded, paired "
                         "with the unpruned Q4_K_M (ABBA, 10-token slices)"}, "rows": rows}
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 

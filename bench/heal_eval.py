@@ -44,16 +44,9 @@ def evaluate(path: Path, windows: int, ctx: int) -> dict:
 
 
 def heal_record(path: Path) -> dict:
-    """What was cut and how it was healed: `prune --heal`'s record, or a store heal step's heal.json;
-    an unhealed store step has neither (heal None)."""
-    if (path / "edgeprune-pruned.json").is_file():
-        record = json.loads((path / "edgeprune-pruned.json").read_text())
-        return {"removed": record.get("removed", {}).get("layers", []), "heal": record.get("heal")}
-    heal = json.loads((path / "heal.json").read_text()) if (path / "heal.json").is_file() else None
-    config = json.loads((path / "config.json").read_text())
-    return {"removed": (heal or {}).get("removed", []), "heal": heal,
-            "shape": {k: config[k] for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                                              "intermediate_size")}}
+    """What `prune --heal` cut and how it healed, from its record."""
+    record = json.loads((path / "edgeprune-pruned.json").read_text())
+    return {"removed": record["removed"]["layers"], "heal": record.get("heal")}
 
 
 def table(path: Path) -> str:

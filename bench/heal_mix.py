@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from edgeprune.data.texts import CALIBRATION_FILE, read_texts
+from edgeprune.atomic import atomic_write_text
+from edgeprune.data.texts import CALIBRATION_FILE, iter_jsonl, read_texts
 from edgeprune.paths import data_dir
 
 TITLE = re.compile(r"^ = [^=].* = $")  # a top-level heading of WikiText's raw lines: " = Title = "
@@ -39,7 +40,7 @@ def wiki_articles(path: Path) -> list[str]:
 
 def read_texts_lines(path: Path) -> list[str]:
     """Every row of a WikiText JSONL, blank ones included (read_texts drops them; paragraphs need them)."""
-    return [json.loads(line)["text"] or "\n" for line in path.read_text().splitlines() if line.strip()]
+    return [row["text"] or "\n" for _, row in iter_jsonl(path, path.read_text())]
 
 
 def c4_rest() -> list[str]:
@@ -57,9 +58,7 @@ def main(argv=None) -> int:
     n_c4 = len(texts)
     if args.wiki:
         texts += wiki_articles(data_dir() / "wikitext2_raw_validation.jsonl")
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    tmp.replace(args.out)
+    atomic_write_text(args.out, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     print(f"{args.out}: {n_c4} C4 documents, {len(texts) - n_c4} WikiText-2 validation articles")
     return 0
 
