@@ -212,3 +212,29 @@ def test_down_span_heals_beyond_down_cut_on_the_tiny_llama(tiny_pair):
         model = remove_layers(copy.deepcopy(teacher), [1])
         errors[name] = heal_model(model, states, windows, [1], method, batch_size=4)["final_error"]
     assert errors["down-span"] < errors["down-cut"], errors
+
+
+@pytest.mark.parametrize("bar", [-1.0, float("inf")])
+def test_a_fit_trial_never_changes_the_student_it_started_from(tiny_pair, bar):
+    """One heal method and a fit that loses (bar -1: no loss beats it) must publish the student as
+    it was: the single-method trial once healed the student in place, so a refit that the held-out
+    check rejected still shipped (SmolLM2 -20 % FFN: held-out 61.7 chosen, 85.6 published)."""
+    from edgeprune.stages.heal import teacher_states
+    from edgeprune.stages.heal_step import choose_fit
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, _ = tiny_pair
+    states = teacher_states(teacher, windows)  # the stage's batch size, which choose_fit heals with
+    student = remove_layers(copy.deepcopy(teacher), [1])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    losses = {"none": bar}  # the unhealed model's held-out loss: -1 no fit beats, inf every fit does
+    chosen, model, info, trials = choose_fit(student, [registry.get("heal", "down-cut")], states, windows,
+                                             windows[-4:], [1], frozenset(), losses)
+    assert len(trials) == 1 and losses["down-cut"] == trials[0]["holdout_nll"]
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    if bar < 0:
+        assert chosen == "none" and model is student and info is None
+    else:  # the refit is kept, as a model of its own
+        assert chosen == "down-cut" and model is not student
+        assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, student.model.layers[0].mlp.down_proj.weight)

@@ -116,17 +116,7 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     topk = teacher_topk(teacher, kd_windows, cfg.topk, bf16=bf16_ok()) if kd_windows is not None else None
     t_topk = time.perf_counter() - t_topk
     del teacher
-    best, trials = ("none", student, None), []
-    for method in methods:
-        name = method.name
-        model = copy.deepcopy(student) if len(methods) > 1 else student
-        info = heal_model(model, states, fit, removed, method, width=width)
-        losses[name] = holdout_nll(model, holdout)
-        trials.append({"method": name, "holdout_nll": losses[name], "final_error": info["final_error"],
-                       "refits": len(info["refits"])})
-        if losses[name] < losses[best[0]]:
-            best = (name, model, info)
-    chosen, model, info = best
+    chosen, model, info, trials = choose_fit(student, methods, states, fit, holdout, removed, width, losses)
     local = None
     if cfg.local_minutes > 0 and removed:
         model, local = _kept_if_better("local", model, lambda m: local_distill(
@@ -148,6 +138,25 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "heal.json").write_text(json.dumps(record, indent=1))
     return {k: v for k, v in record.items() if k != "refits"}
+
+
+def choose_fit(student, methods: list[HealMethod], states, fit: torch.Tensor, holdout: torch.Tensor,
+               removed: list[int], width: frozenset[str], losses: dict) -> tuple[str, object, dict | None, list]:
+    """Heal a copy of `student` with each method; the one with the lowest held-out loss, or "none"
+    and `student` itself if none beats losses["none"]. Every trial runs on its own copy: a trial that
+    loses must leave nothing behind in the model that is published."""
+    best, trials = ("none", student, None), []
+    for method in methods:
+        model = copy.deepcopy(student)
+        info = heal_model(model, states, fit, removed, method, width=width)
+        losses[method.name] = holdout_nll(model, holdout)
+        trials.append({"method": method.name, "holdout_nll": losses[method.name],
+                       "final_error": info["final_error"], "refits": len(info["refits"])})
+        if losses[method.name] < losses[best[0]]:
+            best = (method.name, model, info)
+        del model
+    chosen, model, info = best
+    return chosen, model, info, trials
 
 
 def _kept_if_better(name: str, model, train, holdout, losses: dict):
