@@ -65,8 +65,8 @@ def models(store, hf_dir, digest, args) -> list[dict]:
         label, _, path = spec.partition("=")
         d = Path(path)
         pts += [dict(label=f"{label} {q}", front="pruned+healed", dir=d, key=external_key(d), quant=q) for q in quants]
-    widths = (("-1/3 KV groups", 6, 2, None), ("-20% FFN", None, None, 1216)) if args.width else ()
-    for label, heads, kv, ffn in widths:
+    widths = {"kv": ("-1/3 KV groups", 6, 2, None), "ffn": ("-20% FFN", None, None, 1216)}
+    for label, heads, kv, ffn in (widths[w] for w in args.width_cuts.split(",") if w and args.width):
         d, key = prune_width_step(store, hf_dir, digest, heads, kv, ffn, Calibration(), None)
         d, key, _ = heal_step(store, hf_dir, digest, d, key, [], Heal(method=args.width_heal))
         pts += [dict(label=f"{label} {args.width_heal} {q}", front="pruned+healed", dir=d, key=key, quant=q)
@@ -181,6 +181,15 @@ def prepared(path: Path, store: Path) -> tuple[list[dict], list[Path], list[dict
     return rows, [found[r["gguf_key"]] for r in rows], [r for r in every if "refused" in r]
 
 
+def merged(old: dict, new: dict) -> dict:
+    """`old` with the rows of `new` put in place of the rows that share their label (new labels are
+    added); the commands of both are kept, in order, and the protocol is `new`'s."""
+    fresh = {r["label"]: r for r in new["rows"] if r["label"] != "unpruned Q4_K_M"}
+    rows = [fresh.pop(r["label"], r) for r in old["rows"]] + list(fresh.values())
+    commands = old.get("commands", [old["command"]]) + [new["command"]]
+    return {k: v for k, v in new.items() if k != "command"} | {"commands": commands, "rows": rows}
+
+
 def _base(rows: list[dict]) -> dict:
     return next(r for r in rows if r["label"] == "unpruned Q4_K_M")
 
@@ -276,6 +285,9 @@ def main(argv=None) -> int:
     ap.add_argument("--width-heal", default="down-cut")
     ap.add_argument("--width", action=argparse.BooleanOptionalAction, default=True,
                     help="also the healed width cuts at Q4_K_M")
+    ap.add_argument("--width-cuts", default="kv,ffn", help="which width cuts: kv (-1/3 KV groups), ffn (-20%% FFN)")
+    ap.add_argument("--merge", type=Path, help="with --prepared: replace the rows of this fronts JSON that share a "
+                    "label with the timed ones (their reference is the same unpruned Q4_K_M), keep the rest")
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--windows", type=int, default=40, help="llama.cpp perplexity chunks of --ctx tokens")
     ap.add_argument("--quality-cache", type=Path, default=Path("bench/out/heal/fronts-quality.json"))
@@ -310,6 +322,8 @@ def main(argv=None) -> int:
                         "with the unpruned Q4_K_M (ABBA, 10-token slices)"}, "rows": rows}
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 
+    if args.merge:
+        out = merged(json.loads(args.merge.read_text()), out)
     write_json(args.out, out)
     return 0
 

@@ -116,3 +116,49 @@ def test_closed_form_head_gradient_equals_autograd(temperature):
     loss, grad = kd_topk_head(h, head, values, indices, temperature, 0.25)
     assert loss == pytest.approx(float(want.detach()), rel=1e-5)
     torch.testing.assert_close(grad, leaf.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_head_loss_equals_the_eager_closed_form():
+    """torch.compile's fused head loss: same loss and gradient into h as kd_topk_head, in fp32 and
+    with a bf16 head (there the K teacher ids are written exact, not as a difference of bf16 numbers)."""
+    from edgeprune.methods.distill import kd_topk_head, kd_topk_parts, kd_topk_parts_compiled
+
+    torch.manual_seed(0)
+    h, head = torch.randn(24, 16), torch.randn(300, 16)
+    values, indices = torch.randn(24, 8) * 3, torch.randperm(300)[:8].repeat(24, 1)
+    for temperature in (1.0, 2.0):
+        want_loss, want_grad = kd_topk_head(h, head, values, indices, temperature, 0.25)
+        for fn in (kd_topk_parts, kd_topk_parts_compiled()):
+            with torch.no_grad():
+                loss, grad = fn(h, head, values, indices, temperature, 0.25)
+            assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+            torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-6)
+    hb, headb = h.bfloat16(), head.bfloat16()
+    _, eager = kd_topk_head(hb, headb, values, indices, 1.0, 0.25)
+    with torch.no_grad():
+        _, fused = kd_topk_parts_compiled()(hb, headb, values, indices, 1.0, 0.25)
+    assert fused.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), eager.float(), rtol=0.02, atol=2e-3)
+
+
+def test_compiled_step_trains_like_the_eager_step(tiny):
+    """global_distill with compile=True: the same losses, step for step, as eager (fp32, so only
+    the fused loops' summation order differs), and it says it compiled."""
+    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.stages.heal_global import compile_ok, global_distill
+
+    if not compile_ok():
+        pytest.skip("no C++ compiler for torch.compile")
+    teacher, student, windows = tiny
+    values, indices = teacher_topk(teacher, windows, k=16)
+    runs = {}
+    for compiled in (False, True):
+        model = copy.deepcopy(student)
+        runs[compiled] = global_distill(model, windows, values, indices, first=1, minutes=60, lr=1e-3, micro=2,
+                                        bf16=False, max_steps=6, compile=compiled), model
+    (eager, m_eager), (fused, m_fused) = runs[False], runs[True]
+    assert fused["compiled"] and not eager["compiled"]
+    assert fused["loss_first_10pct"] == pytest.approx(eager["loss_first_10pct"], rel=1e-4)
+    assert fused["loss_last_10pct"] == pytest.approx(eager["loss_last_10pct"], rel=1e-3)
+    for (n, a), (_, b) in zip(m_eager.named_parameters(), m_fused.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=n)

@@ -74,6 +74,9 @@ class Heal(Strict):
     # "all": every decoder layer trains; "cut": only the layers from the first cut up (cheaper steps,
     # the frozen prefix computed once). On SmolLM2 -6 angular, per 4 minutes: all 52.6, cut 54.5.
     global_layers: Literal["all", "cut"] = "all"
+    # Run the global step's trained layers and head loss through torch.compile (needs a C++ compiler;
+    # without one the step runs eager). SmolLM2 -6, batch 4 x 256: bench/README, Healing throughput.
+    global_compile: bool = True
     global_samples: int = Field(256, ge=0)  # the shipped C4 sample holds ~570 windows of 512
     # Text the global step distils on besides the fitting windows: `global_samples` windows of it, and
     # `holdout_samples` more that join the held-out set every keep-decision reads. None: later windows

@@ -8,6 +8,7 @@ across processes averages back to the same number when every position counts.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -85,6 +86,31 @@ def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, 
     g.scatter_add_(-1, idx, -p_k)
     g *= temperature * scale
     return float(loss), (g.to(head.dtype) @ head).to(h.dtype)
+
+
+def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
+                  temperature: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`kd_topk_head`'s (loss, grad of h) as plain tensor code with no in-place tricks: the body that
+    torch.compile fuses into a couple of passes over the logits (the eager form makes about eight).
+    The K teacher ids get softmax - p computed in fp32 and written over the softmax, so a bf16 head
+    never takes the difference of two near-equal bf16 numbers."""
+    z = F.linear(h.to(head.dtype), head).float()
+    if temperature != 1:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
+    p_k = t_k.exp()
+    idx = top_indices.long()
+    z_k = z.gather(-1, idx)
+    loss = (p_k * (t_k - z_k + lse)).sum() * (temperature ** 2 * scale)
+    g = torch.exp(z - lse).to(head.dtype).scatter(-1, idx, (torch.exp(z_k - lse) - p_k).to(head.dtype))
+    return loss, ((g @ head) * (temperature * scale)).to(h.dtype)
+
+
+@functools.cache
+def kd_topk_parts_compiled():
+    """kd_topk_parts through torch.compile (Inductor writes fused C++ loops for the CPU), made once."""
+    return torch.compile(kd_topk_parts, dynamic=False)
 
 
 def mixed_loss(ce: torch.Tensor | None, kd: torch.Tensor | None, alpha: float) -> torch.Tensor:

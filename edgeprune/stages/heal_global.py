@@ -11,18 +11,23 @@ What makes it fit a CPU budget (bench/heal_throughput.py measures it against the
   in closed form (methods/distill.kd_topk_head), so the (tokens x vocab) logits are never held
   whole, and no autograd graph is built over them;
 - AdamW runs fused (one kernel over all parameters, not a loop of elementwise ops);
-- matmuls under bf16 autocast where the CPU has native bf16 (AMX here), fp32 master weights.
+- matmuls under bf16 autocast where the CPU has native bf16 (AMX here), fp32 master weights;
+- with `compile`, the trained layers and the head's loss run through torch.compile, which fuses the
+  elementwise work around the matmuls (RMSNorm, rotary, SiLU, the softmax over 49k logits) into
+  loops of its own; it costs a first step of some seconds (`first_step_s`), inside the budget.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import shutil
 import time
 
 import torch
 from tqdm import tqdm
 
-from edgeprune.methods.distill import kd_topk_head
+from edgeprune.methods.distill import kd_topk_head, kd_topk_parts_compiled
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.heal import StudentStates
 from edgeprune.streaming.layerwise import run_layer
@@ -50,24 +55,43 @@ def prefix_states(model, windows: torch.Tensor, first: int, micro: int, bf16: bo
     return [(x.float(), kw) for x, kw in zip(student.h, student.kw)]
 
 
+def compile_ok() -> bool:
+    """torch.compile on a CPU writes C++ and builds it: it needs a compiler on PATH."""
+    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@torch.no_grad()
+def _compiled_head(h, head, values, indices, temperature: float, scale: float) -> tuple[float, torch.Tensor]:
+    loss, grad = kd_topk_parts_compiled()(h, head, values, indices, temperature, scale)
+    return float(loss), grad
+
+
 def kd_step(model, x: torch.Tensor, kw: dict, head: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-            first: int, temperature: float, chunk: int, bf16: bool) -> float:
+            first: int, temperature: float, chunk: int, bf16: bool, compiled: bool = False) -> float:
     """Layers `first`.. forward from the cached prefix state `x`, chunked top-K KD loss through the
-    frozen `head` weight, backward; returns the micro-batch's mean loss."""
+    frozen `head` weight, backward; returns the micro-batch's mean loss. `compiled`: layers and head
+    loss through torch.compile (same maths)."""
+    layer_fn, head_fn = (_compiled_layer(), _compiled_head) if compiled else (run_layer, kd_topk_head)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for layer in list(model.model.layers)[first:]:
-            x = run_layer(layer, x, kw)
+            x = layer_fn(layer, x, kw)
         hidden = model.model.norm(x)
     h = hidden.detach().flatten(0, 1)
     v, i = values.flatten(0, 1), indices.flatten(0, 1)
     n, total = h.shape[0], 0.0
     grad = torch.empty_like(h)
     for s in range(0, n, chunk):  # the head is frozen: its gradient goes into h only, in closed form
-        part, grad[s:s + chunk] = kd_topk_head(h[s:s + chunk], head, v[s:s + chunk], i[s:s + chunk],
-                                               temperature, 1.0 / n)
+        part, grad[s:s + chunk] = head_fn(h[s:s + chunk], head, v[s:s + chunk], i[s:s + chunk], temperature, 1.0 / n)
         total += part
     hidden.backward(grad.view_as(hidden))
     return total
+
+
+@functools.cache
+def _compiled_layer():
+    """run_layer through torch.compile, made once: every decoder layer shares its graph (the layer's
+    weights are inputs to it, not constants), so it compiles once per input shape."""
+    return torch.compile(run_layer, dynamic=False)
 
 
 def lr_at(frac: float, base: float, warm: float = 0.05, floor: float = 0.1) -> float:
@@ -80,10 +104,12 @@ def lr_at(frac: float, base: float, warm: float = 0.05, floor: float = 0.1) -> f
 
 def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, first: int,
                    minutes: float, lr: float = 5e-5, micro: int = 4, temperature: float = 1.0, chunk: int = 512,
-                   bf16: bool | None = None, max_steps: int | None = None) -> dict:
+                   bf16: bool | None = None, max_steps: int | None = None, compile: bool = False) -> dict:
     """AdamW on layers `first`.. for `minutes` of wall clock (or `max_steps`), cycling over `windows`
-    in micro-batches, learning rate on a warm-up + cosine schedule over the budget."""
+    in micro-batches, learning rate on a warm-up + cosine schedule over the budget. `compile`: through
+    torch.compile where a C++ compiler is present. tokens_per_s leaves out the first step (compiling)."""
     bf16 = bf16_ok() if bf16 is None else bf16
+    compile = compile and compile_ok()
     params = freeze_below(model, first)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     t_prefix = time.perf_counter()
@@ -92,7 +118,7 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
     # Cast once: autocast would re-cast the frozen 49k x hidden head in every chunk of every step.
     head = model.lm_head.weight.detach().to(torch.bfloat16 if bf16 else torch.float32)
     batches = [(s, min(s + micro, len(windows))) for s in range(0, len(windows), micro)]
-    budget, steps, tokens, losses = minutes * 60, 0, 0, []
+    budget, steps, tokens, losses, first_step = minutes * 60, 0, 0, [], None
     model.train()
     t0 = time.perf_counter()
     while True:
@@ -105,18 +131,23 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
         j = steps % len(batches)
         a, b = batches[j]
         x, kw = prefix[j]
-        losses.append(kd_step(model, x, kw, head, values[a:b], indices[a:b], first, temperature, chunk, bf16))
+        losses.append(kd_step(model, x, kw, head, values[a:b], indices[a:b], first, temperature, chunk, bf16,
+                              compiled=compile))
         opt.step()
         opt.zero_grad(set_to_none=True)
         steps, tokens = steps + 1, tokens + int(windows[a:b].numel())
+        if first_step is None:
+            first_step = (time.perf_counter() - t0, tokens)
     seconds = time.perf_counter() - t0
+    steady_s, steady_tokens = seconds - first_step[0], tokens - first_step[1]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     head = losses[: max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]
     return {"first_layer": first, "prefix_s": round(t_prefix, 1), "steps": steps, "tokens": tokens, "seconds": round(seconds, 1),
-            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1), "lr": lr, "micro_batch": micro,
+            "tokens_per_s": round(steady_tokens / steady_s, 1) if steady_tokens else round(tokens / max(seconds, 1e-9), 1),
+            "first_step_s": round(first_step[0], 1), "compiled": compile, "lr": lr, "micro_batch": micro,
             "temperature": temperature, "topk": int(values.shape[-1]), "bf16": bf16,
             "epochs": round(tokens / max(int(windows.numel()), 1), 2),
             "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(tail) / len(tail)}
