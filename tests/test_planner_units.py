@@ -267,3 +267,21 @@ def test_k_quant_candidates_keep_ffn_down_on_the_256_grid():
     assert ffn_options(L8B, [0.8], 256) == [11264] and ffn_options(L8B, [0.8]) == [11456]
     down = lambda ffn: {t for name, t, _ in tensor_types(L8B.pruned(ffn=ffn), "Q4_K_M") if "ffn_down" in name}  # noqa: E731
     assert down(11456) == {"Q5_0", "Q8_0"} and down(11264) == {"Q4_K", "Q6_K"}
+
+
+def test_quant_only_challengers_measure_every_type_predicted_to_meet_the_budget():
+    """A full-depth quant type predicted to meet the budget is measured even when it is slower than
+    the pruned choice: the planner then ships it if its perplexity is lower. The earlier rule measured
+    only types predicted as fast as the pruned choice, and shipped SmolLM2 -4L Q4_0 (ppl x1.59)
+    where the full-depth Q4_0 (predicted 0.54 s of a 0.67 s budget) was never measured."""
+    from edgeprune.planner.candidates import Scored, quant_only_challengers
+    from edgeprune.targets.costmodel import Candidate
+
+    def sc(quant, k, worst, latency):
+        return Scored(Candidate(layers_removed=k, quant=quant), None, 1.0, latency, {"latency_s": worst})
+
+    scored = [sc("Q4_K_M", 0, 1.18, 0.79), sc("Q4_0", 0, 0.80, 0.54), sc("Q3_K_M", 0, 1.04, 0.63),
+              sc("Q2_K", 0, 1.30, 0.50), sc("Q4_0", 4, 0.72, 0.49)]
+    got = quant_only_challengers(scored, ["Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K"], {"Q4_K_M"}, noise=0.05)
+    assert [(x.cand.quant, m) for x, m in got] == [("Q4_0", True), ("Q3_K_M", True), ("Q2_K", False)]
+    assert all(x.cand.layers_removed == 0 for x, _ in got)  # never the pruned Q4_0 of the same type

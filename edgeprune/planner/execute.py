@@ -23,7 +23,7 @@ from edgeprune.devices.runners import cpu_model, runner_spec
 from edgeprune.errors import ExportError
 from edgeprune.planner.plan import Plan
 from edgeprune.planner import quality_memory as qmem
-from edgeprune.planner.candidates import BETA_PRIOR, depth_costs
+from edgeprune.planner.candidates import BETA_PRIOR, depth_costs, quant_only_challengers
 from edgeprune.planner.searcher import Decision, Searcher, at_measured_drift, errors_pct, prediction_record
 from edgeprune.report.records import (CandidateRecord, Challenge, Measurement, Outcome, QualitySeed, Rejection,
                                       SearchEntry)
@@ -184,34 +184,29 @@ RUN_STEPS = {"import": _import, "score": _score, "search": _search, "tasks": _ta
 
 
 def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> None:
-    """Never ship a pruned model that a quant type alone beats on speed and quality: when the best
-    met candidate is pruned, measure every unmeasured full-model quant type of the search that the
-    cost model gives a chance of being as fast (within the search noise); _outcome then keeps
-    whichever met candidate has the lowest perplexity. Each challenge is logged in the search log."""
+    """Never ship a pruned model when a quant type alone meets the budget: when the best met
+    candidate is pruned, measure every unmeasured full-depth quant type of the search that the cost
+    model predicts to meet the budget (within the search noise); _outcome then keeps whichever met
+    candidate has the lowest perplexity. Each challenge is logged in the search log."""
     met = _met(state)
     if not met:
         return
     best = _best(met)
     if not best.measured.pruned:
         return
-    limit = best.checked_latency_s * (1 + state.plan.recipe.search.noise)
-    for q in state.plan.recipe.search.quant_choices():
-        full = Candidate(quant=q)
-        if full in s.measured or any(not it.measured.pruned and it.measured.quant == q for it in state.iterations):
+    done = {it.measured.quant for it in state.iterations if not it.measured.pruned}
+    done |= {c.quant for c in s.measured if not c.layers_removed and c.heads is None and c.ffn is None}
+    for sc, measure_it in quant_only_challengers(s.score(), state.plan.recipe.search.quant_choices(), done,
+                                                 state.plan.recipe.search.noise):
+        if sc is None:
             continue
-        predicted = latency_s_of(s, full)
-        if predicted > limit:
-            state.search_log.append(Challenge(full.label(s.base), predicted, limit, measured=False,
-                                              why="predicted slower than the pruned choice"))
+        if not measure_it:
+            state.search_log.append(Challenge(sc.cand.label(s.base), sc.latency_s, best.checked_latency_s,
+                                              measured=False, why="predicted to miss the budget"))
             continue
-        log(f"check: would {full.label(s.base)} alone beat the pruned choice? measuring it")
-        try_candidate(state, s, full, ctx, log)
-        state.search_log.append(Challenge(full.label(s.base), predicted, limit, measured=True))
-
-
-def latency_s_of(s: Searcher, cand: Candidate) -> float:
-    b = s.target.budget
-    return s.predict_level(cand).latency_s(b.prompt_tokens, b.answer_tokens)
+        log(f"check: would {sc.cand.label(s.base)} alone meet the budget with less loss? measuring it")
+        try_candidate(state, s, sc.cand, ctx, log)
+        state.search_log.append(Challenge(sc.cand.label(s.base), sc.latency_s, best.checked_latency_s, measured=True))
 
 
 def resolve_relative_budget(state: RunState, s: Searcher, log) -> None:
