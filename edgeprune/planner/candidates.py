@@ -164,12 +164,12 @@ def closest_miss(scored: list[Scored], max_ppl_ratio: float) -> Scored | None:
 
 
 def quant_only_challengers(scored: list[Scored], quants: list[str], measured: set[str],
-                           noise: float) -> list[tuple[Scored | None, bool]]:
-    """The full-depth candidate of each quant type in `quants` not yet `measured`, and whether to
-    measure it: yes when the cost model predicts it meets the budget within `noise`. A pruned model
-    is shipped only if no such candidate does better, and a quant type meeting the budget is almost
-    always the better one, so being slower than the pruned choice is no reason to leave it out."""
-    full = {x.cand.quant: x for x in scored
-            if not x.cand.layers_removed and x.cand.heads is None and x.cand.ffn is None}
-    return [(full.get(q), q in full and full[q].worst <= 1.0 + noise) for q in quants if q not in measured]
+                           noise: float) -> list[tuple[Scored, bool]]:
+    """The full-depth candidate of each quant type in `quants` not yet `measured` (and scored), and
+    whether to measure it: yes when the cost model predicts it meets the budget within `noise`. A
+    pruned model is shipped only if no such candidate does better, and a quant type meeting the
+    budget is almost always the better one, so being slower than the pruned choice is no reason to
+    leave it out."""
+    full = {x.cand.quant: x for x in scored if not x.cand.pruned}
+    return [(full[q], full[q].worst <= 1.0 + noise) for q in quants if q in full and q not in measured]
 

@@ -195,11 +195,9 @@ def challenge_with_quant_only(state: RunState, s: Searcher, ctx: dict, log) -> N
     if not best.measured.pruned:
         return
     done = {it.measured.quant for it in state.iterations if not it.measured.pruned}
-    done |= {c.quant for c in s.measured if not c.layers_removed and c.heads is None and c.ffn is None}
+    done |= {c.quant for c in s.measured if not c.pruned}  # export-refused ones are in s.measured only
     for sc, measure_it in quant_only_challengers(s.score(), state.plan.recipe.search.quant_choices(), done,
                                                  state.plan.recipe.search.noise):
-        if sc is None:
-            continue
         if not measure_it:
             state.search_log.append(Challenge(sc.cand.label(s.base), sc.latency_s, best.checked_latency_s,
                                               measured=False, why="predicted to miss the budget"))

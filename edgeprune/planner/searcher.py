@@ -188,7 +188,7 @@ class Searcher:
         """A measurement of `cand` (`it.drift`: the machine's, vs the level): calibrate the cost model
         at the level and the quality model; later decisions predict at this drift."""
         bench = it.measured.bench
-        if self.kv_bytes_meta is None and cand.layers_removed == 0 and cand.heads is None and cand.ffn is None:
+        if self.kv_bytes_meta is None and not cand.pruned:
             # exact key/value (tokenizer) bytes of this model's GGUFs, so pruned sizes are exact too
             self.kv_bytes_meta = max(0, it.measured.gguf_bytes - gguf_bytes(self.base, cand.quant, kv_bytes=0))
         drift = it.drift

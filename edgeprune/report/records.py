@@ -46,8 +46,7 @@ class Measurement:
 
     @property
     def pruned(self) -> bool:
-        c = self.candidate
-        return bool(c.layers_removed or c.heads or c.ffn)
+        return self.candidate.pruned
 
     def to_dict(self) -> dict:
         out = {"k": self.k, "quant": self.quant, "candidate": asdict(self.candidate),

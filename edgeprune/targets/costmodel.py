@@ -91,6 +91,11 @@ class Candidate:
     quant: str = "Q4_K_M"
     kv_heads: int | None = None  # KV heads kept (None: all); whole GQA groups go with their query heads
 
+    @property
+    def pruned(self) -> bool:
+        """Anything cut (layers, heads, FFN channels); a KV cut goes with its query heads."""
+        return bool(self.layers_removed or self.heads or self.ffn)
+
     def shape(self, base: ModelShape) -> ModelShape:
         return base.pruned(layers=base.layers - self.layers_removed, heads=self.heads, ffn=self.ffn,
                            kv_heads=self.kv_heads)
