@@ -96,11 +96,13 @@ def parse_stats(out: str) -> dict:
     return stats
 
 
-def quality(ggufs: dict[str, Path], parent_dir: Path, args) -> dict[str, dict]:
+def quality(ggufs: dict[str, Path], parent_dir: Path, parent_key: str, args) -> dict[str, dict]:
     """Perplexity and KL(unpruned F16 || GGUF) of every point from llama.cpp's own `llama-perplexity`
     (--windows chunks of --ctx, second half of each scored), against base log-probs of the unpruned
     F16 GGUF saved once (--kl-divergence-base); kept in --quality-cache as each model ends, so a
-    rerun scores only what is missing. The C++ tool is used because scoring every position through
+    rerun scores only what is missing. The F16 and its base log-probs are named by the parent's
+    content key and the windows, so a work folder shared by another parent or protocol is not
+    read stale; a cached score counts only for the same ctx and chunks. The C++ tool is used because scoring every position through
     the Python binding took 10-20 s a chunk here."""
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 
@@ -110,14 +112,14 @@ def quality(ggufs: dict[str, Path], parent_dir: Path, args) -> dict[str, dict]:
     args.text_file = work / "wiki.test.raw"
     if not args.text_file.is_file():
         args.text_file.write_bytes(gzip.decompress(EVAL_TEXT_FILE.read_bytes()))
-    base = work / f"f16-{args.ctx}x{args.windows}.kld"
+    base = work / f"f16-{parent_key[:16]}-{args.ctx}x{args.windows}.kld"
     if not base.is_file():
-        f16 = work / "unpruned-f16.gguf"
+        f16 = work / f"unpruned-{parent_key[:16]}-f16.gguf"
         if not f16.is_file():
             convert_hf_to_gguf(parent_dir, f16, "f16")
         run_tool(args, "-m", str(f16), "--kl-divergence-base", str(base))
     for key, gguf in ggufs.items():
-        if key in cache:
+        if cache.get(key, {}).get("chunks") == args.windows and cache[key].get("ctx") == args.ctx:
             continue
         t0 = time.perf_counter()
         out = run_tool(args, "-m", str(gguf), "--kl-divergence-base", str(base), "--kl-divergence")
@@ -144,7 +146,7 @@ def exported(store, pts) -> tuple[list[dict], list[tuple[Path, dict]], list[dict
 def measure(store, pts, args) -> list[dict]:
     pts, ggufs, refused = exported(store, pts)
     keys = [f"{p['key']}:{p['quant']}" for p in pts]
-    scores = quality({k: g for k, (g, _) in zip(keys, ggufs)}, pts[0]["dir"], args)
+    scores = quality({k: g for k, (g, _) in zip(keys, ggufs)}, pts[0]["dir"], pts[0]["key"], args)
     rows = [{"label": p["label"], "front": p["front"], "quant": p["quant"], "bytes": meta["bytes"],
              "layers": meta["layers"], "gguf_key": key} | scores[key] for p, (_, meta), key in zip(pts, ggufs, keys)]
     if args.prepare:  # exports, heals and scores are cached: a later run only benchmarks

@@ -74,8 +74,9 @@ def global_label(g: dict) -> str:
     """' + global 8 min, 762 tok/s (kept)', with the text and the teacher's top-K pass when recorded."""
     text = Path(g["text"]).name if g.get("text", "calibration stream") != "calibration stream" else ""
     teacher = f", teacher top-K {g['teacher_topk_s'] / 60:.1f} min" if "teacher_topk_s" in g else ""
+    tail = ", teacher's tail kept as a class" if g.get("tail") else ""
     return (f" + global {g['seconds'] / 60:.1f} min{' on ' + text if text else ''}, {g['tokens_per_s']:.0f} tok/s, "
-            f"{g['epochs']} epochs{teacher} ({'kept' if g.get('kept') else 'discarded'})")
+            f"{g['epochs']} epochs{teacher}{tail} ({'kept' if g.get('kept') else 'discarded'})")
 
 
 def reference() -> dict:

@@ -30,7 +30,7 @@ def ppl(m):
         return round(hf_perplexity(m, tok, wiki, 1024, 8)["ppl"], 3)
 fit = calibration_windows(tok, Calibration(samples=32, seq_len=512, seed=1))
 train = calibration_windows(tok, Calibration(samples=160, seq_len=512, seed=7))
-t=time.time(); v,i = teacher_topk(teacher, train, 64, bf16=True); print("topk s", time.time()-t, flush=True)
+t=time.time(); v,i,_ = teacher_topk(teacher, train, 64, bf16=True); print("topk s", time.time()-t, flush=True)
 states = teacher_states(teacher, fit)
 removed=[13,14,15,16,17,18]
 student = remove_layers(copy.deepcopy(teacher), removed)

@@ -31,7 +31,7 @@ def test_cached_prefix_and_chunked_loss_give_the_plain_kd_loss_and_gradients(tin
 
     teacher, student, windows = tiny
     ids = windows[:4]
-    values, indices = teacher_topk(teacher, ids, k=16, batch=2)
+    values, indices, _ = teacher_topk(teacher, ids, k=16, batch=2)
     model = copy.deepcopy(student)
     freeze_below(model, 1)
     plain = kd_loss_topk(model(input_ids=ids, use_cache=False).logits, values, indices, 2.0)
@@ -53,7 +53,7 @@ def test_global_distillation_lowers_the_kd_loss_and_trains_only_from_the_first_c
     from edgeprune.stages.heal_global import global_distill
 
     teacher, student, windows = tiny
-    values, indices = teacher_topk(teacher, windows, k=16)
+    values, indices, _ = teacher_topk(teacher, windows, k=16)
     model = copy.deepcopy(student)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not n.startswith(("model.layers.1.",
                                                                                      "model.layers.2.", "model.norm"))}
@@ -150,7 +150,7 @@ def test_compiled_step_trains_like_the_eager_step(tiny):
     if not compile_ok():
         pytest.skip("no C++ compiler for torch.compile")
     teacher, student, windows = tiny
-    values, indices = teacher_topk(teacher, windows, k=16)
+    values, indices, _ = teacher_topk(teacher, windows, k=16)
     runs = {}
     for compiled in (False, True):
         model = copy.deepcopy(student)
@@ -162,3 +162,83 @@ def test_compiled_step_trains_like_the_eager_step(tiny):
     assert fused["loss_last_10pct"] == pytest.approx(eager["loss_last_10pct"], rel=1e-3)
     for (n, a), (_, b) in zip(m_eager.named_parameters(), m_fused.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def _coarse_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, k: int) -> torch.Tensor:
+    """KL over K + 1 classes (the teacher's top K and everything else), built directly."""
+    p, q = teacher_logits.softmax(-1), student_logits.softmax(-1)
+    idx = teacher_logits.topk(k, dim=-1).indices
+    p_k, q_k = p.gather(-1, idx), q.gather(-1, idx)
+    pc = torch.cat([p_k, 1 - p_k.sum(-1, keepdim=True)], -1)
+    qc = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], -1)
+    return (pc * (pc.log() - qc.log())).sum(-1).mean()
+
+
+def test_teacher_tail_mass_and_the_tail_class_loss_equal_a_kl_over_k_plus_one_classes(tiny):
+    """teacher_topk's `rest` is log(1 - top-K mass) of the teacher's softmax, and kd_loss_topk with
+    it is the KL between teacher and student over the K tokens plus one class for the rest.
+    Mutants caught: rest taken over the top K instead of the tail, the K tokens not scaled by the
+    kept mass, the tail term left out."""
+    from edgeprune.recovery.teacher import teacher_topk
+
+    teacher, student, windows = tiny
+    ids = windows[:2]
+    top = teacher_topk(teacher, ids, k=16)
+    t_logits = teacher(input_ids=ids).logits.detach().float()
+    t_top = t_logits.softmax(-1).topk(16, dim=-1).values.sum(-1)
+    torch.testing.assert_close(top.rest.exp(), 1 - t_top, rtol=1e-4, atol=1e-6)
+    s_logits = student(input_ids=ids).logits.detach().float()
+    got = kd_loss_topk(s_logits, top.values, top.indices, 1.0, rest=top.rest)
+    # fp16 values: the K tokens' shares carry fp16 rounding of the logits
+    assert float(got) == pytest.approx(float(_coarse_kl(t_logits, s_logits, 16)), rel=2e-3)
+    plain = kd_loss_topk(s_logits, top.values, top.indices, 1.0)
+    assert abs(float(plain) - float(got)) > 0.01  # the two objectives differ on this model
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_closed_form_tail_gradient_equals_autograd(compiled):
+    """kd_topk_head / kd_topk_parts with the tail class: loss and d loss / d h equal autograd
+    through kd_loss_topk(rest=...). Mutants caught: the ids outside K not scaled by
+    1 - p_rest / q_rest, the K ids scaled too, the tail's loss term dropped."""
+    from edgeprune.methods.distill import kd_topk_head, kd_topk_parts_compiled
+    from edgeprune.stages.heal_global import compile_ok
+
+    if compiled and not compile_ok():
+        pytest.skip("no C++ compiler for torch.compile")
+    g = torch.Generator().manual_seed(1)
+    h, head = torch.randn(13, 24, generator=g), torch.randn(300, 24, generator=g) / 4
+    values = torch.randn(13, 16, generator=g) * 3
+    indices = torch.stack([torch.randperm(300, generator=g)[:16] for _ in range(13)]).int()
+    rest = -torch.rand(13, generator=g) * 4 - 0.05  # tail mass 0.02 .. 0.95
+    leaf = h.clone().requires_grad_(True)
+    want = kd_loss_topk(leaf @ head.T, values, indices, 1.0, rest=rest) * 0.25 * 13
+    want.backward()
+    fn = kd_topk_parts_compiled() if compiled else kd_topk_head
+    with torch.no_grad():
+        loss, grad = fn(h, head, values, indices, 1.0, 0.25, rest)
+    assert float(loss) == pytest.approx(float(want.detach()), rel=1e-5)
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_tail_class_keeps_the_student_from_taking_the_tails_mass():
+    """Why the tail is kept: fit free logits to a teacher by its top K alone. Renormalised, the
+    student ends with nearly all its mass on the K tokens (the teacher has about 42 % outside them);
+    with the tail class it ends with the teacher's 58 %."""
+    torch.manual_seed(0)
+    t_logits = torch.cat([torch.full((5,), 4.0), torch.zeros(200)]).unsqueeze(0) + 0.1 * torch.randn(1, 205)
+    top = t_logits.topk(5, dim=-1)
+    p = t_logits.softmax(-1)
+    rest = torch.log(1 - p.gather(-1, top.indices).sum(-1))
+    kept = {}
+    for name, r in (("renormalised", None), ("tail", rest)):
+        z = torch.zeros(1, 205, requires_grad=True)
+        opt = torch.optim.Adam([z], lr=0.1)
+        for _ in range(600):
+            opt.zero_grad()
+            kd_loss_topk(z, top.values, top.indices, 1.0, rest=r).backward()
+            opt.step()
+        kept[name] = float(z.detach().softmax(-1).gather(-1, top.indices).sum())
+    teacher_kept = float(p.gather(-1, top.indices).sum())
+    assert 0.5 < teacher_kept < 0.7
+    assert kept["tail"] == pytest.approx(teacher_kept, abs=0.01)
+    assert kept["renormalised"] > 0.95

@@ -84,6 +84,9 @@ class Heal(Strict):
     # alone cannot see another domain degrade; a user's own text lets both see it.
     global_text: Path | None = None
     topk: PositiveInt = 64
+    # Keep the teacher's probability outside its top K as one more class (methods/distill.kd_loss_topk)
+    # instead of renormalising the K: the student is not taught to be overconfident.
+    topk_tail: bool = True
 
 
 class Export(Strict):

@@ -48,48 +48,85 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
 
 
 def kd_loss_topk(student: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
-                 temperature: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """KD against a cached top-K teacher: the teacher distribution is renormalised over its K
-    best tokens (the tail is dropped), the student keeps its full-vocabulary normaliser.
+                 temperature: float, mask: torch.Tensor | None = None,
+                 rest: torch.Tensor | None = None) -> torch.Tensor:
+    """KD against a cached top-K teacher. Without `rest` the teacher distribution is renormalised
+    over its K best tokens (the tail is dropped), the student keeps its full-vocabulary normaliser;
+    with K = V this equals `kd_loss` exactly.
 
-    With K = V this equals `kd_loss` exactly.
+    `rest` (B, T): log of the teacher's probability outside its K tokens, at this temperature
+    (`recovery.teacher.teacher_topk` gives it). Then the tail is kept as one more class: the K
+    tokens carry (1 - p_rest) x the renormalised top-K, and the student's own mass outside those K
+    is matched to p_rest. Renormalising instead teaches the student to put the tail's mass on the
+    K tokens, an overconfidence that perplexity on other text pays for.
     """
     # At T = 1 the division is skipped: it is a full pass over the 49k-vocabulary logits.
     s = F.log_softmax(student.float() if temperature == 1 else student.float() / temperature, dim=-1)
     s_k = s.gather(-1, top_indices.long())
     t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
-    per_pos = (t_k.exp() * (t_k - s_k)).sum(-1)
+    if rest is None:
+        per_pos = (t_k.exp() * (t_k - s_k)).sum(-1)
+    else:
+        t_k = t_k + _log_keep(rest).unsqueeze(-1)
+        q_rest = (1 - s_k.exp().sum(-1)).clamp_min(TAIL_FLOOR)
+        per_pos = (t_k.exp() * (t_k - s_k)).sum(-1) + rest.exp() * (rest - q_rest.log())
     if mask is None:
         mask = torch.ones(per_pos.shape, dtype=torch.bool, device=per_pos.device)
     return temperature ** 2 * _masked_mean(per_pos, mask)
 
 
+# The student's mass outside the teacher's K tokens is 1 - (its mass on them), taken in fp32: below
+# this the difference is rounding, and the floor bounds the tail class's gradient where it vanishes.
+TAIL_FLOOR = 1e-6
+
+
+def _log_keep(rest: torch.Tensor) -> torch.Tensor:
+    """log(1 - p_rest) from log p_rest, exact for p_rest near 0 and near 1."""
+    return torch.log(-torch.expm1(rest.float().clamp_max(-1e-7)))
+
+
 @torch.no_grad()
 def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
-                 temperature: float, scale: float) -> tuple[float, torch.Tensor]:
+                 temperature: float, scale: float, rest: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """`kd_loss_topk` of the logits h @ head.T summed over the rows of `h`, times `scale`, and its
     gradient with respect to `h`, in closed form with no autograd graph.
 
-    d loss / d z = T * (softmax(z / T) - p_teacher scattered to its K ids), so the (rows x vocab)
-    logits are made once, turned into that gradient in place and multiplied back through the head:
-    autograd would keep the float copy, the log-softmax and a zeroed scatter buffer of the same
-    size, and read them again in backward. Returns (loss, grad of h in h's dtype)."""
+    d loss / d z = T * (softmax(z / T) - p_teacher scattered to its K ids); with the tail class
+    (`rest`), the ids outside the K get q_j * (1 - p_rest / q_rest) instead of q_j. The
+    (rows x vocab) logits are made once, turned into that gradient in place and multiplied back
+    through the head: autograd would keep the float copy, the log-softmax and a zeroed scatter
+    buffer of the same size, and read them again in backward. Returns (loss, grad of h in h's dtype)."""
     z = F.linear(h.to(head.dtype), head).float()
     if temperature != 1:
         z /= temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
-    p_k = t_k.exp()
     idx = top_indices.long()
-    loss = (p_k * (t_k - z.gather(-1, idx) + lse)).sum() * (temperature ** 2 * scale)
+    t_k, p_k, tail = _teacher_k(top_values, temperature, rest)
+    s_k = z.gather(-1, idx) - lse
+    loss = (p_k * (t_k - s_k)).sum()
     g = z.sub_(lse).exp_()
-    g.scatter_add_(-1, idx, -p_k)
+    if tail is not None:
+        p_rest, q_rest = tail[0], (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
+        loss += (p_rest * (rest.float().unsqueeze(-1) - q_rest.log())).sum()
+        g *= 1 - p_rest / q_rest
+        g.scatter_(-1, idx, s_k.exp() - p_k)
+    else:
+        g.scatter_add_(-1, idx, -p_k)
     g *= temperature * scale
-    return float(loss), (g.to(head.dtype) @ head).to(h.dtype)
+    return float(loss) * temperature ** 2 * scale, (g.to(head.dtype) @ head).to(h.dtype)
+
+
+def _teacher_k(top_values: torch.Tensor, temperature: float, rest: torch.Tensor | None):
+    """(log p_k, p_k, (p_rest,) or None) of the teacher over its K ids, (rows, K) / (rows, 1)."""
+    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
+    if rest is None:
+        return t_k, t_k.exp(), None
+    t_k = t_k + _log_keep(rest).unsqueeze(-1)
+    return t_k, t_k.exp(), (rest.float().exp().unsqueeze(-1),)
 
 
 def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
-                  temperature: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  temperature: float, scale: float, rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`kd_topk_head`'s (loss, grad of h) as plain tensor code with no in-place tricks: the body that
     torch.compile fuses into a couple of passes over the logits (the eager form makes about eight).
     The K teacher ids get softmax - p computed in fp32 and written over the softmax, so a bf16 head
@@ -98,13 +135,17 @@ def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor,
     if temperature != 1:
         z = z / temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
-    p_k = t_k.exp()
     idx = top_indices.long()
-    z_k = z.gather(-1, idx)
-    loss = (p_k * (t_k - z_k + lse)).sum() * (temperature ** 2 * scale)
-    g = torch.exp(z - lse).to(head.dtype).scatter(-1, idx, (torch.exp(z_k - lse) - p_k).to(head.dtype))
-    return loss, ((g @ head) * (temperature * scale)).to(h.dtype)
+    t_k, p_k, tail = _teacher_k(top_values, temperature, rest)
+    s_k = z.gather(-1, idx) - lse
+    loss = (p_k * (t_k - s_k)).sum()
+    q = torch.exp(z - lse)
+    if tail is not None:
+        p_rest, q_rest = tail[0], (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
+        loss = loss + (p_rest * (rest.float().unsqueeze(-1) - q_rest.log())).sum()
+        q = q * (1 - p_rest / q_rest)
+    g = q.to(head.dtype).scatter(-1, idx, (torch.exp(s_k) - p_k).to(head.dtype))
+    return loss * (temperature ** 2 * scale), ((g @ head) * (temperature * scale)).to(h.dtype)
 
 
 @functools.cache

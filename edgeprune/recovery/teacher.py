@@ -4,6 +4,7 @@ computed once, cached to disk, and the teacher dropped from memory."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from edgeprune.atomic import atomic_write
 from edgeprune.errors import ModelError
 from edgeprune.methods.distill import kd_loss, kd_loss_topk
+from edgeprune.toolchain.torch_compile import row_logsumexp
 
 
 def check_vocab(student, teacher, where: str) -> None:
@@ -47,21 +49,33 @@ class CachedTeacher:
         return kd_loss_topk(student_logits, v, i, temperature, mask.bool())
 
 
+class TopK(NamedTuple):
+    """The teacher's K largest logits per position, (rows, seq, K) fp16 values and int32 ids, and
+    `rest` (rows, seq) fp32: log of its probability outside those K (softmax at T = 1), exact from
+    the full logits; methods/distill keeps it as a tail class."""
+    values: torch.Tensor
+    indices: torch.Tensor
+    rest: torch.Tensor
+
+
 @torch.no_grad()
 def teacher_topk(teacher, ids: torch.Tensor, k: int, mask: torch.Tensor | None = None, batch: int = 4,
-                 bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values fp16, indices int32), each (rows, seq, k): the teacher's K largest logits per position,
-    on the CPU; `bf16` runs the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
+                 bf16: bool = False) -> TopK:
+    """The teacher's top-K logits and tail mass for every position of `ids`, on the CPU; `bf16` runs
+    the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
     dev = next(teacher.parameters()).device
-    vals, idxs = [], []
+    vals, idxs, rests = [], [], []
     for s in tqdm(range(0, len(ids), batch), desc=f"teacher top-{k}", unit="batch", leave=False):
         kw = {} if mask is None else {"attention_mask": mask[s:s + batch].to(dev)}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = teacher(input_ids=ids[s:s + batch].to(dev), **kw).logits
-        top = logits.float().topk(k, dim=-1)
+        top = logits.topk(k, dim=-1)
+        top_mass = (top.values.float().logsumexp(-1) - row_logsumexp()(logits)).exp()
+        # fp32 resolves a tail down to ~1e-7; below, it is rounding, and the floor keeps log finite
+        rests.append(torch.log1p(-top_mass.clamp_max(1 - 1e-7)).cpu())
         vals.append(top.values.half().cpu())
         idxs.append(top.indices.int().cpu())
-    return torch.cat(vals), torch.cat(idxs)
+    return TopK(torch.cat(vals), torch.cat(idxs), torch.cat(rests))
 
 
 def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> CachedTeacher:
@@ -70,6 +84,6 @@ def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> Cac
         data = load_file(path)  # safetensors: a cache file can never run code when read
         if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
             return CachedTeacher(data["values"], data["indices"])
-    values, indices = teacher_topk(teacher, blocks.ids, k, blocks.mask, batch)
+    values, indices, _ = teacher_topk(teacher, blocks.ids, k, blocks.mask, batch)
     atomic_write(path, lambda tmp: save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp))
     return CachedTeacher(values, indices)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import shutil
 import time
 
 import torch
@@ -31,6 +30,7 @@ from edgeprune.methods.distill import kd_topk_head, kd_topk_parts_compiled
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.heal import StudentStates
 from edgeprune.streaming.layerwise import run_layer
+from edgeprune.toolchain.torch_compile import compile_ok
 
 
 def freeze_below(model, first: int) -> list[torch.nn.Parameter]:
@@ -55,22 +55,18 @@ def prefix_states(model, windows: torch.Tensor, first: int, micro: int, bf16: bo
     return [(x.float(), kw) for x, kw in zip(student.h, student.kw)]
 
 
-def compile_ok() -> bool:
-    """torch.compile on a CPU writes C++ and builds it: it needs a compiler on PATH."""
-    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-
-
 @torch.no_grad()
-def _compiled_head(h, head, values, indices, temperature: float, scale: float) -> tuple[float, torch.Tensor]:
-    loss, grad = kd_topk_parts_compiled()(h, head, values, indices, temperature, scale)
+def _compiled_head(h, head, values, indices, temperature: float, scale: float, rest=None) -> tuple[float, torch.Tensor]:
+    loss, grad = kd_topk_parts_compiled()(h, head, values, indices, temperature, scale, rest)
     return float(loss), grad
 
 
 def kd_step(model, x: torch.Tensor, kw: dict, head: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
-            first: int, temperature: float, chunk: int, bf16: bool, compiled: bool = False) -> float:
+            first: int, temperature: float, chunk: int, bf16: bool, compiled: bool = False,
+            rest: torch.Tensor | None = None) -> float:
     """Layers `first`.. forward from the cached prefix state `x`, chunked top-K KD loss through the
     frozen `head` weight, backward; returns the micro-batch's mean loss. `compiled`: layers and head
-    loss through torch.compile (same maths)."""
+    loss through torch.compile (same maths). `rest`: the teacher's tail mass, kept as a class."""
     layer_fn, head_fn = (_compiled_layer(), _compiled_head) if compiled else (run_layer, kd_topk_head)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for layer in list(model.model.layers)[first:]:
@@ -78,10 +74,12 @@ def kd_step(model, x: torch.Tensor, kw: dict, head: torch.Tensor, values: torch.
         hidden = model.model.norm(x)
     h = hidden.detach().flatten(0, 1)
     v, i = values.flatten(0, 1), indices.flatten(0, 1)
+    r = rest.flatten(0, 1) if rest is not None else None
     n, total = h.shape[0], 0.0
     grad = torch.empty_like(h)
     for s in range(0, n, chunk):  # the head is frozen: its gradient goes into h only, in closed form
-        part, grad[s:s + chunk] = head_fn(h[s:s + chunk], head, v[s:s + chunk], i[s:s + chunk], temperature, 1.0 / n)
+        part, grad[s:s + chunk] = head_fn(h[s:s + chunk], head, v[s:s + chunk], i[s:s + chunk], temperature, 1.0 / n,
+                                          None if r is None else r[s:s + chunk])
         total += part
     hidden.backward(grad.view_as(hidden))
     return total
@@ -104,10 +102,15 @@ def lr_at(frac: float, base: float, warm: float = 0.05, floor: float = 0.1) -> f
 
 def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, first: int,
                    minutes: float, lr: float = 5e-5, micro: int = 4, temperature: float = 1.0, chunk: int = 512,
-                   bf16: bool | None = None, max_steps: int | None = None, compile: bool = False) -> dict:
+                   bf16: bool | None = None, max_steps: int | None = None, compile: bool = False,
+                   rest: torch.Tensor | None = None) -> dict:
     """AdamW on layers `first`.. for `minutes` of wall clock (or `max_steps`), cycling over `windows`
     in micro-batches, learning rate on a warm-up + cosine schedule over the budget. `compile`: through
-    torch.compile where a C++ compiler is present. tokens_per_s leaves out the first step (compiling)."""
+    torch.compile where a C++ compiler is present. `rest`: the teacher's log tail mass per position
+    (recovery.teacher.TopK.rest, at T = 1), kept as a class of its own; None drops the tail and
+    renormalises the top K. tokens_per_s leaves out the first step (compiling)."""
+    if rest is not None and temperature != 1:
+        raise ValueError("the teacher's tail mass is measured at temperature 1; distil at 1 or leave it out")
     bf16 = bf16_ok() if bf16 is None else bf16
     compile = compile and compile_ok()
     params = freeze_below(model, first)
@@ -132,7 +135,7 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
         a, b = batches[j]
         x, kw = prefix[j]
         losses.append(kd_step(model, x, kw, head, values[a:b], indices[a:b], first, temperature, chunk, bf16,
-                              compiled=compile))
+                              compiled=compile, rest=None if rest is None else rest[a:b]))
         opt.step()
         opt.zero_grad(set_to_none=True)
         steps, tokens = steps + 1, tokens + int(windows[a:b].numel())
@@ -148,6 +151,6 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
     return {"first_layer": first, "prefix_s": round(t_prefix, 1), "steps": steps, "tokens": tokens, "seconds": round(seconds, 1),
             "tokens_per_s": round(steady_tokens / steady_s, 1) if steady_tokens else round(tokens / max(seconds, 1e-9), 1),
             "first_step_s": round(first_step[0], 1), "compiled": compile, "lr": lr, "micro_batch": micro,
-            "temperature": temperature, "topk": int(values.shape[-1]), "bf16": bf16,
+            "temperature": temperature, "topk": int(values.shape[-1]), "tail": rest is not None, "bf16": bf16,
             "epochs": round(tokens / max(int(windows.numel()), 1), 2),
             "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(tail) / len(tail)}

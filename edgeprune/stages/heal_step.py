@@ -127,7 +127,8 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     glob = None
     if topk is not None:
         model, glob = _kept_if_better("global", model, lambda m: global_distill(
-            m, kd_windows, *topk, first, cfg.global_minutes, lr=cfg.global_lr, compile=cfg.global_compile),
+            m, kd_windows, topk.values, topk.indices, first, cfg.global_minutes, lr=cfg.global_lr,
+            compile=cfg.global_compile, rest=topk.rest if cfg.topk_tail else None),
             holdout, losses)
         glob |= {"teacher_topk_s": round(t_topk, 1), "windows": len(kd_windows),
                  "text": str(cfg.global_text) if cfg.global_text else "calibration stream"}
