@@ -17,7 +17,7 @@ from edgeprune.stages.calib import calibration_windows
 from edgeprune.config.recipe import Calibration
 from edgeprune.surgery.layers import remove_layers
 from edgeprune.stages.heal import heal_model, teacher_states
-from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.recovery.teacher import FixedTopK, teacher_topk
 from edgeprune.stages.heal_global import global_distill
 from edgeprune.recovery.hf_ppl import hf_perplexity
 from edgeprune.data import eval_text
@@ -30,7 +30,7 @@ def ppl(m):
         return round(hf_perplexity(m, tok, wiki, 1024, 8)["ppl"], 3)
 fit = calibration_windows(tok, Calibration(samples=32, seq_len=512, seed=1))
 train = calibration_windows(tok, Calibration(samples=160, seq_len=512, seed=7))
-t=time.time(); v,i,_ = teacher_topk(teacher, train, 64, bf16=True); print("topk s", time.time()-t, flush=True)
+t=time.time(); topk = teacher_topk(teacher, train, 64, bf16=True); print("topk s", time.time()-t, flush=True)
 states = teacher_states(teacher, fit)
 removed=[13,14,15,16,17,18]
 student = remove_layers(copy.deepcopy(teacher), removed)
@@ -41,5 +41,5 @@ del states
 for spec in sys.argv[1].split(","):
     lr, first = (float(spec.split("@")[0]), int(spec.split("@")[1]) if "@" in spec else 12)
     m = copy.deepcopy(student)
-    info = global_distill(m, train, v, i, first, minutes=float(sys.argv[2]), lr=lr)
+    info = global_distill(m, train, FixedTopK(topk, tail=False), first, minutes=float(sys.argv[2]), lr=lr)
     print(json.dumps({"lr": lr, "ppl": ppl(m), **info}), flush=True)

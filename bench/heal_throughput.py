@@ -29,7 +29,7 @@ from edgeprune.config.recipe import Calibration
 from edgeprune.config.recovery import Recovery
 from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
-from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.recovery.teacher import FixedTopK, teacher_topk
 from edgeprune.stages.heal_global import global_distill
 from edgeprune.stages.heal_local import bf16_ok
 from edgeprune.stages.load import import_model
@@ -52,8 +52,8 @@ def lean(student_dir: Path, teacher_dir: Path, mode: str, steps: int, work: Path
 
 def fast(student, windows, topk, steps: int, first: int, compile: bool) -> dict:
     model = copy.deepcopy(student)
-    info = global_distill(model, windows, topk.values, topk.indices, first, minutes=60, micro=BATCH, max_steps=steps,
-                          compile=compile, rest=topk.rest)
+    info = global_distill(model, windows, FixedTopK(topk), first, minutes=60, micro=BATCH, max_steps=steps,
+                          compile=compile)
     return {k: info[k] for k in ("steps", "tokens", "tokens_per_s", "bf16", "compiled", "first_step_s")}
 
 

@@ -49,17 +49,16 @@ def test_cached_prefix_and_chunked_loss_give_the_plain_kd_loss_and_gradients(tin
 
 
 def test_global_distillation_lowers_the_kd_loss_and_trains_only_from_the_first_cut(tiny):
-    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.recovery.teacher import FixedTopK, teacher_topk
     from edgeprune.stages.heal_global import global_distill
 
     teacher, student, windows = tiny
-    values, indices, _ = teacher_topk(teacher, windows, k=16)
+    topk = FixedTopK(teacher_topk(teacher, windows, k=16), tail=False)
     model = copy.deepcopy(student)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not n.startswith(("model.layers.1.",
                                                                                      "model.layers.2.", "model.norm"))}
     torch.manual_seed(0)
-    info = global_distill(model, windows, values, indices, first=1, minutes=60, lr=1e-3, micro=2, bf16=False,
-                          max_steps=24)
+    info = global_distill(model, windows, topk, first=1, minutes=60, lr=1e-3, micro=2, bf16=False, max_steps=24)
     assert info["steps"] == 24 and info["tokens"] == 24 * 2 * 64 and info["epochs"] == 6.0
     assert info["loss_last_10pct"] < 0.9 * info["loss_first_10pct"]  # 5.58 -> 4.75 when written
     for n, p in model.named_parameters():
@@ -144,17 +143,17 @@ def test_compiled_head_loss_equals_the_eager_closed_form():
 def test_compiled_step_trains_like_the_eager_step(tiny):
     """global_distill with compile=True: the same losses, step for step, as eager (fp32, so only
     the fused loops' summation order differs), and it says it compiled."""
-    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.recovery.teacher import FixedTopK, teacher_topk
     from edgeprune.stages.heal_global import compile_ok, global_distill
 
     if not compile_ok():
         pytest.skip("no C++ compiler for torch.compile")
     teacher, student, windows = tiny
-    values, indices, _ = teacher_topk(teacher, windows, k=16)
+    topk = teacher_topk(teacher, windows, k=16)
     runs = {}
     for compiled in (False, True):
         model = copy.deepcopy(student)
-        runs[compiled] = global_distill(model, windows, values, indices, first=1, minutes=60, lr=1e-3, micro=2,
+        runs[compiled] = global_distill(model, windows, FixedTopK(topk), first=1, minutes=60, lr=1e-3, micro=2,
                                         bf16=False, max_steps=6, compile=compiled), model
     (eager, m_eager), (fused, m_fused) = runs[False], runs[True]
     assert fused["compiled"] and not eager["compiled"]
@@ -242,3 +241,31 @@ def test_the_tail_class_keeps_the_student_from_taking_the_tails_mass():
     assert 0.5 < teacher_kept < 0.7
     assert kept["tail"] == pytest.approx(teacher_kept, abs=0.01)
     assert kept["renormalised"] > 0.95
+
+
+def test_a_lazy_teacher_runs_only_for_the_windows_training_reaches_and_trains_the_same(tiny):
+    """LazyTopK: the teacher's top-K of a micro-batch is made when a step first asks for it, kept
+    for the next epoch, and training is step for step what it is on top-K computed up front.
+    Mutants caught: the cache keyed wrongly (recomputed every epoch: rows 12, not 8), top-K made
+    for windows no step reaches, the tail dropped."""
+    from edgeprune.recovery.teacher import FixedTopK, LazyTopK, teacher_topk
+    from edgeprune.stages.heal_global import global_distill
+
+    teacher, student, windows = tiny
+    lazy = LazyTopK(teacher, windows, 16, bf16=False)
+    runs = {}
+    for name, source in (("lazy", lazy), ("fixed", FixedTopK(teacher_topk(teacher, windows, k=16)))):
+        torch.manual_seed(0)
+        model = copy.deepcopy(student)
+        runs[name] = global_distill(model, windows, source, first=1, minutes=60, lr=1e-3, micro=2, bf16=False,
+                                    max_steps=6), model
+    # 6 steps over 4 micro-batches: each of the 8 windows through the teacher once, not 12 times
+    assert lazy.rows == 8 and len(lazy.cache) == 4
+    (info, m_lazy), (ref, m_fixed) = runs["lazy"], runs["fixed"]
+    assert info["tail"] and info["teacher_rows"] == 8 and info["teacher_topk_s"] > 0
+    short = LazyTopK(teacher, windows, 16, bf16=False)
+    global_distill(copy.deepcopy(student), windows, short, first=1, minutes=60, micro=2, bf16=False, max_steps=2)
+    assert short.rows == 4  # two steps reach 4 of the 8 windows
+    assert ref["teacher_topk_s"] == 0
+    for a, b in zip(m_lazy.parameters(), m_fixed.parameters()):
+        torch.testing.assert_close(a, b)

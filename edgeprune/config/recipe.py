@@ -67,8 +67,8 @@ class Heal(Strict):
     local_minutes: float = Field(0.0, ge=0)
     local_lr: float = Field(5e-5, gt=0)
     # Then a short global distillation (stages/heal_global.py): wall-clock minutes of top-K KD against
-    # the unpruned model on the fitting windows plus `global_samples` more; 0 turns it off. Kept only
-    # if the held-out loss improves.
+    # the unpruned model on the fitting windows plus `global_samples` more, the teacher's passes
+    # included; 0 turns it off. Kept only if the held-out loss improves.
     global_minutes: float = Field(0.0, ge=0)
     global_lr: float = Field(3e-4, gt=0)
     # "all": every decoder layer trains; "cut": only the layers from the first cut up (cheaper steps,

@@ -3,7 +3,8 @@ student learns the unpruned teacher's next-token distribution on calibration tex
 teacher's top-K logits computed once.
 
 What makes it fit a CPU budget (bench/heal_throughput.py measures it against the lean LoRA loop):
-- the teacher runs once, before training, and only its top-K logits (fp16 values, int32 ids) are kept;
+- the teacher runs once per window, the first time a step uses it (recovery.teacher.LazyTopK), inside
+  the budget, and only its top-K logits (fp16 values, int32 ids) and its mass outside them are kept;
 - the student's layers below the first cut are frozen: their output is computed once per window
   and every step starts from it;
 - the embeddings and the tied 49k-vocabulary head are frozen, and the head's logits are formed a
@@ -100,17 +101,15 @@ def lr_at(frac: float, base: float, warm: float = 0.05, floor: float = 0.1) -> f
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * f)))
 
 
-def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: torch.Tensor, first: int,
-                   minutes: float, lr: float = 5e-5, micro: int = 4, temperature: float = 1.0, chunk: int = 512,
-                   bf16: bool | None = None, max_steps: int | None = None, compile: bool = False,
-                   rest: torch.Tensor | None = None) -> dict:
+def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: float, lr: float = 5e-5,
+                   micro: int = 4, temperature: float = 1.0, chunk: int = 512, bf16: bool | None = None,
+                   max_steps: int | None = None, compile: bool = False) -> dict:
     """AdamW on layers `first`.. for `minutes` of wall clock (or `max_steps`), cycling over `windows`
-    in micro-batches, learning rate on a warm-up + cosine schedule over the budget. `compile`: through
-    torch.compile where a C++ compiler is present. `rest`: the teacher's log tail mass per position
-    (recovery.teacher.TopK.rest, at T = 1), kept as a class of its own; None drops the tail and
-    renormalises the top K. tokens_per_s leaves out the first step (compiling)."""
-    if rest is not None and temperature != 1:
-        raise ValueError("the teacher's tail mass is measured at temperature 1; distil at 1 or leave it out")
+    in micro-batches, learning rate on a warm-up + cosine schedule over the budget. `teacher`:
+    recovery.teacher.FixedTopK or LazyTopK, whose `batch(a, b)` gives rows a..b's top-K values, ids
+    and tail mass (None: the top K renormalised); a lazy teacher's passes run inside the budget.
+    `compile`: through torch.compile where a C++ compiler is present. tokens_per_s counts the
+    student's steps only, without the first (compiling) one and without the teacher's passes."""
     bf16 = bf16_ok() if bf16 is None else bf16
     compile = compile and compile_ok()
     params = freeze_below(model, first)
@@ -121,7 +120,7 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
     # Cast once: autocast would re-cast the frozen 49k x hidden head in every chunk of every step.
     head = model.lm_head.weight.detach().to(torch.bfloat16 if bf16 else torch.float32)
     batches = [(s, min(s + micro, len(windows))) for s in range(0, len(windows), micro)]
-    budget, steps, tokens, losses, first_step = minutes * 60, 0, 0, [], None
+    budget, steps, tokens, losses, first_step, tail = minutes * 60, 0, 0, [], None, None
     model.train()
     t0 = time.perf_counter()
     while True:
@@ -134,23 +133,29 @@ def global_distill(model, windows: torch.Tensor, values: torch.Tensor, indices: 
         j = steps % len(batches)
         a, b = batches[j]
         x, kw = prefix[j]
-        losses.append(kd_step(model, x, kw, head, values[a:b], indices[a:b], first, temperature, chunk, bf16,
-                              compiled=compile, rest=None if rest is None else rest[a:b]))
+        values, indices, rest = teacher.batch(a, b)
+        if rest is not None and temperature != 1:
+            raise ValueError("the teacher's tail mass is measured at temperature 1; distil at 1 or leave it out")
+        tail = rest is not None
+        losses.append(kd_step(model, x, kw, head, values, indices, first, temperature, chunk, bf16,
+                              compiled=compile, rest=rest))
         opt.step()
         opt.zero_grad(set_to_none=True)
         steps, tokens = steps + 1, tokens + int(windows[a:b].numel())
         if first_step is None:
-            first_step = (time.perf_counter() - t0, tokens)
+            first_step = (time.perf_counter() - t0, tokens, teacher.seconds)
     seconds = time.perf_counter() - t0
-    steady_s, steady_tokens = seconds - first_step[0], tokens - first_step[1]
+    steady_s = seconds - first_step[0] - (teacher.seconds - first_step[2])
+    steady_tokens = tokens - first_step[1]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     head = losses[: max(1, len(losses) // 10)]
-    tail = losses[-max(1, len(losses) // 10):]
+    end = losses[-max(1, len(losses) // 10):]
     return {"first_layer": first, "prefix_s": round(t_prefix, 1), "steps": steps, "tokens": tokens, "seconds": round(seconds, 1),
             "tokens_per_s": round(steady_tokens / steady_s, 1) if steady_tokens else round(tokens / max(seconds, 1e-9), 1),
             "first_step_s": round(first_step[0], 1), "compiled": compile, "lr": lr, "micro_batch": micro,
-            "temperature": temperature, "topk": int(values.shape[-1]), "tail": rest is not None, "bf16": bf16,
+            "temperature": temperature, "topk": int(values.shape[-1]), "tail": tail, "bf16": bf16,
+            "teacher_topk_s": round(teacher.seconds, 1), "teacher_rows": teacher.rows,
             "epochs": round(tokens / max(int(windows.numel()), 1), 2),
-            "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(tail) / len(tail)}
+            "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(end) / len(end)}

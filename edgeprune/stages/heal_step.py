@@ -23,7 +23,7 @@ from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.methods.heal import HealMethod
 from edgeprune.stages.heal import cut_layers, heal_model, needed_states, plan_refits, teacher_states
-from edgeprune.recovery.teacher import teacher_topk
+from edgeprune.recovery.teacher import LazyTopK
 from edgeprune.stages.heal_global import global_distill
 from edgeprune.stages.heal_local import bf16_ok, local_distill
 from edgeprune.toolchain.hf import load_model, save_model
@@ -112,9 +112,8 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     states = teacher_states(teacher, fit, keep=keep)
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
-    t_topk = time.perf_counter()
-    topk = teacher_topk(teacher, kd_windows, cfg.topk, bf16=bf16_ok()) if kd_windows is not None else None
-    t_topk = time.perf_counter() - t_topk
+    # The teacher stays for the global step, which asks for its top-K a micro-batch at a time
+    topk = LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail) if kd_windows is not None else None
     del teacher
     chosen, model, info, trials = choose_fit(student, methods, states, fit, holdout, removed, width, losses)
     local = None
@@ -127,10 +126,9 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     glob = None
     if topk is not None:
         model, glob = _kept_if_better("global", model, lambda m: global_distill(
-            m, kd_windows, topk.values, topk.indices, first, cfg.global_minutes, lr=cfg.global_lr,
-            compile=cfg.global_compile, rest=topk.rest if cfg.topk_tail else None),
+            m, kd_windows, topk, first, cfg.global_minutes, lr=cfg.global_lr, compile=cfg.global_compile),
             holdout, losses)
-        glob |= {"teacher_topk_s": round(t_topk, 1), "windows": len(kd_windows),
+        glob |= {"windows": len(kd_windows),
                  "text": str(cfg.global_text) if cfg.global_text else "calibration stream"}
     save_model(model, tok, out)
     record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
