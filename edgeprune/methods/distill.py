@@ -101,14 +101,14 @@ def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, 
         z /= temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     idx = top_indices.long()
-    t_k, p_k, tail = _teacher_k(top_values, temperature, rest)
+    t_k, p_k = _teacher_k(top_values, temperature, rest)
     s_k = z.gather(-1, idx) - lse
     loss = (p_k * (t_k - s_k)).sum()
     g = z.sub_(lse).exp_()
-    if tail is not None:
-        p_rest, q_rest = tail[0], (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
-        loss += (p_rest * (rest.float().unsqueeze(-1) - q_rest.log())).sum()
-        g *= 1 - p_rest / q_rest
+    if rest is not None:
+        tail_loss, outside = _tail(s_k, rest)
+        loss += tail_loss
+        g *= outside
         g.scatter_(-1, idx, s_k.exp() - p_k)
     else:
         g.scatter_add_(-1, idx, -p_k)
@@ -117,12 +117,22 @@ def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, 
 
 
 def _teacher_k(top_values: torch.Tensor, temperature: float, rest: torch.Tensor | None):
-    """(log p_k, p_k, (p_rest,) or None) of the teacher over its K ids, (rows, K) / (rows, 1)."""
+    """(log p_k, p_k) of the teacher over its K ids, (rows, K): renormalised over them, or with
+    `rest`, scaled by the mass 1 - p_rest they hold."""
     t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
-    if rest is None:
-        return t_k, t_k.exp(), None
-    t_k = t_k + _log_keep(rest).unsqueeze(-1)
-    return t_k, t_k.exp(), (rest.float().exp().unsqueeze(-1),)
+    if rest is not None:
+        t_k = t_k + _log_keep(rest).unsqueeze(-1)
+    return t_k, t_k.exp()
+
+
+def _tail(s_k: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail class, from the student's log-probs of the K ids (rows, K) and the teacher's log
+    tail mass (rows,): its loss term summed over rows, p_rest * log(p_rest / q_rest), and the
+    factor 1 - p_rest / q_rest (rows, 1) on the gradient of every id outside the K."""
+    log_p = rest.float().unsqueeze(-1)
+    q_rest = (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
+    p_rest = log_p.exp()
+    return (p_rest * (log_p - q_rest.log())).sum(), 1 - p_rest / q_rest
 
 
 def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
@@ -136,14 +146,13 @@ def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor,
         z = z / temperature
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     idx = top_indices.long()
-    t_k, p_k, tail = _teacher_k(top_values, temperature, rest)
+    t_k, p_k = _teacher_k(top_values, temperature, rest)
     s_k = z.gather(-1, idx) - lse
     loss = (p_k * (t_k - s_k)).sum()
     q = torch.exp(z - lse)
-    if tail is not None:
-        p_rest, q_rest = tail[0], (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
-        loss = loss + (p_rest * (rest.float().unsqueeze(-1) - q_rest.log())).sum()
-        q = q * (1 - p_rest / q_rest)
+    if rest is not None:
+        tail_loss, outside = _tail(s_k, rest)
+        loss, q = loss + tail_loss, q * outside
     g = q.to(head.dtype).scatter(-1, idx, (torch.exp(s_k) - p_k).to(head.dtype))
     return loss * (temperature ** 2 * scale), ((g @ head) * (temperature * scale)).to(h.dtype)
 
