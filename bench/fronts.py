@@ -102,8 +102,8 @@ def quality(ggufs: dict[str, Path], parent_dir: Path, parent_key: str, args) -> 
     F16 GGUF saved once (--kl-divergence-base); kept in --quality-cache as each model ends, so a
     rerun scores only what is missing. The F16 and its base log-probs are named by the parent's
     content key and the windows, so a work folder shared by another parent or protocol is not
-    read stale; a cached score counts only for the same ctx and chunks. The C++ tool is used because scoring every position through
-    the Python binding took 10-20 s a chunk here."""
+    read stale; a cached score counts only for the same ctx and chunks. The C++ tool is used
+    because scoring every position through the Python binding took 10-20 s a chunk here."""
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 
     cache = json.loads(args.quality_cache.read_text()) if args.quality_cache.is_file() else {}

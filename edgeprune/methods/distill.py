@@ -63,13 +63,10 @@ def kd_loss_topk(student: torch.Tensor, top_values: torch.Tensor, top_indices: t
     # At T = 1 the division is skipped: it is a full pass over the 49k-vocabulary logits.
     s = F.log_softmax(student.float() if temperature == 1 else student.float() / temperature, dim=-1)
     s_k = s.gather(-1, top_indices.long())
-    t_k = F.log_softmax(top_values.float() / temperature, dim=-1)
-    if rest is None:
-        per_pos = (t_k.exp() * (t_k - s_k)).sum(-1)
-    else:
-        t_k = t_k + _log_keep(rest).unsqueeze(-1)
-        q_rest = (1 - s_k.exp().sum(-1)).clamp_min(TAIL_FLOOR)
-        per_pos = (t_k.exp() * (t_k - s_k)).sum(-1) + rest.exp() * (rest - q_rest.log())
+    t_k, p_k = _teacher_k(top_values, temperature, rest)
+    per_pos = (p_k * (t_k - s_k)).sum(-1)
+    if rest is not None:
+        per_pos = per_pos + _tail(s_k, rest)[0].squeeze(-1)
     if mask is None:
         mask = torch.ones(per_pos.shape, dtype=torch.bool, device=per_pos.device)
     return temperature ** 2 * _masked_mean(per_pos, mask)
@@ -107,7 +104,7 @@ def kd_topk_head(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, 
     g = z.sub_(lse).exp_()
     if rest is not None:
         tail_loss, outside = _tail(s_k, rest)
-        loss += tail_loss
+        loss += tail_loss.sum()
         g *= outside
         g.scatter_(-1, idx, s_k.exp() - p_k)
     else:
@@ -126,13 +123,13 @@ def _teacher_k(top_values: torch.Tensor, temperature: float, rest: torch.Tensor 
 
 
 def _tail(s_k: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tail class, from the student's log-probs of the K ids (rows, K) and the teacher's log
-    tail mass (rows,): its loss term summed over rows, p_rest * log(p_rest / q_rest), and the
-    factor 1 - p_rest / q_rest (rows, 1) on the gradient of every id outside the K."""
+    """The tail class, from the student's log-probs of the K ids (..., K) and the teacher's log
+    tail mass (...): its loss term per row, p_rest * log(p_rest / q_rest), and the factor
+    1 - p_rest / q_rest on the gradient of every id outside the K, both (..., 1)."""
     log_p = rest.float().unsqueeze(-1)
     q_rest = (1 - s_k.exp().sum(-1, keepdim=True)).clamp_min(TAIL_FLOOR)
     p_rest = log_p.exp()
-    return (p_rest * (log_p - q_rest.log())).sum(), 1 - p_rest / q_rest
+    return p_rest * (log_p - q_rest.log()), 1 - p_rest / q_rest
 
 
 def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor, top_indices: torch.Tensor,
@@ -152,7 +149,7 @@ def kd_topk_parts(h: torch.Tensor, head: torch.Tensor, top_values: torch.Tensor,
     q = torch.exp(z - lse)
     if rest is not None:
         tail_loss, outside = _tail(s_k, rest)
-        loss, q = loss + tail_loss, q * outside
+        loss, q = loss + tail_loss.sum(), q * outside
     g = q.to(head.dtype).scatter(-1, idx, (torch.exp(s_k) - p_k).to(head.dtype))
     return loss * (temperature ** 2 * scale), ((g @ head) * (temperature * scale)).to(h.dtype)
 

@@ -53,17 +53,17 @@ class CachedTeacher:
 class TopK(NamedTuple):
     """The teacher's K largest logits per position, (rows, seq, K) fp16 values and int32 ids, and
     `rest` (rows, seq) fp32: log of its probability outside those K (softmax at T = 1), exact from
-    the full logits; methods/distill keeps it as a tail class."""
+    the full logits, or None where it was not asked for; methods/distill keeps it as a tail class."""
     values: torch.Tensor
     indices: torch.Tensor
-    rest: torch.Tensor
+    rest: torch.Tensor | None
 
 
 @torch.no_grad()
 def teacher_topk(teacher, ids: torch.Tensor, k: int, mask: torch.Tensor | None = None, batch: int = 4,
-                 bf16: bool = False, progress: bool = True) -> TopK:
-    """The teacher's top-K logits and tail mass for every position of `ids`, on the CPU; `bf16` runs
-    the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
+                 bf16: bool = False, progress: bool = True, tail: bool = True) -> TopK:
+    """The teacher's top-K logits and (with `tail`) tail mass for every position of `ids`, on the
+    CPU; `bf16` runs the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
     dev = next(teacher.parameters()).device
     vals, idxs, rests = [], [], []
     for s in tqdm(range(0, len(ids), batch), desc=f"teacher top-{k}", unit="batch", leave=False, disable=not progress):
@@ -71,12 +71,13 @@ def teacher_topk(teacher, ids: torch.Tensor, k: int, mask: torch.Tensor | None =
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = teacher(input_ids=ids[s:s + batch].to(dev), **kw).logits
         top = logits.topk(k, dim=-1)
-        top_mass = (top.values.float().logsumexp(-1) - row_logsumexp()(logits)).exp()
-        # fp32 resolves a tail down to ~1e-7; below, it is rounding, and the floor keeps log finite
-        rests.append(torch.log1p(-top_mass.clamp_max(1 - 1e-7)).cpu())
+        if tail:
+            top_mass = (top.values.float().logsumexp(-1) - row_logsumexp()(logits)).exp()
+            # fp32 resolves a tail down to ~1e-7; below, it is rounding, and the floor keeps log finite
+            rests.append(torch.log1p(-top_mass.clamp_max(1 - 1e-7)).cpu())
         vals.append(top.values.half().cpu())
         idxs.append(top.indices.int().cpu())
-    return TopK(torch.cat(vals), torch.cat(idxs), torch.cat(rests))
+    return TopK(torch.cat(vals), torch.cat(idxs), torch.cat(rests) if tail else None)
 
 
 class FixedTopK:
@@ -105,7 +106,7 @@ class LazyTopK:
         if (a, b) not in self.cache:
             t0 = time.perf_counter()
             self.cache[a, b] = teacher_topk(self.teacher, self.windows[a:b], self.k, batch=b - a, bf16=self.bf16,
-                                            progress=False)
+                                            progress=False, tail=self.tail)
             self.seconds += time.perf_counter() - t0
             self.rows += b - a
         t = self.cache[a, b]
@@ -118,6 +119,6 @@ def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> Cac
         data = load_file(path)  # safetensors: a cache file can never run code when read
         if data["values"].shape[:2] == tuple(blocks.ids.shape) and data["values"].shape[2] == k:
             return CachedTeacher(data["values"], data["indices"])
-    values, indices, _ = teacher_topk(teacher, blocks.ids, k, blocks.mask, batch)
+    values, indices, _ = teacher_topk(teacher, blocks.ids, k, blocks.mask, batch, tail=False)
     atomic_write(path, lambda tmp: save_file({"values": values.contiguous(), "indices": indices.contiguous()}, tmp))
     return CachedTeacher(values, indices)

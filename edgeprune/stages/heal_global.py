@@ -110,6 +110,8 @@ def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: f
     and tail mass (None: the top K renormalised); a lazy teacher's passes run inside the budget.
     `compile`: through torch.compile where a C++ compiler is present. tokens_per_s counts the
     student's steps only, without the first (compiling) one and without the teacher's passes."""
+    if teacher.tail and temperature != 1:
+        raise ValueError("the teacher's tail mass is measured at temperature 1; distil at 1 or leave it out")
     bf16 = bf16_ok() if bf16 is None else bf16
     compile = compile and compile_ok()
     params = freeze_below(model, first)
@@ -120,7 +122,7 @@ def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: f
     # Cast once: autocast would re-cast the frozen 49k x hidden head in every chunk of every step.
     head = model.lm_head.weight.detach().to(torch.bfloat16 if bf16 else torch.float32)
     batches = [(s, min(s + micro, len(windows))) for s in range(0, len(windows), micro)]
-    budget, steps, tokens, losses, first_step, tail = minutes * 60, 0, 0, [], None, None
+    budget, steps, tokens, losses, first_step = minutes * 60, 0, 0, [], None
     model.train()
     t0 = time.perf_counter()
     while True:
@@ -134,9 +136,6 @@ def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: f
         a, b = batches[j]
         x, kw = prefix[j]
         values, indices, rest = teacher.batch(a, b)
-        if rest is not None and temperature != 1:
-            raise ValueError("the teacher's tail mass is measured at temperature 1; distil at 1 or leave it out")
-        tail = rest is not None
         losses.append(kd_step(model, x, kw, head, values, indices, first, temperature, chunk, bf16,
                               compiled=compile, rest=rest))
         opt.step()
@@ -155,7 +154,7 @@ def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: f
     return {"first_layer": first, "prefix_s": round(t_prefix, 1), "steps": steps, "tokens": tokens, "seconds": round(seconds, 1),
             "tokens_per_s": round(steady_tokens / steady_s, 1) if steady_tokens else round(tokens / max(seconds, 1e-9), 1),
             "first_step_s": round(first_step[0], 1), "compiled": compile, "lr": lr, "micro_batch": micro,
-            "temperature": temperature, "topk": int(values.shape[-1]), "tail": tail, "bf16": bf16,
+            "temperature": temperature, "topk": int(values.shape[-1]), "tail": teacher.tail, "bf16": bf16,
             "teacher_topk_s": round(teacher.seconds, 1), "teacher_rows": teacher.rows,
             "epochs": round(tokens / max(int(windows.numel()), 1), 2),
             "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(end) / len(end)}
