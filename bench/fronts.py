@@ -251,19 +251,25 @@ def plot(path: Path) -> Path:
 
     rows = _measured(path)
     base = _base(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for front, marker in (("quant-only", "o"), ("pruned+healed", "s")):
-        pts = [r for r in rows if r["front"] == front]
-        ax.scatter([r["ppl"] / base["ppl"] for r in pts], [r["tg_ratio"] for r in pts], marker=marker, label=front)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    models: dict[str, list[dict]] = {}
+    for r in rows:  # a label is "<model> <quant>": one series per model, each point named by its quant
+        models.setdefault(r["label"].rsplit(" ", 1)[0], []).append(r)
+    markers = iter("osD^v<>ph*")
+    for model, pts in models.items():
+        ax.scatter([r["ppl"] / base["ppl"] for r in pts], [r["tg_ratio"] for r in pts], marker=next(markers, "x"),
+                   label=model if model != "unpruned" else "quant-only: unpruned")
         for r in pts:
-            ax.annotate(r["label"].replace("unpruned ", "").replace(" down-span", "").replace(" down-cut", ""),
-                        (r["ppl"] / base["ppl"], r["tg_ratio"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(r["quant"], (r["ppl"] / base["ppl"], r["tg_ratio"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     ax.axvspan(1.1, 1.6, color="0.9", zorder=0, label="the bar's range")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("WikiText-2 perplexity / unpruned Q4_K_M (llama.cpp protocol, 40 x 1,024)")
     ax.set_ylabel("decode tok/s / unpruned Q4_K_M (paired)")
     ax.set_title("SmolLM2-135M: quantization alone vs pruning + healing")
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=120, bbox_inches="tight")

@@ -7,6 +7,12 @@ global distillation of the heal stage (stages/heal_global.py), on the same prune
 Student: SmolLM2-135M-Instruct minus angular layers 13-18. Batch: 4 blocks x 256 tokens for every
 row (the lean loop's defaults). The rows run one after another, `rounds` times in alternation, so
 a drift of the shared machine shows as disagreement between rounds; the ratio is taken per round.
+The global step is timed in its `cut` mode (layers from the first cut up) eager and compiled, and
+compiled in its `all` mode (every layer trains: the heal stage's default).
+
+Each round also times the matmuls alone that one `cut` step must do (`gemm_bound`: the trained
+layers' forward, input-gradient and weight-gradient products and the head's two per chunk, in bf16,
+at the step's shapes): their sum bounds what any implementation of that step reaches on this CPU.
 Tokens/s counts training steps only (the lean loop's validation passes and the top-K teacher pass
 are timed apart); the global rows leave out their first step, where torch.compile compiles (given
 as first_step_s). The speedups take the faster global row, eager or compiled.
@@ -39,6 +45,7 @@ from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 
 REMOVED = [13, 14, 15, 16, 17, 18]  # angular -6 on SmolLM2 (bench/out/heal/gguf-depth6.json)
 BATCH, SEQ = 4, 256
+CHUNK = 512  # stages/heal_global.global_distill's head chunk
 
 
 def lean(student_dir: Path, teacher_dir: Path, mode: str, steps: int, work: Path) -> dict:
@@ -48,6 +55,44 @@ def lean(student_dir: Path, teacher_dir: Path, mode: str, steps: int, work: Path
     s = run_recovery(student_dir, cfg, work / f"lean-{mode}", teacher_path=teacher_dir if mode != "sft" else None,
                      fresh=True)
     return {"steps": s["steps"], "tokens": s["tokens"], "tokens_per_s": round(s["train_tokens_per_s"], 1)}
+
+
+def step_gemms(cfg, tokens: int, layers: int, chunk: int) -> list[tuple[str, int, int, int, int]]:
+    """(what, m, k, n, count) of each matrix product in one global step of `tokens` rows through
+    `layers` trained decoder layers and the frozen head in chunks of `chunk` rows: every linear's
+    forward x W^T, its input gradient g W and its weight gradient g^T x; the head's logits h E^T and
+    their gradient into h, g E (the head is frozen: no weight gradient)."""
+    h, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    linears = [(h, h), (h, kv), (h, kv), (h, h), (h, f), (h, f), (f, h)]  # (in, out): q k v o gate up down
+    out = []
+    for i, o in linears:
+        out += [("forward", tokens, i, o, layers), ("input grad", tokens, o, i, layers),
+                ("weight grad", o, tokens, i, layers)]
+    full, last = divmod(tokens, chunk)
+    for rows, n in ((chunk, full), (last, 1 if last else 0)):
+        out += [("head logits", rows, h, v, n), ("head grad", rows, v, h, n)] if n else []
+    return out
+
+
+def gemm_bound(cfg, tokens: int, layers: int, chunk: int, reps: int = 5) -> dict:
+    """Seconds per step of the step's matrix products alone (bf16, each timed as the median of `reps`
+    after a warm-up), and the tokens/s that caps."""
+    parts: dict[str, float] = {}
+    flop = 0
+    for what, m, k, n, count in step_gemms(cfg, tokens, layers, chunk):
+        a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, n, dtype=torch.bfloat16)
+        a @ b
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        parts[what] = parts.get(what, 0.0) + statistics.median(times) * count
+        flop += 2 * m * k * n * count
+    total = sum(parts.values())
+    return {"seconds": round(total, 3), "tokens_per_s": round(tokens / total, 1), "gflop": round(flop / 1e9, 1),
+            "gflop_per_s": round(flop / total / 1e9, 1), "parts_s": {k: round(v, 3) for k, v in parts.items()}}
 
 
 def fast(student, windows, topk, steps: int, first: int, compile: bool) -> dict:
@@ -68,6 +113,20 @@ def table(path: Path) -> str:
                      f"{r['global-kd']['tokens_per_s']:.0f} | {fused} | {r['speedup_vs_lean_kd']:.2f} | "
                      f"{r['speedup_vs_lean_sft']:.2f} |")
     lines.append(f"| median | | | | | {data['median_speedup_vs_lean_kd']:.2f} | {data['median_speedup_vs_lean_sft']:.2f} |")
+    if all("gemm-bound" in r for r in data["rounds"]):
+        lines += ["", bound_table(data)]
+    return "\n".join(lines)
+
+
+def bound_table(data: dict) -> str:
+    """Per round: the compiled `cut` and `all` steps against the bound of the `cut` step's matmuls."""
+    lines = ["| round | lean LoRA KD tok/s | compiled, `cut` tok/s | compiled, `all` tok/s | matmuls alone of a `cut` "
+             "step: s per step (GFLOP/s) | their bound, tok/s | bound × lean KD |", "|---|---|---|---|---|---|---|"]
+    for n, r in enumerate(data["rounds"], 1):
+        g = r["gemm-bound"]
+        lines.append(f"| {n} | {r['lean-kd']['tokens_per_s']:.0f} | {r['global-kd-compiled']['tokens_per_s']:.0f} | "
+                     f"{r['global-kd-all-compiled']['tokens_per_s']:.0f} | {g['seconds']:.2f} ({g['gflop_per_s']:.0f}) | "
+                     f"{g['tokens_per_s']:.0f} | {r['gemm_bound_vs_lean_kd']:.2f} |")
     return "\n".join(lines)
 
 
@@ -99,8 +158,11 @@ def main(argv=None) -> int:
                    "lean-kd": lean(work / "student", hf_dir, "kd", args.steps, work)}
             for name, compiled in (("global-kd", False), ("global-kd-compiled", True)):
                 row[name] = fast(student, windows, topk, args.steps, REMOVED[0] - 1, compiled)
+            row["global-kd-all-compiled"] = fast(student, windows, topk, args.steps, 0, True)
+            row["gemm-bound"] = gemm_bound(student.config, BATCH * SEQ, len(student.model.layers) - REMOVED[0] + 1, CHUNK)
             best = max(row["global-kd"]["tokens_per_s"], row["global-kd-compiled"]["tokens_per_s"])
             row["speedup_vs_lean_kd"] = round(best / row["lean-kd"]["tokens_per_s"], 2)
+            row["gemm_bound_vs_lean_kd"] = round(row["gemm-bound"]["tokens_per_s"] / row["lean-kd"]["tokens_per_s"], 2)
             row["speedup_vs_lean_sft"] = round(best / row["lean-sft"]["tokens_per_s"], 2)
             print(json.dumps(row), flush=True)
             rounds.append(row)

@@ -269,3 +269,39 @@ def test_a_lazy_teacher_runs_only_for_the_windows_training_reaches_and_trains_th
     assert ref["teacher_topk_s"] == 0
     for a, b in zip(m_lazy.parameters(), m_fixed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_the_throughput_bench_bounds_the_step_by_the_matmuls_it_really_makes(tiny):
+    """bench/heal_throughput.gemm_bound times the products step_gemms lists; they must be the step's
+    own: FlopCounterMode on a real kd_step (layers from the cut, head in chunks with a short last one)
+    counts the same matmul FLOPs. Mutants caught: the weight gradients left out, the head's gradient
+    counted per row instead of per chunk, a short last chunk counted as full."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgeprune.recovery.teacher import teacher_topk
+    from edgeprune.stages.heal_global import freeze_below, kd_step, prefix_states
+
+    teacher, student, windows = tiny
+    ids = windows[:3]
+    topk = teacher_topk(teacher, ids, k=8, batch=3)
+    model = copy.deepcopy(student)
+    freeze_below(model, 1)
+    (x, kw), = prefix_states(model, ids, 1, micro=3, bf16=False)
+    with FlopCounterMode(display=False) as fc:
+        kd_step(model, x, kw, model.lm_head.weight.detach(), topk.values, topk.indices, 1, 1.0, chunk=37, bf16=False,
+                rest=topk.rest)
+    counted = sum(n for op, n in fc.get_flop_counts()["Global"].items() if str(op).split(".")[1] in ("mm", "addmm"))
+    layers = len(model.model.layers) - 1
+    listed = _bench_module("heal_throughput").step_gemms(model.config, ids.numel(), layers, 37)
+    assert ids.numel() % 37 and counted == sum(2 * m * k * n * c for _, m, k, n, c in listed)
+
+
+def _bench_module(name: str):
+    """A bench script as a module (bench/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
