@@ -25,14 +25,20 @@ SWEEP = Path(__file__).resolve().parent / "out" / "heal" / "sweep-gpu.json"
 
 
 def evaluate(path: Path, windows: int, ctx: int) -> dict:
+    from edgeprune.toolchain.hf import load_model
+
+    model, tok = load_model(path)
+    return score(model, tok, windows, ctx) | heal_record(path)
+
+
+def score(model, tok, windows: int, ctx: int) -> dict:
+    """fp32 perplexity of `model` on `windows` windows of `ctx` tokens of each text, and the seconds."""
     from device_pack import token_windows
     from heal_sweep import window_ppl
 
     from edgeprune.data import eval_text
     from edgeprune.data.texts import heldout_text
-    from edgeprune.toolchain.hf import load_model
 
-    model, tok = load_model(path)
     model.float().eval()
     out = {}
     with torch.no_grad():
@@ -40,7 +46,7 @@ def evaluate(path: Path, windows: int, ctx: int) -> dict:
             t0 = time.perf_counter()
             out[f"ppl_{name}"] = round(window_ppl(model, token_windows(tok, text, ctx, windows)), 3)
             out[f"eval_{name}_s"] = round(time.perf_counter() - t0, 1)
-    return out | heal_record(path)
+    return out
 
 
 def heal_record(path: Path) -> dict:

@@ -31,16 +31,9 @@ ARMS = {"renormalised": False, "tail": True}
 
 
 def scores(model, tok, windows: int) -> dict:
-    from device_pack import token_windows
-    from heal_sweep import window_ppl
+    from heal_eval import score
 
-    from edgeprune.data import eval_text
-    from edgeprune.data.texts import heldout_text
-
-    model.float().eval()
-    with torch.no_grad():
-        return {f"ppl_{name}": round(window_ppl(model, token_windows(tok, text, 1024, windows)), 3)
-                for name, text in (("wiki", eval_text()), ("heldout", heldout_text()))}
+    return score(model, tok, windows, 1024)
 
 
 def run(steps: int, windows: int) -> dict:
