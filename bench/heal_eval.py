@@ -111,13 +111,13 @@ def main() -> None:
     commands = old["command"] if old and isinstance(old["command"], list) else [old["command"]] if old else []
     for spec in args.model:
         name, path = spec.split("=", 1)
-        models[name] = evaluate(Path(path), args.windows, args.ctx)
+        models[name] = evaluate(Path(path), args.windows, args.ctx) | {"threads": args.threads}
         print(name, {k: v for k, v in models[name].items() if k != "heal"}, flush=True)
     from benchout import write_json
 
     command = "python bench/heal_eval.py " + " ".join(sys.argv[1:])
     write_json(args.out, {"command": commands + [command] if commands else command, "windows": args.windows,
-                          "ctx": args.ctx, "threads": args.threads, "torch": torch.__version__,
+                          "ctx": args.ctx, "torch": torch.__version__,
                           "reference": reference(), "models": models})
 
 

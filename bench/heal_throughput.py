@@ -11,8 +11,9 @@ The global step is timed in its `cut` mode (layers from the first cut up) eager 
 compiled in its `all` mode (every layer trains: the heal stage's default).
 
 Each round also times the matmuls alone that one `cut` step must do (`gemm_bound`: the trained
-layers' forward, input-gradient and weight-gradient products and the head's two per chunk, in bf16,
-at the step's shapes): their sum bounds what any implementation of that step reaches on this CPU.
+layers' linear forward, input-gradient and weight-gradient products and the head's two per chunk, in
+bf16, at the step's shapes; attention's QK^T and PV products are left out, so the bound is loose by
+their share): their sum bounds what this step reaches on this CPU at these shapes with this BLAS.
 Tokens/s counts training steps only (the lean loop's validation passes and the top-K teacher pass
 are timed apart); the global rows leave out their first step, where torch.compile compiles (given
 as first_step_s). The speedups take the faster global row, eager or compiled.
@@ -46,6 +47,7 @@ from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 REMOVED = [13, 14, 15, 16, 17, 18]  # angular -6 on SmolLM2 (bench/out/heal/gguf-depth6.json)
 BATCH, SEQ = 4, 256
 CHUNK = 512  # stages/heal_global.global_distill's head chunk
+FIRST = REMOVED[0] - 1  # the `cut` mode's first trained layer: the one before the cut
 
 
 def lean(student_dir: Path, teacher_dir: Path, mode: str, steps: int, work: Path) -> dict:
@@ -157,9 +159,9 @@ def main(argv=None) -> int:
             row = {"lean-sft": lean(work / "student", hf_dir, "sft", args.steps, work),
                    "lean-kd": lean(work / "student", hf_dir, "kd", args.steps, work)}
             for name, compiled in (("global-kd", False), ("global-kd-compiled", True)):
-                row[name] = fast(student, windows, topk, args.steps, REMOVED[0] - 1, compiled)
+                row[name] = fast(student, windows, topk, args.steps, FIRST, compiled)
             row["global-kd-all-compiled"] = fast(student, windows, topk, args.steps, 0, True)
-            row["gemm-bound"] = gemm_bound(student.config, BATCH * SEQ, len(student.model.layers) - REMOVED[0] + 1, CHUNK)
+            row["gemm-bound"] = gemm_bound(student.config, BATCH * SEQ, len(student.model.layers) - FIRST, CHUNK)
             best = max(row["global-kd"]["tokens_per_s"], row["global-kd-compiled"]["tokens_per_s"])
             row["speedup_vs_lean_kd"] = round(best / row["lean-kd"]["tokens_per_s"], 2)
             row["gemm_bound_vs_lean_kd"] = round(row["gemm-bound"]["tokens_per_s"] / row["lean-kd"]["tokens_per_s"], 2)
