@@ -46,7 +46,7 @@ from edgeprune.toolchain.hf import load_model, resolve_model, save_model
 
 REMOVED = [13, 14, 15, 16, 17, 18]  # angular -6 on SmolLM2 (bench/out/heal/gguf-depth6.json)
 BATCH, SEQ = 4, 256
-CHUNK = 512  # stages/heal_global.global_distill's head chunk
+CHUNK = 512  # the head's chunk in the timed steps and in their matmul bound (global_distill's default)
 FIRST = REMOVED[0] - 1  # the `cut` mode's first trained layer: the one before the cut
 
 
@@ -99,8 +99,8 @@ def gemm_bound(cfg, tokens: int, layers: int, chunk: int, reps: int = 5) -> dict
 
 def fast(student, windows, topk, steps: int, first: int, compile: bool) -> dict:
     model = copy.deepcopy(student)
-    info = global_distill(model, windows, FixedTopK(topk), first, minutes=60, micro=BATCH, max_steps=steps,
-                          compile=compile)
+    info = global_distill(model, windows, FixedTopK(topk), first, minutes=60, micro=BATCH, chunk=CHUNK,
+                          max_steps=steps, compile=compile)
     return {k: info[k] for k in ("steps", "tokens", "tokens_per_s", "bf16", "compiled", "first_step_s")}
 
 

@@ -25,6 +25,17 @@ TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_att
 
 
 REAL_CACHE = Path(os.environ.get("EDGEPRUNE_CACHE") or Path.home() / ".cache" / "edgeprune")
+
+
+def bench_module(name: str):
+    """bench/<name>.py as a module (bench/ is not a package): its tables and helpers, for tests."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 TOKENIZER = "test-tokenizer-smollm2"
 
 

@@ -5,22 +5,19 @@ names a sitting ("Session 4", "Run 6 at 14:20"): history belongs to git."""
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "bench" / "README.md"
 
 
 def load_tables():
-    spec = importlib.util.spec_from_file_location("bench_tables", REPO / "bench" / "tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("tables")
 
 
 def committed_files() -> list[str]:

@@ -279,6 +279,7 @@ def test_the_throughput_bench_bounds_the_step_by_the_matmuls_it_really_makes(tin
     (same FLOPs, another shape and speed)."""
     from collections import Counter
 
+    from conftest import bench_module
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from edgeprune.recovery.teacher import teacher_topk
@@ -305,19 +306,9 @@ def test_the_throughput_bench_bounds_the_step_by_the_matmuls_it_really_makes(tin
         kd_step(model, x, kw, model.lm_head.weight.detach(), topk.values, topk.indices, 1, 1.0, chunk=37, bf16=False,
                 rest=topk.rest)
     listed = Counter()
-    for _, m, k, n, count in _bench_module("heal_throughput").step_gemms(model.config, ids.numel(),
+    for _, m, k, n, count in bench_module("heal_throughput").step_gemms(model.config, ids.numel(),
                                                                          len(model.model.layers) - 1, 37):
         listed[m, k, n] += count
     assert ids.numel() % 37 and sum(seen.shapes.values()) > 0
     assert seen.shapes == listed
 
-
-def _bench_module(name: str):
-    """A bench script as a module (bench/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod

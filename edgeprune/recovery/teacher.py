@@ -109,8 +109,7 @@ class LazyTopK:
                                             progress=False, tail=self.tail)
             self.seconds += time.perf_counter() - t0
             self.rows += b - a
-        t = self.cache[a, b]
-        return t.values, t.indices, t.rest if self.tail else None
+        return self.cache[a, b]  # made with tail=self.tail: its rest is None without the tail
 
 
 def build_topk_cache(teacher, blocks, k: int, path: Path, batch: int = 4) -> CachedTeacher:
