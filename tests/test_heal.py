@@ -179,11 +179,62 @@ def test_down_span_plans_the_cut_layer_and_the_layers_after_it():
     assert [(r.layer, r.target, r.o_target, r.down) for r in plan] == [(2, 5, None, True), (3, 6, 5, True),
                                                                        (4, 7, 6, True)]
     h, u = needed_states([plan], 12)
-    assert h == {5, 6, 7, 12} and u == {5, 6}
+    assert h == {2, 5, 6, 7, 12} and u == {5, 6}  # 2: the input of the first refitted layer
     # tail: the last kept layer too; nothing removed: nothing planned
     tail = plan_refits(dataclasses.replace(span, after=0, tail=1), 12, [3, 4])
     assert [r.layer for r in tail] == [2, 9] and tail[-1].target == 12
     assert plan_refits(span, 12, []) == []
+
+
+def test_the_heal_starts_at_its_first_refit_from_the_teachers_state_and_heals_the_same(tiny_pair, monkeypatch):
+    """Below the first refitted layer a pruned student is the teacher: its states start there, from
+    the teacher's stored input, and each down_proj refit advances from its own captures (u + down(a))
+    instead of running the layer twice more. Same healed weights and errors as running every layer
+    from the embeddings, and exactly the layer runs the plan needs. Mutants caught: the error before
+    a refit or the advance run through the layer again (more runs), the advance taken with the old
+    down_proj (weights differ downstream), the start one layer off (errors differ)."""
+    import edgeprune.stages.heal as heal
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, states = tiny_pair  # every depth kept, batches of 4
+    method = registry.get("heal", "down-span")
+    real, calls = heal.run_layer, []
+    monkeypatch.setattr(heal, "run_layer", lambda layer, x, kw: (calls.append(layer), real(layer, x, kw))[1])
+    runs = {}
+    for same in (0, 2):
+        model = remove_layers(copy.deepcopy(teacher), [2])
+        assert heal.same_prefix(teacher, model) == 2
+        calls.clear()
+        info = heal.heal_model(model, states, windows, [2], method, batch_size=4, same_prefix=same)
+        runs[same] = model, info, len(calls)
+    (fresh, ref, n_ref), (fast, info, n_fast) = runs[0], runs[2]
+    assert ref["first_layer_run"] == 0 and info["first_layer_run"] == 1  # layer 1: the cut
+    batches, plan = len(windows) // 4, {r.layer: r for r in heal.plan_refits(method, 4, [2])}
+    runs_per_layer = [1 if k not in plan else 1 + (plan[k].o_target is not None) for k in range(1, 3)]
+    assert n_fast == batches * sum(runs_per_layer) and n_ref == n_fast + batches
+    torch.testing.assert_close(fast.state_dict(), fresh.state_dict(), rtol=1e-5, atol=1e-6)
+    assert info["final_error"] == pytest.approx(ref["final_error"], rel=1e-5)
+    for a, b in zip(info["refits"], ref["refits"]):
+        assert a["error_before"] == pytest.approx(b["error_before"], rel=1e-5)
+    assert info["final_error"] == pytest.approx(_final_error(fast, states, windows), rel=1e-5)
+
+
+def test_same_prefix_stops_at_the_first_layer_that_differs_from_the_teacher(tiny_pair):
+    """The guard: a student changed below its first refit (here layer 0) must heal from its own
+    states. Trusting a prefix it does not have starts it from the teacher's and fits another model."""
+    from edgeprune.stages.heal import heal_model, same_prefix
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, states = tiny_pair
+    changed = remove_layers(copy.deepcopy(teacher), [2])
+    changed.model.layers[0].mlp.up_proj.weight.data.mul_(1.5)
+    assert same_prefix(teacher, changed) == 0 and same_prefix(teacher, teacher) == 4
+    honest, trusting = copy.deepcopy(changed), copy.deepcopy(changed)
+    a = heal_model(honest, states, windows, [2], "down-span", batch_size=4, same_prefix=0)
+    b = heal_model(trusting, states, windows, [2], "down-span", batch_size=4, same_prefix=2)
+    assert a["first_layer_run"] == 0 and b["first_layer_run"] == 1
+    assert a["final_error"] == pytest.approx(_final_error(honest, states, windows), rel=1e-5)
+    assert abs(b["final_error"] - _final_error(trusting, states, windows)) > 1e-4
 
 
 def test_teacher_states_keep_only_the_depths_asked_for(tiny_pair):

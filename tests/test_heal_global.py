@@ -93,6 +93,8 @@ def test_heal_stage_runs_global_distillation_and_keeps_it_only_if_held_out_loss_
     g = rec["global"]
     assert g["first_layer"] == 1 and g["topk"] == 8 and g["steps"] >= 1
     assert g["tokens"] % 64 == 0 and g["tokens"] >= 64
+    # the first micro-batch (4 rows) is fitting windows: its teacher top-K came from the states
+    assert 4 <= g["teacher_reused_rows"] <= rec["fit_tokens"] // 64
     losses = rec["holdout_nll"]
     assert g["kept"] == (losses["global"] < min(losses["none"], losses["down-cut"]))
     assert json.loads((tmp_path / "healed" / "heal.json").read_text())["global"]["kept"] == g["kept"]
@@ -269,6 +271,27 @@ def test_a_lazy_teacher_runs_only_for_the_windows_training_reaches_and_trains_th
     assert ref["teacher_topk_s"] == 0
     for a, b in zip(m_lazy.parameters(), m_fixed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_lazy_teacher_reuses_known_last_layer_states_and_gives_the_same_top_k(tiny):
+    """LazyTopK(final=...): rows whose last-layer teacher states the heal stage already has run only
+    the norm and the head, and give the top-K a full forward gives; a micro-batch straddling the
+    known rows is made half from each. Mutants caught: the states read one row off (values differ),
+    the known rows still run through the layers (`rows` 8, not 3), states of the wrong shape taken."""
+    from edgeprune.recovery.teacher import LazyTopK, teacher_topk
+    from edgeprune.stages.heal import teacher_states
+
+    teacher, _, windows = tiny
+    final = torch.cat(teacher_states(teacher, windows[:5], batch_size=2).h[-1])
+    want = teacher_topk(teacher, windows, k=16)
+    lazy = LazyTopK(teacher, windows, 16, bf16=False, final=final)
+    got = [lazy.batch(a, a + 2) for a in range(0, 8, 2)]
+    assert lazy.rows == 3 and lazy.reused == 5
+    for name in ("values", "indices", "rest"):
+        joined = torch.cat([getattr(t, name) for t in got])
+        torch.testing.assert_close(joined.float(), getattr(want, name).float(), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="do not match"):
+        LazyTopK(teacher, windows, 16, bf16=False, final=final[:, :32])
 
 
 def test_the_throughput_bench_bounds_the_step_by_the_matmuls_it_really_makes(tiny):

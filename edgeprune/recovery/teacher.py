@@ -60,31 +60,52 @@ class TopK(NamedTuple):
 
 
 @torch.no_grad()
+def topk_of_logits(logits: torch.Tensor, k: int, tail: bool = True) -> TopK:
+    """A TopK of full (..., vocab) logits: K largest (fp16 values, int32 ids), and with `tail` the
+    log of the softmax mass outside them (fp32, on the CPU)."""
+    top = logits.topk(k, dim=-1)
+    rest = None
+    if tail:
+        top_mass = (top.values.float().logsumexp(-1) - row_logsumexp()(logits)).exp()
+        # fp32 resolves a tail down to ~1e-7; below, it is rounding, and the floor keeps log finite
+        rest = torch.log1p(-top_mass.clamp_max(1 - 1e-7)).cpu()
+    return TopK(top.values.half().cpu(), top.indices.int().cpu(), rest)
+
+
+def _cat(parts: list[TopK], tail: bool) -> TopK:
+    return TopK(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]),
+                torch.cat([p.rest for p in parts]) if tail else None)
+
+
+@torch.no_grad()
 def teacher_topk(teacher, ids: torch.Tensor, k: int, mask: torch.Tensor | None = None, batch: int = 4,
                  bf16: bool = False, progress: bool = True, tail: bool = True) -> TopK:
     """The teacher's top-K logits and (with `tail`) tail mass for every position of `ids`, on the
     CPU; `bf16` runs the forward under bf16 autocast (the heal stage's, on CPUs with AMX)."""
     dev = next(teacher.parameters()).device
-    vals, idxs, rests = [], [], []
+    parts = []
     for s in tqdm(range(0, len(ids), batch), desc=f"teacher top-{k}", unit="batch", leave=False, disable=not progress):
         kw = {} if mask is None else {"attention_mask": mask[s:s + batch].to(dev)}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             logits = teacher(input_ids=ids[s:s + batch].to(dev), **kw).logits
-        top = logits.topk(k, dim=-1)
-        if tail:
-            top_mass = (top.values.float().logsumexp(-1) - row_logsumexp()(logits)).exp()
-            # fp32 resolves a tail down to ~1e-7; below, it is rounding, and the floor keeps log finite
-            rests.append(torch.log1p(-top_mass.clamp_max(1 - 1e-7)).cpu())
-        vals.append(top.values.half().cpu())
-        idxs.append(top.indices.int().cpu())
-    return TopK(torch.cat(vals), torch.cat(idxs), torch.cat(rests) if tail else None)
+        parts.append(topk_of_logits(logits, k, tail))
+    return _cat(parts, tail)
+
+
+@torch.no_grad()
+def head_topk(teacher, final: torch.Tensor, k: int, bf16: bool = False, tail: bool = True) -> TopK:
+    """The same TopK from the teacher's last decoder layer output `final` (rows, seq, hidden), known
+    already: only its final norm and head run, not its layers."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = teacher.lm_head(teacher.model.norm(final))
+    return topk_of_logits(logits, k, tail)
 
 
 class FixedTopK:
     """A teacher signal computed beforehand: rows a..b of a TopK; `tail` False drops `rest`."""
 
     def __init__(self, topk: TopK, tail: bool = True):
-        self.topk, self.tail, self.seconds, self.rows = topk, tail, 0.0, len(topk.values)
+        self.topk, self.tail, self.seconds, self.rows, self.reused = topk, tail, 0.0, len(topk.values), 0
 
     def batch(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         t = self.topk
@@ -95,20 +116,35 @@ class LazyTopK:
     """The teacher's top-K of rows a..b, computed the first time a step asks for them and kept for
     later epochs. A time budget that covers the teacher then pays only for the windows training
     reaches: computed up front, the 764 windows of a 12-minute run took 8 minutes of teacher on a
-    CPU without AMX, and training used two thirds of them."""
+    CPU without AMX, and training used two thirds of them.
 
-    def __init__(self, teacher, windows: torch.Tensor, k: int, bf16: bool, tail: bool = True):
+    `final`: the teacher's last decoder layer output for the first len(final) rows, where the caller
+    has it (the heal stage's teacher states of its fitting windows): those rows run only the norm
+    and the head, a tenth of a full forward on SmolLM2. `rows` counts the full forwards, `reused`
+    the rows made from `final`."""
+
+    def __init__(self, teacher, windows: torch.Tensor, k: int, bf16: bool, tail: bool = True,
+                 final: torch.Tensor | None = None):
+        if final is not None and (final.shape[:2] != windows[:len(final)].shape or len(final) > len(windows)):
+            raise ValueError(f"teacher states {tuple(final.shape)} do not match the first rows of windows "
+                             f"{tuple(windows.shape)}")
         self.teacher, self.windows, self.k, self.bf16, self.tail = teacher, windows, k, bf16, tail
+        self.final = final
         self.cache: dict[tuple[int, int], TopK] = {}
-        self.seconds, self.rows = 0.0, 0
+        self.seconds, self.rows, self.reused = 0.0, 0, 0
 
     def batch(self, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if (a, b) not in self.cache:
             t0 = time.perf_counter()
-            self.cache[a, b] = teacher_topk(self.teacher, self.windows[a:b], self.k, batch=b - a, bf16=self.bf16,
-                                            progress=False, tail=self.tail)
+            known = 0 if self.final is None else max(0, min(b, len(self.final)) - a)
+            parts = [head_topk(self.teacher, self.final[a:a + known], self.k, self.bf16, self.tail)] if known else []
+            if a + known < b:
+                parts.append(teacher_topk(self.teacher, self.windows[a + known:b], self.k, batch=b - a - known,
+                                          bf16=self.bf16, progress=False, tail=self.tail))
+            self.cache[a, b] = parts[0] if len(parts) == 1 else _cat(parts, self.tail)
             self.seconds += time.perf_counter() - t0
-            self.rows += b - a
+            self.rows += b - a - known
+            self.reused += known
         return self.cache[a, b]  # made with tail=self.tail: its rest is None without the tail
 
 

@@ -156,5 +156,6 @@ def global_distill(model, windows: torch.Tensor, teacher, first: int, minutes: f
             "first_step_s": round(first_step[0], 1), "compiled": compile, "lr": lr, "micro_batch": micro,
             "temperature": temperature, "topk": int(values.shape[-1]), "tail": teacher.tail, "bf16": bf16,
             "teacher_topk_s": round(teacher.seconds, 1), "teacher_rows": teacher.rows,
+            "teacher_reused_rows": teacher.reused,
             "epochs": round(tokens / max(int(windows.numel()), 1), 2),
             "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(end) / len(end)}

@@ -22,7 +22,7 @@ from edgeprune.evaluation.hf_nll import windows_nll
 from edgeprune.store import StepStore
 from edgeprune.stages.calib import calibration_windows
 from edgeprune.methods.heal import HealMethod
-from edgeprune.stages.heal import cut_layers, heal_model, needed_states, plan_refits, teacher_states
+from edgeprune.stages.heal import cut_layers, heal_model, needed_states, plan_refits, same_prefix, teacher_states
 from edgeprune.recovery.teacher import LazyTopK
 from edgeprune.stages.heal_global import global_distill
 from edgeprune.stages.heal_local import bf16_ok, local_distill
@@ -112,10 +112,14 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     states = teacher_states(teacher, fit, keep=keep)
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
-    # The teacher stays for the global step, which asks for its top-K a micro-batch at a time
-    topk = LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail) if kd_windows is not None else None
+    # The teacher stays for the global step, which asks for its top-K a micro-batch at a time; the
+    # fitting windows lead kd_windows, and their last-layer states are known: only norm and head run
+    final = torch.cat(states.h[-1]) if kd_windows is not None else None
+    topk = (LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail, final=final)
+            if kd_windows is not None else None)
+    same = same_prefix(teacher, student)
     del teacher
-    chosen, model, info, trials = choose_fit(student, methods, states, fit, holdout, removed, width, losses)
+    chosen, model, info, trials = choose_fit(student, methods, states, fit, holdout, removed, width, losses, same)
     local = None
     if cfg.local_minutes > 0 and removed:
         model, local = _kept_if_better("local", model, lambda m: local_distill(
@@ -141,14 +145,16 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
 
 
 def choose_fit(student, methods: list[HealMethod], states, fit: torch.Tensor, holdout: torch.Tensor,
-               removed: list[int], width: frozenset[str], losses: dict) -> tuple[str, object, dict | None, list]:
+               removed: list[int], width: frozenset[str], losses: dict,
+               same: int = 0) -> tuple[str, object, dict | None, list]:
     """Heal a copy of `student` with each method; the one with the lowest held-out loss, or "none"
     and `student` itself if none beats losses["none"]. Every trial runs on its own copy: a trial that
-    loses must leave nothing behind in the model that is published."""
+    loses must leave nothing behind in the model that is published. `same`: leading layers equal to
+    the teacher's (heal_model's same_prefix)."""
     best, trials = ("none", student, None), []
     for method in methods:
         model = copy.deepcopy(student)
-        info = heal_model(model, states, fit, removed, method, width=width)
+        info = heal_model(model, states, fit, removed, method, width=width, same_prefix=same)
         losses[method.name] = holdout_nll(model, holdout)
         trials.append({"method": method.name, "holdout_nll": losses[method.name],
                        "final_error": info["final_error"], "refits": len(info["refits"])})
