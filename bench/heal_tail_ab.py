@@ -1,9 +1,11 @@
-"""The global step's two losses at equal steps, on one machine: the teacher's top-K renormalised
-against its tail kept as a class (`heal.topk_tail`), with the same student, windows, teacher top-K,
-steps and learning rate.
+"""The global step's arms at equal steps, on one machine: by default the teacher's top-K
+renormalised against its tail kept as a class (`heal.topk_tail`), with the same student, windows,
+teacher top-K, steps and learning rate; `--arm` sets other arms (loss and learning rate).
 
     python bench/heal_tail_ab.py --steps 60 --windows 16 --out bench/out/heal/tail-ab.json
     python bench/tables.py heal-tail-ab
+    python bench/heal_tail_ab.py --steps 60 --windows 16 --arm "lr 3e-4=tail@3e-4" --arm "lr 1e-3=tail@1e-3" \
+        --out bench/out/heal/lr-ab.json
 
 Student: SmolLM2-135M-Instruct minus angular layers 13-18, not healed (the closed-form fit needs the
 heal stage's teacher states; the two losses are compared on the plain cut). Training: the heal
@@ -27,7 +29,20 @@ from pathlib import Path
 import torch
 
 REMOVED = [13, 14, 15, 16, 17, 18]  # angular -6 on SmolLM2 (bench/out/heal/gguf-depth6.json)
-ARMS = {"renormalised": False, "tail": True}
+ARMS = ("renormalised=renormalised@3e-4", "tail=tail@3e-4")  # NAME=LOSS@LR
+
+
+def parse_arm(text: str) -> tuple[str, bool, float]:
+    """NAME=tail@LR or NAME=renormalised@LR -> (name, tail kept, lr)."""
+    name, _, spec = text.partition("=")
+    loss, _, lr = spec.partition("@")
+    try:
+        rate = float(lr)
+    except ValueError:
+        rate = 0.0
+    if not name or loss not in ("tail", "renormalised") or not rate > 0:
+        raise SystemExit(f"--arm {text!r}: expected NAME=tail@LR or NAME=renormalised@LR, e.g. \"fast=tail@1e-3\"")
+    return name, loss == "tail", rate
 
 
 def scores(model, tok, windows: int) -> dict:
@@ -36,7 +51,7 @@ def scores(model, tok, windows: int) -> dict:
     return score(model, tok, windows, 1024)
 
 
-def run(steps: int, windows: int) -> dict:
+def run(steps: int, windows: int, arms: list[tuple[str, bool, float]]) -> dict:
     from edgeprune.config.recipe import Calibration
     from edgeprune.recovery.teacher import FixedTopK, teacher_topk
     from edgeprune.stages.calib import calibration_windows
@@ -56,9 +71,9 @@ def run(steps: int, windows: int) -> dict:
     topk = teacher_topk(teacher, train, 64, bf16=bf16_ok())
     out = {"topk_s": round(time.perf_counter() - t0, 1), "unpruned": scores(teacher, tok, windows),
            "unhealed": scores(copy.deepcopy(student), tok, windows), "arms": {}}
-    for name, tail in ARMS.items():
+    for name, tail, lr in arms:
         model = copy.deepcopy(student)
-        info = global_distill(model, train, FixedTopK(topk, tail=tail), 0, minutes=600, lr=3e-4, micro=4,
+        info = global_distill(model, train, FixedTopK(topk, tail=tail), 0, minutes=600, lr=lr, micro=4,
                               max_steps=steps, compile=True)
         out["arms"][name] = scores(model, tok, windows) | {"train": info}
         print(name, json.dumps(out["arms"][name]), flush=True)
@@ -71,14 +86,14 @@ def table(path: Path) -> str:
 
     data = json.loads(Path(path).read_text())
     base, cut = data["unpruned"], data["unhealed"]
-    lines = ["| loss | steps (tokens) | WikiText-2 | lost log-ppl regained | LAMBADA text | KD loss, first → last tenth |",
-             "|---|---|---|---|---|---|",
-             f"| unpruned | – | {base['ppl_wiki']:.2f} | – | {base['ppl_heldout']:.2f} | – |",
-             f"| −6 angular (13–18), unhealed | – | {cut['ppl_wiki']:.2f} | 0 % | {cut['ppl_heldout']:.2f} | – |"]
+    lines = ["| arm | lr | steps (tokens) | WikiText-2 | lost log-ppl regained | LAMBADA text | KD loss, first → last tenth |",
+             "|---|---|---|---|---|---|---|",
+             f"| unpruned | – | – | {base['ppl_wiki']:.2f} | – | {base['ppl_heldout']:.2f} | – |",
+             f"| −6 angular (13–18), unhealed | – | – | {cut['ppl_wiki']:.2f} | 0 % | {cut['ppl_heldout']:.2f} | – |"]
     for name, r in data["arms"].items():
         t = r["train"]
         share = share_regained(base["ppl_wiki"], cut["ppl_wiki"], r["ppl_wiki"])
-        lines.append(f"| {name} | {t['steps']} ({t['tokens']:,}) | {r['ppl_wiki']:.2f} | {100 * share:.0f} % | "
+        lines.append(f"| {name} | {t['lr']:g} | {t['steps']} ({t['tokens']:,}) | {r['ppl_wiki']:.2f} | {100 * share:.0f} % | "
                      f"{r['ppl_heldout']:.2f} | {t['loss_first_10pct']:.3f} → {t['loss_last_10pct']:.3f} |")
     return "\n".join(lines)
 
@@ -87,6 +102,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--windows", type=int, default=16, help="scoring windows of 1,024 tokens per text")
+    ap.add_argument("--arm", action="append", help="NAME=tail@LR or NAME=renormalised@LR (repeat; default: "
+                    + ", ".join(ARMS) + ")")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--table", type=Path)
     args = ap.parse_args(argv)
@@ -95,7 +112,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(2)
     out = {"command": "python " + " ".join(sys.argv), "removed": REMOVED, "steps": args.steps,
-           "windows": args.windows, "torch": torch.__version__} | run(args.steps, args.windows)
+           "windows": args.windows, "torch": torch.__version__} | run(args.steps, args.windows,
+                                                                    [parse_arm(a) for a in args.arm or ARMS])
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 
     write_json(args.out, out)

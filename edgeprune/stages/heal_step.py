@@ -137,7 +137,8 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     save_model(model, tok, out)
     record = {"method": cfg.method, "chosen": chosen, "removed": sorted(removed), "width": sorted(width),
               "holdout_nll": losses, "holdout_ppl": {k: math.exp(v) for k, v in losses.items()},
-              "trials": trials, "refits": info["refits"] if info else [], "local": local, "global": glob,
+              "trials": trials, "refits": info["refits"] if info else [],
+              "fit_first_layer": info["first_layer_run"] if info else None, "local": local, "global": glob,
               "fit_tokens": int(fit.numel()), "holdout_tokens": int(holdout.numel()),
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "heal.json").write_text(json.dumps(record, indent=1))
