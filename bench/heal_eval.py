@@ -80,6 +80,8 @@ def global_label(g: dict) -> str:
     """' + global 8 min, 762 tok/s (kept)', with the text and the teacher's top-K pass when recorded."""
     text = Path(g["text"]).name if g.get("text", "calibration stream") != "calibration stream" else ""
     teacher = f", teacher top-K {g['teacher_topk_s'] / 60:.1f} min" if "teacher_topk_s" in g else ""
+    if g.get("teacher_reused_rows"):
+        teacher += f" ({g['teacher_reused_rows']} of {g['teacher_reused_rows'] + g['teacher_rows']} windows from the fit's states)"
     tail = ", teacher's tail kept as a class" if g.get("tail") else ""
     return (f" + global {g['seconds'] / 60:.1f} min{' on ' + text if text else ''}, {g['tokens_per_s']:.0f} tok/s, "
             f"{g['epochs']} epochs{teacher}{tail} ({'kept' if g.get('kept') else 'discarded'})")
