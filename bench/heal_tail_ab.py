@@ -110,10 +110,13 @@ def main(argv=None) -> int:
     if args.table:
         print(table(args.table))
         return 0
+    arms = [parse_arm(a) for a in args.arm or ARMS]
+    if len({a[0] for a in arms}) < len(arms):
+        raise SystemExit("--arm: two arms share a name; give each its own NAME")
     torch.set_num_threads(2)
     out = {"command": "python " + " ".join(sys.argv), "removed": REMOVED, "steps": args.steps,
            "windows": args.windows, "torch": torch.__version__} | run(args.steps, args.windows,
-                                                                    [parse_arm(a) for a in args.arm or ARMS])
+                                                                    arms)
     from benchout import write_json  # bench/ is on sys.path when a script runs; not when tables.py loads it
 
     write_json(args.out, out)

@@ -180,6 +180,7 @@ def test_down_span_plans_the_cut_layer_and_the_layers_after_it():
                                                                        (4, 7, 6, True)]
     h, u = needed_states([plan], 12)
     assert h == {2, 5, 6, 7, 12} and u == {5, 6}  # 2: the input of the first refitted layer
+    assert 0 not in needed_states([plan_refits(span, 12, [3, 4], frozenset({'ffn'}))], 12)[0]  # width starts at 0
     # tail: the last kept layer too; nothing removed: nothing planned
     tail = plan_refits(dataclasses.replace(span, after=0, tail=1), 12, [3, 4])
     assert [r.layer for r in tail] == [2, 9] and tail[-1].target == 12
@@ -205,7 +206,7 @@ def test_the_heal_starts_at_its_first_refit_from_the_teachers_state_and_heals_th
         model = remove_layers(copy.deepcopy(teacher), [2])
         assert heal.same_prefix(teacher, model) == 2
         calls.clear()
-        info = heal.heal_model(model, states, windows, [2], method, batch_size=4, same_prefix=same)
+        info = heal.heal_model(model, states, windows, [2], method, batch_size=4, teacher_prefix=same)
         runs[same] = model, info, len(calls)
     (fresh, ref, n_ref), (fast, info, n_fast) = runs[0], runs[2]
     assert ref["first_layer_run"] == 0 and info["first_layer_run"] == 1  # layer 1: the cut
@@ -217,6 +218,29 @@ def test_the_heal_starts_at_its_first_refit_from_the_teachers_state_and_heals_th
     for a, b in zip(info["refits"], ref["refits"]):
         assert a["error_before"] == pytest.approx(b["error_before"], rel=1e-5)
     assert info["final_error"] == pytest.approx(_final_error(fast, states, windows), rel=1e-5)
+    # the cut layer's error before its refit: the unhealed layer run on the teacher's input there
+    cut, unhealed = info["refits"][0], remove_layers(copy.deepcopy(teacher), [2])
+    with torch.no_grad():
+        outs = [real(unhealed.model.layers[1], x, kw) for x, kw in
+                zip(states.h[1], heal.StudentStates(unhealed, windows, 4).kw)]
+    assert cut["layer"] == 1 and cut["error_before"] == pytest.approx(
+        heal._mean_error(outs, states.h[cut["target"]]), rel=1e-5)
+
+
+def test_a_removal_at_the_bottom_heals_from_the_embeddings(tiny_pair):
+    """Removing layer 0 leaves no cut layer before it: student layer 0 is teacher layer 1, so no
+    teacher state stands for the student's below its first refit, whatever the caller claims."""
+    from edgeprune.stages.heal import first_changed, heal_model, plan_refits, same_prefix
+    from edgeprune.surgery.layers import remove_layers
+
+    teacher, windows, states = tiny_pair
+    method = registry.get("heal", "down-span")
+    assert first_changed(plan_refits(method, 4, [0, 3]), [0, 3]) == 0
+    model = remove_layers(copy.deepcopy(teacher), [0, 3])
+    assert same_prefix(teacher, model) == 0
+    info = heal_model(model, states, windows, [0, 3], method, batch_size=4, teacher_prefix=4)
+    assert info["first_layer_run"] == 0
+    assert info["final_error"] == pytest.approx(_final_error(model, states, windows), rel=1e-5)
 
 
 def test_same_prefix_stops_at_the_first_layer_that_differs_from_the_teacher(tiny_pair):
@@ -230,8 +254,8 @@ def test_same_prefix_stops_at_the_first_layer_that_differs_from_the_teacher(tiny
     changed.model.layers[0].mlp.up_proj.weight.data.mul_(1.5)
     assert same_prefix(teacher, changed) == 0 and same_prefix(teacher, teacher) == 4
     honest, trusting = copy.deepcopy(changed), copy.deepcopy(changed)
-    a = heal_model(honest, states, windows, [2], "down-span", batch_size=4, same_prefix=0)
-    b = heal_model(trusting, states, windows, [2], "down-span", batch_size=4, same_prefix=2)
+    a = heal_model(honest, states, windows, [2], "down-span", batch_size=4, teacher_prefix=0)
+    b = heal_model(trusting, states, windows, [2], "down-span", batch_size=4, teacher_prefix=2)
     assert a["first_layer_run"] == 0 and b["first_layer_run"] == 1
     assert a["final_error"] == pytest.approx(_final_error(honest, states, windows), rel=1e-5)
     assert abs(b["final_error"] - _final_error(trusting, states, windows)) > 1e-4

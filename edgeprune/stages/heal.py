@@ -198,30 +198,32 @@ def plan_refits(method: HealMethod, n_teacher: int, removed: list[int],
     return plan
 
 
-def first_changed(plan: list[Refit]) -> int:
-    """The first student layer `plan` refits. Every removed run starts after a refitted cut layer,
-    so the layers below it are the teacher's own, at the same depths."""
-    return min((r.layer for r in plan), default=0)
+def first_changed(plan: list[Refit], removed: list[int] = ()) -> int:
+    """The first student layer `plan` refits, or the first removed index if that comes first (a
+    removed run at the bottom has no cut layer before it): below it the student's layers are the
+    teacher's, at the same depths. Whether their weights are is the caller's to check (same_prefix)."""
+    return min([r.layer for r in plan] + list(removed), default=0)
 
 
 def needed_states(plans: list[list[Refit]], n_teacher: int) -> tuple[set[int], set[int]]:
     """(h depths, u depths) the plans read, plus the final state and each plan's input to its first
     refitted layer (the student starts there, not at the embeddings): the states worth keeping."""
     h = {n_teacher} | {r.target for plan in plans for r in plan} | {first_changed(p) for p in plans if p}
+    h.discard(0)  # a start at 0 runs from the embeddings: nothing to keep for it
     u = {r.o_target for plan in plans for r in plan if r.o_target is not None}
     return h, u
 
 
 @torch.no_grad()
 def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: list[int], method_name: str | HealMethod,
-               width: frozenset[str] = frozenset(), batch_size: int = 8, same_prefix: int = 0) -> dict:
+               width: frozenset[str] = frozenset(), batch_size: int = 8, teacher_prefix: int = 0) -> dict:
     """Heal `model` in place: `removed` teacher layers are gone and `width` names what was cut in
     every layer ("heads": o_proj sees fewer heads; "ffn": down_proj sees fewer channels); which
     projections are refitted: plan_refits. Returns per-layer fit errors.
 
-    `same_prefix`: how many leading layers the caller found equal to the teacher's. Below the first
-    refitted layer they are, so the student's states start from the teacher's there when it is
-    stored, instead of running those layers again (12 of 24 layers on SmolLM2 -6)."""
+    `teacher_prefix`: how many leading layers the caller found equal to the teacher's (same_prefix).
+    Below the first refitted layer they are, so the student's states start from the teacher's there
+    when it is stored, instead of running those layers again (12 of 24 layers on SmolLM2 -6)."""
     method = method_name if isinstance(method_name, HealMethod) else registry.get("heal", method_name)
     method_name = method.name
     _check_plain(model)
@@ -233,7 +235,7 @@ def heal_model(model, teacher: TeacherStates, windows: torch.Tensor, removed: li
     plan = {r.layer: r for r in refits}
     origin = origins(teacher.n_layers, removed)
     student = StudentStates(model, windows, batch_size)
-    start = _start_from_teacher(student, teacher, min(first_changed(refits), same_prefix))
+    start = _start_from_teacher(student, teacher, min(first_changed(refits, removed), teacher_prefix))
     log = []
     for k, layer in enumerate(tqdm(layers[start:], desc=f"heal {method_name}", unit="layer", leave=False), start):
         r = plan.get(k)

@@ -109,12 +109,17 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     t0 = time.perf_counter()
     n_teacher = teacher.config.num_hidden_layers
     keep = needed_states([plan_refits(m, n_teacher, removed, width) for m in methods], n_teacher)
+    t_states = time.perf_counter()
     states = teacher_states(teacher, fit, keep=keep)
+    t_states = time.perf_counter() - t_states
     losses = {"teacher": holdout_nll(teacher, holdout), "none": holdout_nll(student, holdout)}
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
     # The teacher stays for the global step, which asks for its top-K a micro-batch at a time; the
     # fitting windows lead kd_windows, and their last-layer states are known: only norm and head run
-    final = torch.cat(states.h[-1]) if kd_windows is not None else None
+    final = None
+    if kd_windows is not None:  # one tensor, and the fit reads views of it: no second copy in RAM
+        final = torch.cat(states.h[-1])
+        states.h[-1] = list(final.split([len(t) for t in states.h[-1]]))
     topk = (LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail, final=final)
             if kd_windows is not None else None)
     same = same_prefix(teacher, student)
@@ -140,6 +145,7 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
               "trials": trials, "refits": info["refits"] if info else [],
               "fit_first_layer": info["first_layer_run"] if info else None, "local": local, "global": glob,
               "fit_tokens": int(fit.numel()), "holdout_tokens": int(holdout.numel()),
+              "teacher_states_s": round(t_states, 1),
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / "heal.json").write_text(json.dumps(record, indent=1))
     return {k: v for k, v in record.items() if k != "refits"}
@@ -151,14 +157,17 @@ def choose_fit(student, methods: list[HealMethod], states, fit: torch.Tensor, ho
     """Heal a copy of `student` with each method; the one with the lowest held-out loss, or "none"
     and `student` itself if none beats losses["none"]. Every trial runs on its own copy: a trial that
     loses must leave nothing behind in the model that is published. `same`: leading layers equal to
-    the teacher's (heal_model's same_prefix)."""
+    the teacher's (heal_model's teacher_prefix)."""
     best, trials = ("none", student, None), []
     for method in methods:
         model = copy.deepcopy(student)
-        info = heal_model(model, states, fit, removed, method, width=width, same_prefix=same)
+        t0 = time.perf_counter()
+        info = heal_model(model, states, fit, removed, method, width=width, teacher_prefix=same)
+        fit_s = time.perf_counter() - t0
         losses[method.name] = holdout_nll(model, holdout)
-        trials.append({"method": method.name, "holdout_nll": losses[method.name],
-                       "final_error": info["final_error"], "refits": len(info["refits"])})
+        trials.append({"method": method.name, "holdout_nll": losses[method.name], "fit_s": round(fit_s, 1),
+                       "final_error": info["final_error"], "refits": len(info["refits"]),
+                       "first_layer_run": info["first_layer_run"]})
         if losses[method.name] < losses[best[0]]:
             best = (method.name, model, info)
         del model
