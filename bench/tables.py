@@ -104,7 +104,8 @@ ZERO_SHOT = {"unpruned": "unpruned Q4_K_M", "bi6": "−6 layers (BI) Q4_K_M", "b
              "a6-span": "−6 layers (angular) + down-span heal Q4_K_M",
              "a6-span-g8": "the same + 8 min global distillation Q4_K_M",
              "a6-tail-gw15": "down-span + 15 min distillation, tail kept, WikiText-2 val. text Q4_K_M",
-             "a6-tail-c4-15": "the same on C4 alone Q4_K_M"}
+             "a6-tail-c4-15": "the same on C4 alone Q4_K_M",
+             "a6-c4-reuse": "C4 alone again, faster heal stage Q4_K_M"}
 # issue #15's zero-shot bar: the mean over these (as each row shows it) vs the unpruned model's, and LAMBADA
 BAR_TASKS = ("arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "boolq", "openbookqa")
 
