@@ -98,7 +98,7 @@ def test_heal_stage_runs_global_distillation_and_keeps_it_only_if_held_out_loss_
     # the fit started at the cut layer (1) from the teacher's state: layer 0 is the teacher's own
     assert [t["first_layer_run"] for t in rec["trials"]] == [1]
     assert rec["fit_first_layer"] == (None if rec["chosen"] == "none" else 1)
-    assert rec["teacher_states_s"] > 0 and rec["trials"][0]["fit_s"] > 0
+    assert rec["teacher_states_s"] >= 0 and rec["trials"][0]["fit_s"] >= 0  # timed (ms on the tiny model)
     losses = rec["holdout_nll"]
     assert g["kept"] == (losses["global"] < min(losses["none"], losses["down-cut"]))
     assert json.loads((tmp_path / "healed" / "heal.json").read_text())["global"]["kept"] == g["kept"]
