@@ -36,6 +36,8 @@ def bench_module(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
 TOKENIZER = "test-tokenizer-smollm2"
 
 

@@ -230,12 +230,13 @@ def test_the_heal_starts_at_its_first_refit_from_the_teachers_state_and_heals_th
 def test_a_removal_at_the_bottom_heals_from_the_embeddings(tiny_pair):
     """Removing layer 0 leaves no cut layer before it: student layer 0 is teacher layer 1, so no
     teacher state stands for the student's below its first refit, whatever the caller claims."""
-    from edgeprune.stages.heal import first_changed, heal_model, plan_refits, same_prefix
+    from edgeprune.stages.heal import first_changed, heal_model, needed_states, plan_refits, same_prefix
     from edgeprune.surgery.layers import remove_layers
 
     teacher, windows, states = tiny_pair
     method = registry.get("heal", "down-span")
     assert first_changed(plan_refits(method, 4, [0, 3]), [0, 3]) == 0
+    assert needed_states([plan_refits(method, 4, [0, 3])], 4, [0, 3])[0] == {4}  # a start at 0 needs no state
     model = remove_layers(copy.deepcopy(teacher), [0, 3])
     assert same_prefix(teacher, model) == 0
     info = heal_model(model, states, windows, [0, 3], method, batch_size=4, teacher_prefix=4)

@@ -205,10 +205,11 @@ def first_changed(plan: list[Refit], removed: list[int] = ()) -> int:
     return min([r.layer for r in plan] + list(removed), default=0)
 
 
-def needed_states(plans: list[list[Refit]], n_teacher: int) -> tuple[set[int], set[int]]:
+def needed_states(plans: list[list[Refit]], n_teacher: int, removed: list[int] = ()) -> tuple[set[int], set[int]]:
     """(h depths, u depths) the plans read, plus the final state and each plan's input to its first
-    refitted layer (the student starts there, not at the embeddings): the states worth keeping."""
-    h = {n_teacher} | {r.target for plan in plans for r in plan} | {first_changed(p) for p in plans if p}
+    refitted layer (the student starts there, not at the embeddings; heal_model's start, with the
+    same `removed`): the states worth keeping."""
+    h = {n_teacher} | {r.target for plan in plans for r in plan} | {first_changed(p, removed) for p in plans if p}
     h.discard(0)  # a start at 0 runs from the embeddings: nothing to keep for it
     u = {r.o_target for plan in plans for r in plan if r.o_target is not None}
     return h, u

@@ -108,7 +108,7 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     fit, holdout, extra = split_windows(tok, cfg, fit_samples(cfg, methods))
     t0 = time.perf_counter()
     n_teacher = teacher.config.num_hidden_layers
-    keep = needed_states([plan_refits(m, n_teacher, removed, width) for m in methods], n_teacher)
+    keep = needed_states([plan_refits(m, n_teacher, removed, width) for m in methods], n_teacher, removed)
     t_states = time.perf_counter()
     states = teacher_states(teacher, fit, keep=keep)
     t_states = time.perf_counter() - t_states
@@ -116,12 +116,11 @@ def heal_checkpoint(teacher_dir: Path, student_dir: Path, removed: list[int], cf
     kd_windows = torch.cat([fit, extra]) if cfg.global_minutes > 0 else None
     # The teacher stays for the global step, which asks for its top-K a micro-batch at a time; the
     # fitting windows lead kd_windows, and their last-layer states are known: only norm and head run
-    final = None
+    topk = None
     if kd_windows is not None:  # one tensor, and the fit reads views of it: no second copy in RAM
         final = torch.cat(states.h[-1])
         states.h[-1] = list(final.split([len(t) for t in states.h[-1]]))
-    topk = (LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail, final=final)
-            if kd_windows is not None else None)
+        topk = LazyTopK(teacher, kd_windows, cfg.topk, bf16_ok(), cfg.topk_tail, final=final)
     same = same_prefix(teacher, student)
     del teacher
     chosen, model, info, trials = choose_fit(student, methods, states, fit, holdout, removed, width, losses, same)
